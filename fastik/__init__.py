@@ -1,0 +1,15 @@
+"""fastik — fast implicit steerable kernels (Zhdanov, Hoffmann, Cesa, NeurIPS 2023).
+
+Steerable convolutions whose kernels are G-equivariant MLPs, for any point group
+G ≤ O(2) or O(3), on point clouds and graphs.
+"""
+from .groups import FieldType, Group, group, group_from_generators
+from .nn import (EquivariantLinear, EquivariantNorm, FourierELU, GatedNonlinearity, ImplicitKernel,
+                 ImplicitPointConv)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "Group", "group", "group_from_generators", "FieldType", "EquivariantLinear",
+    "GatedNonlinearity", "FourierELU", "EquivariantNorm", "ImplicitKernel", "ImplicitPointConv",
+]

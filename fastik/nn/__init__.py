@@ -1,0 +1,9 @@
+"""G-MLP building blocks and implicit steerable convolutions."""
+from .kernel import ImplicitKernel, KernelHead, kernel_irreps
+from .linear import EquivariantLinear
+from .nonlinearities import FourierELU, GatedNonlinearity
+from .norm import EquivariantNorm
+from .point_conv import ImplicitPointConv
+
+__all__ = ["EquivariantLinear", "GatedNonlinearity", "FourierELU", "EquivariantNorm", "ImplicitKernel",
+           "KernelHead", "kernel_irreps", "ImplicitPointConv"]

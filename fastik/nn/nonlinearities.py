@@ -1,0 +1,134 @@
+"""Equivariant nonlinearities for the G-MLP.
+
+* :class:`GatedNonlinearity` — exact for every G: invariant scalars (``0e`` /
+  ``0``) go through SiLU; every other field is scaled by ``sigmoid`` of its own
+  gate scalar.  Gates are extra ``0e`` / ``0`` fields appended to the input.
+  Both are rescaled to unit second moment for standard normal inputs, so unit
+  variance pre-activations give unit variance activations.
+* :class:`FourierELU` — the paper's quotient ELU: fields are band-limited
+  functions on the sphere (3D: ``0e + 1o + 2e + …``) or circle (2D: ``0 + 1 + 2 + …``);
+  they are sampled on a grid, passed through ELU, and projected back by least
+  squares.  The grid is the orbit of fixed points under G's finite part, so it is
+  exactly equivariant for finite groups and approximately (band-limit aliasing
+  only) for continuous ones: with the default ``oversampling=10`` (≈10 samples per
+  coefficient) the relative equivariance error of one layer, measured on random
+  float64 inputs, is ≈0.2–0.5 % for so3 / Cinf, ≈0.5 % for o3, ≈1.5 % for Dinfh
+  (``tests/test_nn.py`` asserts < 5 %); 30 samples per coefficient give ≈0.05–0.15 %.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..groups import FieldType, Group, O2Irrep, O3Irrep, circular_harmonics, spherical_harmonics
+from ._buffers import constant, register_constant
+from .linear import trivial_irrep
+
+__all__ = ["GatedNonlinearity", "FourierELU"]
+
+
+def _second_moment(f) -> float:
+    """E[f(z)²] for z ~ N(0, 1) (Gauss–Hermite quadrature)."""
+    z, w = np.polynomial.hermite_e.hermegauss(80)
+    return float((w * f(torch.from_numpy(z)).numpy() ** 2).sum() / w.sum())
+
+
+_SILU_SCALE = _second_moment(F.silu) ** -0.5
+_GATE_SCALE = _second_moment(torch.sigmoid) ** -0.5  # E[(x σ(g))²] = E[σ(g)²] for independent x, g
+
+
+def _is_trivial(rep: object) -> bool:
+    return rep in (O3Irrep(0, 1), O2Irrep(0, 1))
+
+
+class GatedNonlinearity(nn.Module):
+    """Gate: ``in_type = field_type + n×(trivial)`` gates -> ``field_type``.
+
+    Shapes: (..., in_type.dim) -> (..., field_type.dim).
+    """
+
+    def __init__(self, field_type: FieldType) -> None:
+        super().__init__()
+        self.out_type = field_type
+        idx_scalar, idx_gated, gate_of = [], [], []
+        n_gates = 0
+        for (m, r), sl in zip(field_type.blocks, field_type.slices()):
+            comps = list(range(sl.start, sl.stop))
+            if _is_trivial(r):
+                idx_scalar += comps
+            else:
+                idx_gated += comps
+                gate_of += [n_gates + u for u in range(m) for _ in range(r.dim)]
+                n_gates += m
+        self.in_type = field_type + FieldType(field_type.group, [(n_gates, trivial_irrep(field_type.group.dim))])
+        self.register_buffer("idx_scalar", torch.tensor(idx_scalar, dtype=torch.long), persistent=False)
+        self.register_buffer("idx_gated", torch.tensor(idx_gated, dtype=torch.long), persistent=False)
+        self.register_buffer("gate_of", torch.tensor(gate_of, dtype=torch.long) + field_type.dim, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.empty(*x.shape[:-1], self.out_type.dim, dtype=x.dtype, device=x.device)
+        out[..., self.idx_scalar] = F.silu(x[..., self.idx_scalar]) * _SILU_SCALE
+        out[..., self.idx_gated] = x[..., self.idx_gated] * torch.sigmoid(x[..., self.gate_of]) * _GATE_SCALE
+        return out
+
+
+def _fibonacci_sphere(n: int) -> Tensor:
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n
+    phi = math.pi * (1 + math.sqrt(5)) * i + 0.1234  # offset keeps points off symmetry planes
+    rho = torch.sqrt(1 - z * z)
+    return torch.stack([rho * torch.cos(phi), rho * torch.sin(phi), z], -1)
+
+
+def sampling_grid(group: Group, n_points: int) -> Tensor:
+    """Unit vectors (S, dim): orbits of ``≈ n_points/|cosets|`` generic points under G's finite part."""
+    cosets = group.cosets
+    n_base = max(1, math.ceil(n_points / len(cosets)))
+    if group.dim == 3:
+        base = _fibonacci_sphere(n_base)
+    else:
+        theta = (torch.arange(n_base, dtype=torch.float64) + 0.3183) * (2 * math.pi / n_base)
+        base = torch.stack([torch.cos(theta), torch.sin(theta)], -1)
+    return (base @ cosets.transpose(1, 2)).reshape(-1, group.dim)
+
+
+class FourierELU(nn.Module):
+    """Quotient Fourier ELU on ``channels`` band-limited sphere / circle functions.
+
+    ``field_type`` is ``channels×0e + channels×1o + … + channels×{L}`` (3D, parity
+    (-1)^l) or ``channels×0 + … + channels×L`` (2D); each channel is one function.
+    Shapes: (..., field_type.dim) -> (..., field_type.dim).
+    """
+
+    def __init__(self, group: Group, channels: int, lmax: int, oversampling: float = 10.0) -> None:
+        super().__init__()
+        if group.dim == 3:
+            irreps = [O3Irrep(l, 1 if l % 2 == 0 else -1) for l in range(lmax + 1)]
+        else:
+            irreps = [O2Irrep(k) for k in range(lmax + 1)]
+        self.in_type = self.out_type = FieldType(group, [(channels, r) for r in irreps])
+        psi_dim = sum(r.dim for r in irreps)
+        grid = sampling_grid(group, int(oversampling * psi_dim) + 8)
+        harm = spherical_harmonics if group.dim == 3 else circular_harmonics
+        fourier = torch.cat([harm(l, grid) for l in range(lmax + 1)], -1)  # (S, psi_dim)
+        register_constant(self, "fourier", fourier)
+        register_constant(self, "inverse", torch.linalg.pinv(fourier))  # (psi_dim, S)
+        # perm[c, j]: feature index of component j of channel c
+        perm, start = [], 0
+        for r in irreps:
+            perm.append(start + torch.arange(channels)[:, None] * r.dim + torch.arange(r.dim))
+            start += channels * r.dim
+        self.register_buffer("perm", torch.cat(perm, 1), persistent=False)
+        self.channels, self.psi_dim = channels, psi_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        coeffs = x[..., self.perm]  # (..., C, psi_dim)
+        samples = F.elu(coeffs @ constant(self, "fourier", x.dtype).T)
+        coeffs = samples @ constant(self, "inverse", x.dtype).T
+        out = torch.empty_like(x)
+        out[..., self.perm] = coeffs
+        return out

@@ -1,0 +1,156 @@
+"""ImplicitPointConv: steerable message passing with an implicit G-MLP kernel (paper Eq. 5)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..groups import FieldType, intertwiner_basis
+from ..ops import dispatch
+from ._buffers import constant, register_constant
+from .kernel import ImplicitKernel
+from .linear import trivial_irrep
+
+__all__ = ["ImplicitPointConv"]
+
+
+class ImplicitPointConv(nn.Module):
+    """Point convolution ``y_i = Σ_{e=(j→i)} k(pos_j - pos_i, z_ij, z_i, z_j) x_j`` with an implicit kernel.
+
+    G = ``in_type.group`` (any point group of :func:`fastik.group`) acts on
+    positions by ``pos -> pos @ g.T``, on features by ``x -> x @ ρ(g).T``, and
+    ``conv(x ρin(g)ᵀ, pos gᵀ, ei) = conv(x, pos, ei) ρout(g)ᵀ``.
+
+    Shapes (forward):
+        x (N, in_type.dim), pos (N, G.dim), edge_index (2, E) int64 with row 0 the
+        source j and row 1 the target i, edge vector r_e = pos[j] - pos[i];
+        edge_attr (E, edge_attr_type.dim); node_attr (N, node_attr_type.dim) fed to
+        the kernel for both ends; pos_target (M, G.dim) for bipartite use (targets
+        index pos_target; then node attributes of targets come from
+        ``node_attr_target`` (M, ·)).  Returns y (N or M, out_type.dim).
+
+    Args:
+        aggr: ``"sum"`` (default) or ``"mean"`` over incoming edges.
+        backend: ``"reference"`` (plain torch, the paper's algorithm in chunks),
+            ``"triton"`` (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1) or
+            ``"auto"``.  A run-time choice: it changes no parameter or state_dict key.
+        avg_degree: expected number of incoming edges; messages are scaled by
+            1/sqrt(avg_degree) (sum) so that outputs start with roughly unit variance.
+        chunk_size: edges per chunk on the reference backend (None: automatic).
+        bias: learn a bias on the G-invariant output channels.
+        **kernel_kwargs: passed to :class:`ImplicitKernel` (nonlinearity, harmonics, norm, sigma).
+    """
+
+    def __init__(self, in_type: FieldType, out_type: FieldType, edge_attr_type: FieldType | None = None,
+                 node_attr_type: FieldType | None = None, hidden_channels: int = 16, hidden_layers: int = 2,
+                 aggr: str = "sum", backend: str = "auto", *, avg_degree: float = 16.0,
+                 chunk_size: int | None = None, bias: bool = True, **kernel_kwargs) -> None:
+        super().__init__()
+        if aggr not in ("sum", "mean"):
+            raise ValueError(f"aggr must be 'sum' or 'mean', got {aggr!r}")
+        dispatch.check_backend(backend)
+        if avg_degree <= 0:
+            raise ValueError(f"avg_degree must be positive, got {avg_degree}")
+        self.in_type, self.out_type = in_type, out_type
+        self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
+        self.aggr, self.backend, self.chunk_size = aggr, backend, chunk_size
+        self.kernel = ImplicitKernel(in_type, out_type, edge_attr_type, node_attr_type, hidden_channels,
+                                     hidden_layers, **kernel_kwargs)
+        self.scale = 1 / math.sqrt(avg_degree) if aggr == "sum" else 1.0
+        self.bias = None
+        if bias:
+            inv = [intertwiner_basis(out_type.group, r, trivial_irrep(out_type.group.dim))[..., 0] for _, r in out_type.blocks]
+            basis = torch.zeros(sum(m * len(b) for (m, _), b in zip(out_type.blocks, inv)), out_type.dim, dtype=torch.float64)
+            row = 0
+            for (m, r), b, sl in zip(out_type.blocks, inv, out_type.slices()):
+                for u in range(m):
+                    basis[row:row + len(b), sl.start + u * r.dim: sl.start + (u + 1) * r.dim] = b
+                    row += len(b)
+            if row:
+                register_constant(self, "bias_basis", basis)
+                self.bias = nn.Parameter(torch.zeros(row))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_type} -> {self.out_type}, group={self.in_type.group.name}, aggr={self.aggr}, backend={self.backend}"
+
+    def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
+                node_attr: Tensor | None = None, pos_target: Tensor | None = None,
+                node_attr_target: Tensor | None = None) -> Tensor:
+        pos_t = pos if pos_target is None else pos_target
+        self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
+        src, tgt = edge_index[0], edge_index[1]
+        num_targets = pos_t.shape[0]
+        r = pos[src] - pos_t[tgt]
+        z_t = None
+        if node_attr is not None:
+            z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
+        h = self.kernel.hidden(r, edge_attr, z_t, None if node_attr is None else node_attr[src])
+        s = self.kernel.envelope(r) * self.scale
+        h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], -1) * s[:, None]
+        weight = self.kernel.head.weight(x.dtype)
+        out = dispatch.message_passing(self.backend, h1, x, weight, src, tgt, num_targets, self.chunk_size)
+        if self.aggr == "mean":
+            deg = torch.zeros(num_targets, dtype=x.dtype, device=x.device).index_add_(0, tgt, torch.ones_like(src, dtype=x.dtype))
+            out = out / deg.clamp_min(1)[:, None]
+        if self.bias is not None:
+            out = out + self.bias.to(x.dtype) @ constant(self, "bias_basis", x.dtype)
+        return out
+
+    def _validate(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None,
+                  node_attr: Tensor | None, pos_target: Tensor | None, node_attr_target: Tensor | None) -> None:
+        dim = self.in_type.group.dim
+        for name, t in (("x", x), ("pos", pos), ("edge_index", edge_index)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.in_type.dim:
+            raise ValueError(f"x must be (N, {self.in_type.dim}) for in_type {self.in_type}, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating point, got {x.dtype}")
+        param = next(self.parameters())
+        if x.dtype != param.dtype:
+            raise TypeError(f"x is {x.dtype} but the layer's parameters are {param.dtype}; convert one (e.g. conv.to({x.dtype}))")
+        if pos.dim() != 2 or pos.shape != (x.shape[0], dim):
+            raise ValueError(f"pos must be (N, {dim}) = ({x.shape[0]}, {dim}) to match x, got {tuple(pos.shape)}")
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
+        if edge_index.dtype != torch.int64:
+            raise TypeError(f"edge_index must be int64 (torch.long), got {edge_index.dtype}")
+        tensors = {"x": x, "pos": pos, "edge_index": edge_index, "edge_attr": edge_attr, "node_attr": node_attr,
+                   "pos_target": pos_target, "node_attr_target": node_attr_target, "parameters": param}
+        devices = {k: t.device for k, t in tensors.items() if t is not None}
+        if len(set(devices.values())) > 1:
+            raise ValueError(f"all inputs must be on one device, got {devices}")
+        for k in ("pos", "edge_attr", "node_attr", "pos_target", "node_attr_target"):
+            t = tensors[k]
+            if t is not None and t.dtype != x.dtype:
+                raise TypeError(f"{k} is {t.dtype} but x is {x.dtype}")
+        num_targets = x.shape[0]
+        if pos_target is not None:
+            if pos_target.dim() != 2 or pos_target.shape[1] != dim:
+                raise ValueError(f"pos_target must be (M, {dim}), got {tuple(pos_target.shape)}")
+            num_targets = pos_target.shape[0]
+        e = edge_index.shape[1]
+        if e:
+            src, tgt = edge_index[0], edge_index[1]
+            if int(src.min()) < 0 or int(src.max()) >= x.shape[0]:
+                raise IndexError(f"edge_index[0] (sources) must be in [0, {x.shape[0]}), got range [{int(src.min())}, {int(src.max())}]")
+            if int(tgt.min()) < 0 or int(tgt.max()) >= num_targets:
+                raise IndexError(f"edge_index[1] (targets) must be in [0, {num_targets}), got range [{int(tgt.min())}, {int(tgt.max())}]")
+        self._check_attr("edge_attr", edge_attr, self.edge_attr_type, e)
+        self._check_attr("node_attr", node_attr, self.node_attr_type, x.shape[0])
+        if pos_target is not None and node_attr is not None:
+            self._check_attr("node_attr_target", node_attr_target, self.node_attr_type, num_targets)
+        elif node_attr_target is not None:
+            raise ValueError("node_attr_target is only used with pos_target and node_attr")
+
+    @staticmethod
+    def _check_attr(name: str, value: Tensor | None, ftype: FieldType | None, rows: int) -> None:
+        if ftype is None:
+            if value is not None:
+                raise ValueError(f"{name} was given but the layer was built without a {name}_type")
+            return
+        if value is None:
+            raise ValueError(f"the layer was built with {name}_type={ftype}; pass {name}")
+        if value.dim() != 2 or value.shape != (rows, ftype.dim):
+            raise ValueError(f"{name} must be ({rows}, {ftype.dim}), got {tuple(value.shape)}")

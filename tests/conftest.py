@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+import fastik
+
+# Every group of DESIGN.md §3 (with representative n for the axial families).
+GROUPS_3D = ["so3", "o3", "Cinf", "Cinfv", "Dinf", "Cinfh", "Dinfh", "Ci", "Cs", "C1", "C2x",
+             "C4", "C3v", "C2h", "D3", "D6h", "D2d", "S4", "S6", "T", "Td", "Th", "O", "Oh", "I", "Ih"]
+GROUPS_2D = ["so2", "o2", "C8", "D4", "flip", "trivial"]
+ALL_GROUPS = [(g, 3) for g in GROUPS_3D] + [(g, 2) for g in GROUPS_2D]
+FIELDS = {3: "4x0e + 2x1o + 1x2e", 2: "2x0 + 1x0- + 2x1 + 1x2"}
+
+
+def group_id(p):
+    return f"{p[0]}-{p[1]}d"
+
+
+@pytest.fixture(params=ALL_GROUPS, ids=group_id)
+def any_group(request) -> fastik.Group:
+    return fastik.group(request.param[0], dim=request.param[1])
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()

@@ -1,0 +1,9 @@
+from fastik.cli import check, main
+
+
+def test_cli_check_and_groups(capsys):
+    assert main(["groups"]) == 0
+    assert "Oh" in capsys.readouterr().out
+    assert main(["check", "D4", "--dim", "2"]) == 0
+    assert "equivariant" in capsys.readouterr().out
+    assert check("Ih", 3, "2x0e + 1x1o", "reference") < 1e-10
