@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..groups import FieldType, intertwiner_basis
 from ..ops import dispatch
+from ..ops.aggregate import CSR
 from ._buffers import constant, register_constant
 from .kernel import ImplicitKernel
 from .linear import trivial_irrep
@@ -28,7 +29,10 @@ class ImplicitPointConv(nn.Module):
         edge_attr (E, edge_attr_type.dim); node_attr (N, node_attr_type.dim) fed to
         the kernel for both ends; pos_target (M, G.dim) for bipartite use (targets
         index pos_target; then node attributes of targets come from
-        ``node_attr_target`` (M, ·)).  Returns y (N or M, out_type.dim).
+        ``node_attr_target`` (M, ·)).  ``csr``: optional
+        :func:`fastik.ops.aggregate.build_csr` of ``edge_index[1]``, built once per
+        graph and shared by its layers, for deterministic target-ordered
+        aggregation.  Returns y (N or M, out_type.dim).
 
     Args:
         aggr: ``"sum"`` (default) or ``"mean"`` over incoming edges.
@@ -76,7 +80,7 @@ class ImplicitPointConv(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
                 node_attr: Tensor | None = None, pos_target: Tensor | None = None,
-                node_attr_target: Tensor | None = None) -> Tensor:
+                node_attr_target: Tensor | None = None, csr: CSR | None = None) -> Tensor:
         pos_t = pos if pos_target is None else pos_target
         self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
         src, tgt = edge_index[0], edge_index[1]
@@ -89,10 +93,10 @@ class ImplicitPointConv(nn.Module):
         s = self.kernel.envelope(r) * self.scale
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], -1) * s[:, None]
         weight = self.kernel.head.weight(x.dtype)
-        out = dispatch.message_passing(self.backend, h1, x, weight, src, tgt, num_targets, self.chunk_size)
+        out = dispatch.message_passing(self.backend, h1, x, weight, src, tgt, num_targets, self.chunk_size, csr)
         if self.aggr == "mean":
-            deg = torch.zeros(num_targets, dtype=x.dtype, device=x.device).index_add_(0, tgt, torch.ones_like(src, dtype=x.dtype))
-            out = out / deg.clamp_min(1)[:, None]
+            deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
+            out = out / deg.clamp_min(1).to(x.dtype)[:, None]
         if self.bias is not None:
             out = out + self.bias.to(x.dtype) @ constant(self, "bias_basis", x.dtype)
         return out

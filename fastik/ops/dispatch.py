@@ -5,6 +5,7 @@ import os
 
 from torch import Tensor
 
+from .aggregate import CSR
 from .reference import implicit_message_passing_reference
 
 __all__ = ["BACKENDS", "check_backend", "resolve_backend", "message_passing"]
@@ -40,10 +41,10 @@ def resolve_backend(backend: str, x: Tensor) -> str:
 
 
 def message_passing(backend: str, h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
-                    num_targets: int, chunk_size: int | None = None) -> Tensor:
+                    num_targets: int, chunk_size: int | None = None, csr: CSR | None = None) -> Tensor:
     """(M, Dout) = Σ_e weight · (h_e ⊗ x_src(e)) aggregated at tgt(e), on the chosen backend."""
     if resolve_backend(backend, x) == "triton":
         from .fused import implicit_message_passing_fused
 
         return implicit_message_passing_fused(h, x, weight, src, tgt, num_targets)
-    return implicit_message_passing_reference(h, x, weight, src, tgt, num_targets, chunk_size)
+    return implicit_message_passing_reference(h, x, weight, src, tgt, num_targets, chunk_size, csr)

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .aggregate import CSR, scatter_sum, segment_sum
+
 __all__ = ["implicit_message_passing_reference"]
 
 
@@ -21,6 +23,7 @@ def implicit_message_passing_reference(
     tgt: Tensor,
     num_targets: int,
     chunk_size: int | None = None,
+    csr: CSR | None = None,
 ) -> Tensor:
     """``out[i, o] = Σ_{e: tgt[e]=i} Σ_{k,c} weight[o,k,c] · h[e,k] · x[src[e],c]``.
 
@@ -34,6 +37,9 @@ def implicit_message_passing_reference(
             bounds the (chunk, Dout, Din) kernel tensor that is materialised.  With
             autograd on and several chunks, each chunk is recomputed in backward
             (activation checkpointing), so training memory stays bounded too.
+        csr: the graph's edges sorted by target (:func:`fastik.ops.aggregate.build_csr`
+            of ``tgt``): chunks then run in target order and are summed with the
+            deterministic segment sum; without it, a scatter sum.
 
     Returns:
         (M, Dout) aggregated messages.
@@ -43,11 +49,19 @@ def implicit_message_passing_reference(
     step = max(1, chunk_size or (1 << 24) // max(1, dout * din))
     out = x.new_zeros(num_targets, dout, dtype=torch.result_type(h, x))
     recompute = torch.is_grad_enabled() and e > step and any(t.requires_grad for t in (h, x, weight))
+    if csr is not None:
+        if csr.num_edges != e or csr.num_targets != num_targets:
+            raise ValueError(f"csr describes {csr.num_edges} edges / {csr.num_targets} targets, "
+                             f"expected {e} / {num_targets}")
+        h, src = h[csr.perm], src[csr.perm]
     for start in range(0, e, step):
         sl = slice(start, start + step)
         args = (weight, h[sl], x, src[sl])
         msg = checkpoint(_messages, *args, use_reentrant=False) if recompute else _messages(*args)
-        out = out.index_add(0, tgt[sl], msg)
+        if csr is None:
+            out = out + scatter_sum(msg, tgt[sl], num_targets)
+        else:  # this chunk's slice of the row pointer
+            out = out + segment_sum(msg, csr.rowptr.clamp(start, start + msg.shape[0]) - start)
     return out
 
 
