@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 VPY=.venv/bin/python
-$VPY -m pip install -q --upgrade pip "setuptools>=64" wheel ninja
+$VPY -m pip install -q --upgrade pip "setuptools>=77" wheel ninja
 # torch: 2.14.1 (CUDA 13.0) matches nvcc 13.0 on our machines; any torch >= 2.4 works for the Python side.
 $VPY -c "import torch" 2>/dev/null || $VPY -m pip install -q "torch==${FASTIK_TORCH_VERSION:-2.14.1}"
 $VPY -m pip install -q "numpy<2" pytest hypothesis

@@ -5,3 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FASTIK_REQUIRE_EXTENSION=1
 .venv/bin/python -m pytest -q -ra "$@"
+# the core must also work with numpy >= 2 and a CPU-only torch, without escnn or the extension
+bash scripts/test_numpy2.sh
