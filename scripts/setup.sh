@@ -14,5 +14,5 @@ $VPY -c "import torch" 2>/dev/null || $VPY -m pip install -q "torch==${FASTIK_TO
 $VPY -m pip install -q "numpy<2" pytest hypothesis
 export MAX_JOBS=${MAX_JOBS:-2}
 # the extension is built against the installed torch, hence no build isolation
-$VPY -m pip install -q --no-build-isolation -e ".[test]"
+$VPY -m pip install -q --no-build-isolation -e ".[test,bench]"
 $VPY -c "import fastik, fastik.ops.aggregate as a; print('fastik', fastik.__version__, '| extension:', a.has_extension(), '| CUDA kernels:', a.extension_has_cuda())"

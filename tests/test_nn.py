@@ -7,7 +7,17 @@ from fastik.nn import EquivariantLinear, EquivariantNorm, FourierELU, GatedNonli
 
 from conftest import FIELDS, GROUPS_2D, GROUPS_3D, relative_error
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """Tests here run in float64 (restored afterwards so other modules keep float32)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 # exact constructions: float64 round-off only; sampled Fourier-ELU on continuous groups: aliasing
 EXACT = 1e-10
 FOURIER_CONTINUOUS = 5e-2
@@ -272,7 +282,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_triton_backend_unavailable_is_explained(monkeypatch):
     G = fastik.group("C2x")
     ft = field(G)
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(fastik.ops.dispatch, "_triton_usable", lambda x: False)
     conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=1, backend="triton")
     with pytest.raises(RuntimeError, match="triton"):
         conv(torch.randn(3, ft.dim), torch.randn(3, 3), torch.tensor([[0], [1]]))

@@ -42,6 +42,9 @@ class ImplicitPointConv(nn.Module):
         avg_degree: expected number of incoming edges; messages are scaled by
             1/sqrt(avg_degree) (sum) so that outputs start with roughly unit variance.
         chunk_size: edges per chunk on the reference backend (None: automatic).
+        precision: matmul precision of the triton backend: ``"ieee"`` (fp32, default),
+            ``"tf32"`` (TF32 tensor cores, ≈1e-3 relative error) or ``"tf32x3"``
+            (three TF32 passes, ≈fp32 accuracy).  float64 needs the reference backend.
         bias: learn a bias on the G-invariant output channels.
         **kernel_kwargs: passed to :class:`ImplicitKernel` (nonlinearity, harmonics, norm, sigma).
     """
@@ -49,7 +52,8 @@ class ImplicitPointConv(nn.Module):
     def __init__(self, in_type: FieldType, out_type: FieldType, edge_attr_type: FieldType | None = None,
                  node_attr_type: FieldType | None = None, hidden_channels: int = 16, hidden_layers: int = 2,
                  aggr: str = "sum", backend: str = "auto", *, avg_degree: float = 16.0,
-                 chunk_size: int | None = None, bias: bool = True, **kernel_kwargs) -> None:
+                 chunk_size: int | None = None, bias: bool = True, precision: str = "ieee",
+                 **kernel_kwargs) -> None:
         super().__init__()
         if aggr not in ("sum", "mean"):
             raise ValueError(f"aggr must be 'sum' or 'mean', got {aggr!r}")
@@ -58,7 +62,9 @@ class ImplicitPointConv(nn.Module):
             raise ValueError(f"avg_degree must be positive, got {avg_degree}")
         self.in_type, self.out_type = in_type, out_type
         self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
-        self.aggr, self.backend, self.chunk_size = aggr, backend, chunk_size
+        if precision not in ("ieee", "tf32", "tf32x3"):
+            raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
+        self.aggr, self.backend, self.chunk_size, self.precision = aggr, backend, chunk_size, precision
         self.kernel = ImplicitKernel(in_type, out_type, edge_attr_type, node_attr_type, hidden_channels,
                                      hidden_layers, **kernel_kwargs)
         self.scale = 1 / math.sqrt(avg_degree) if aggr == "sum" else 1.0
@@ -93,7 +99,8 @@ class ImplicitPointConv(nn.Module):
         s = self.kernel.envelope(r) * self.scale
         h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], -1) * s[:, None]
         weight = self.kernel.head.weight(x.dtype)
-        out = dispatch.message_passing(self.backend, h1, x, weight, src, tgt, num_targets, self.chunk_size, csr)
+        out = dispatch.message_passing(self.backend, h1, x, weight, src, tgt, num_targets, self.chunk_size, csr,
+                                       self.precision)
         if self.aggr == "mean":
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]

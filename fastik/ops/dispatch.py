@@ -41,10 +41,22 @@ def resolve_backend(backend: str, x: Tensor) -> str:
 
 
 def message_passing(backend: str, h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
-                    num_targets: int, chunk_size: int | None = None, csr: CSR | None = None) -> Tensor:
-    """(M, Dout) = Σ_e weight · (h_e ⊗ x_src(e)) aggregated at tgt(e), on the chosen backend."""
+                    num_targets: int, chunk_size: int | None = None, csr: CSR | None = None,
+                    precision: str = "ieee") -> Tensor:
+    """(M, Dout) = Σ_e weight · (h_e ⊗ x_src(e)) aggregated at tgt(e), on the chosen backend.
+
+    ``precision`` ("ieee" | "tf32" | "tf32x3") applies to the triton backend; the
+    reference backend follows torch's own matmul settings.
+    """
     if resolve_backend(backend, x) == "triton":
         from .fused import implicit_message_passing_fused
 
-        return implicit_message_passing_fused(h, x, weight, src, tgt, num_targets)
+        if csr is None:
+            return implicit_message_passing_fused(h, x, weight, src, tgt, num_targets, precision=precision)
+        if csr.num_edges != h.shape[0] or csr.num_targets != num_targets:
+            raise ValueError(f"csr describes {csr.num_edges} edges / {csr.num_targets} targets, "
+                             f"expected {h.shape[0]} / {num_targets}")
+        perm = csr.perm
+        return implicit_message_passing_fused(h[perm], x, weight, src[perm], tgt[perm], num_targets,
+                                              precision=precision, tgt_rowptr=csr.rowptr)
     return implicit_message_passing_reference(h, x, weight, src, tgt, num_targets, chunk_size, csr)

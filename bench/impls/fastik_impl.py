@@ -1,0 +1,59 @@
+"""fastik's ImplicitPointConv on the reference (plain torch) and fused Triton backends."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..workload import LayerSpec
+from .base import Impl, Unavailable
+
+__all__ = ["FastikReference", "FastikTriton"]
+
+
+class _FastikLayer(nn.Module):
+    def __init__(self, spec: LayerSpec, backend: str) -> None:
+        super().__init__()
+        import fastik
+
+        group = fastik.group(spec.group)
+        ft = fastik.FieldType(group, spec.fields)
+        self.conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=spec.hidden_channels,
+                                             hidden_layers=spec.hidden_layers, aggr="sum", backend=backend)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, pos, edge_index)
+
+
+class FastikReference(Impl):
+    name = "fastik-reference"
+    summary = "fastik ImplicitPointConv, backend='reference' (plain torch, kernels materialised in chunks)"
+    requires = ("fastik",)
+
+    def build(self, spec: LayerSpec) -> nn.Module:
+        return _FastikLayer(spec, "reference").to(device=spec.device, dtype=spec.dtype)
+
+
+class FastikTriton(Impl):
+    name = "fastik-triton"
+    summary = "fastik ImplicitPointConv, backend='triton' (fused kernels, nothing of size E·D² stored)"
+    requires = ("fastik", "triton")
+
+    def check(self, spec: LayerSpec) -> str | None:
+        reason = super().check(spec)
+        if reason:
+            return reason
+        if torch.device(spec.device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            return ("needs CUDA (TRITON_INTERPRET=1 runs the Triton interpreter on the CPU: "
+                    "a correctness check, not a benchmark)")
+        return None
+
+    def build(self, spec: LayerSpec) -> nn.Module:
+        try:
+            from fastik.ops.fused import triton_available
+        except Exception as exc:  # the backend is optional / under construction
+            raise Unavailable(f"fastik.ops.fused: {type(exc).__name__}: {exc}") from exc
+        if not triton_available(torch.device(spec.device)):
+            raise Unavailable(f"fastik.ops.fused.triton_available({spec.device!r}) is False")
+        return _FastikLayer(spec, "triton").to(device=spec.device, dtype=spec.dtype)

@@ -1,0 +1,20 @@
+"""Triton kernels of fastik (installed as ``fastik.triton_kernels``).
+
+One concept per module:
+
+* :mod:`.message_fwd` — fused forward of implicit message passing (atomic scatter
+  over any edge order, and a segmented deterministic variant for target-sorted
+  edges with a CSR row pointer);
+* :mod:`.message_bwd` — fused backward (grad_h + grad_x in one kernel; grad_weight
+  as per-split partial GEMMs over edges), recomputing instead of storing.
+
+Importing this package does not import Triton; the submodules do (and choose
+the CPU interpreter when ``TRITON_INTERPRET=1`` is set at that moment). Use
+:mod:`fastik.ops.fused` rather than calling the launchers directly: it validates
+inputs and registers the differentiable ``torch.ops.fastik`` custom ops.
+"""
+import importlib.util as _util
+
+HAS_TRITON = _util.find_spec("triton") is not None
+
+__all__ = ["HAS_TRITON"]

@@ -1,0 +1,74 @@
+"""Launch-mode switches and small helpers shared by the kernels.
+
+Three launch modes, fixed when the kernel modules are imported:
+
+* ``TRITON_INTERPRET=1``: the CPU interpreter, one small fixed configuration
+  (tests without a GPU);
+* GPU with ``FASTIK_TRITON_AUTOTUNE=0``: one fixed default configuration per
+  kernel (fast start; GPU tests use this);
+* GPU otherwise: ``triton.autotune`` over the configurations listed next to each
+  kernel, keyed on the padded dimensions and K.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+AUTOTUNE = (not INTERPRET) and os.environ.get("FASTIK_TRITON_AUTOTUNE", "1") != "0"
+
+
+def padded_dim(d: int) -> int:
+    """Smallest power of two ≥ max(d, 16) (tl.dot needs every dim ≥ 16)."""
+    return max(16, triton.next_power_of_2(max(int(d), 1)))
+
+
+def device_ctx(t: torch.Tensor):
+    """Make ``t``'s GPU current while launching (multi-GPU safety)."""
+    if t.is_cuda:
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def fits_registers(configs, din_p: int, dout_p: int, precision: str, kind: str):
+    """Drop configurations that spill registers.
+
+    Rules read off ``ptxas -v`` for sm_90a at DIN_P = DOUT_P = 64 (see
+    bench/NOTES.md): register tiles up to 8192 fp32 per program are spill-free at
+    8 warps; IEEE (FMA) dots hold their operands in registers, so for the backward
+    kernels only BLOCK_K = 1 (and, for grad-weight, BLOCK_E ≤ 64) stays clean.
+    """
+    kept = []
+    for cfg in configs:
+        be, bk = cfg.kwargs["BLOCK_E"], cfg.kwargs["BLOCK_K"]
+        ok = be * bk * din_p <= 8192 and be * dout_p <= 16384
+        if kind == "dw":
+            ok = ok and bk * din_p * dout_p <= 16384
+        if precision == "ieee" and kind in ("dxdh", "dw"):
+            ok = ok and bk == 1 and (kind != "dw" or be <= 64)
+        if ok:
+            kept.append(cfg)
+    return kept or list(configs[:1])
+
+
+def launch(kernel, grid, args, meta, *, fixed: dict, fixed_gpu: dict):
+    """Launch ``kernel`` (a JITFunction, or an Autotuner when AUTOTUNE).
+
+    ``grid`` is a callable of the meta-parameters. ``fixed`` is the interpreter
+    configuration, ``fixed_gpu`` the non-autotuned GPU one (may hold num_warps /
+    num_stages), or a dict of such keyed by precision (key "default" as fallback).
+    """
+    if AUTOTUNE:
+        kernel[grid](*args, **meta)
+        return
+    if INTERPRET:
+        cfg = dict(fixed)
+    elif "default" in fixed_gpu:
+        cfg = dict(fixed_gpu.get(meta.get("PRECISION"), fixed_gpu["default"]))
+    else:
+        cfg = dict(fixed_gpu)
+    full = {**meta, **cfg}
+    kernel[grid(full)](*args, **full)

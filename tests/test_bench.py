@@ -1,0 +1,157 @@
+"""The benchmark harness (bench/) end to end at a tiny size, with the implementations that are always available."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import cli  # noqa: E402
+from bench.impls import IMPLS  # noqa: E402
+from bench.runner import BenchConfig, _predict_skip  # noqa: E402
+from bench.workload import LayerSpec, make_graph, parse_edges  # noqa: E402
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = cli.main(["--impls", "fastik-reference,materialize", "--groups", "so3", "--edges", "100",
+                   "--repeats", "2", "--warmup", "1", "--device", "cpu", "--out", str(out), "--tag", "test",
+                   "--quiet"])
+    return rc, out
+
+
+def test_outputs_written(tiny_run):
+    rc, out = tiny_run
+    assert rc == 0
+    names = sorted(p.name for p in out.iterdir())
+    stems = {Path(n).stem for n in names}
+    assert len(stems) == 1 and next(iter(stems)).endswith("-cpu-test"), names
+    assert any(n.endswith(".json") for n in names) and any(n.endswith(".md") for n in names)
+    png = [p for p in out.iterdir() if p.suffix == ".png"]
+    if HAVE_MPL:
+        assert len(png) == 1 and png[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not png
+
+
+def _result(out: Path) -> dict:
+    return json.loads(next(out.glob("*.json")).read_text())
+
+
+def test_json_fields(tiny_run):
+    _, out = tiny_run
+    result = _result(out)
+    assert result["schema"] == "fastik-bench/1"
+    env = result["env"]
+    for key in ("date", "device", "device_type", "cpu", "torch", "triton", "escnn", "e3nn", "numpy", "dtype",
+                "tf32_matmul", "git_commit", "memory_method"):
+        assert key in env, key
+    assert env["device_type"] == "cpu" and env["dtype"] == "float32" and env["tf32_matmul"] is False
+    assert result["config"]["edges"] == [100] and result["config"]["groups"] == ["so3"]
+    assert set(result["outputs"]) >= {"json", "md", "png"}
+    rows = result["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["impl"], r["pass"]) for r in ok} == {(i, p) for i in ("fastik-reference", "materialize")
+                                                   for p in ("fwd+bwd", "fwd")}
+    for r in ok:
+        assert r["edges"] == 96 and r["nodes"] == 6 and r["dim"] == 64 and r["group"] == "so3"
+        assert r["median_ms"] > 0 and r["repeats"] == 2 and len(r["times_ms"]) == 2 and r["warmup"] == 1
+        assert r["min_ms"] <= r["median_ms"] and r["medges_per_s"] > 0
+        assert r["peak_mem_bytes"] is None  # CPU: no allocator peak, only the sampled RSS increase
+        assert r["step_mem_bytes"] is None or r["step_mem_bytes"] >= 0
+
+
+def test_markdown_table(tiny_run):
+    _, out = tiny_run
+    text = next(out.glob("*.md")).read_text()
+    assert text.startswith("# fastik benchmark")
+    assert "| implementation | E = 96 |" in text
+    assert "forward + backward" in text and "forward (inference)" in text
+    assert "| fastik-reference | " in text and "| materialize ⁽*⁾ | " in text
+    assert " ms · " in text and "## Implementations" in text
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU skip")
+def test_unavailable_impl_is_a_skipped_row(tmp_path, monkeypatch):
+    # tests/conftest.py turns the Triton interpreter on; without it triton needs CUDA
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    rc = cli.main(["--impls", "fastik-triton", "--groups", "so3", "--edges", "100", "--device", "cpu",
+                   "--out", str(tmp_path), "--quiet"])
+    assert rc == 1  # nothing could be measured
+    (row,) = _result(tmp_path)["rows"]
+    assert row["impl"] == "fastik-triton" and row["status"] == "skipped" and "CUDA" in row["reason"]
+    assert row["edges"] is None and row["pass"] == "all"
+    text = next(tmp_path.glob("*.md")).read_text()
+    assert "Skipped and failed" in text and "fastik-triton" in text
+
+
+def test_memory_limit_skips_rows(tmp_path):
+    rc = cli.main(["--impls", "materialize", "--groups", "so3", "--edges", "1e5", "--passes", "fwd",
+                   "--device", "cpu", "--mem-limit-gib", "0.01", "--out", str(tmp_path), "--no-plot", "--quiet"])
+    assert rc == 1  # nothing measured
+    (row,) = _result(tmp_path)["rows"]
+    assert row["status"] == "skipped" and "predicted memory" in row["reason"]
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_time_prediction_skips_rows():
+    config = BenchConfig(impls=["materialize"], groups=["so3"], edges=[1000, 100000], row_budget_s=1.0)
+    prev = {"edges": 1000, "median_ms": 100.0, "peak_mem_bytes": None, "step_mem_bytes": 1000}
+    import time
+
+    spec = LayerSpec()
+    reason = _predict_skip(IMPLS["materialize"], spec, 100_000, True, prev, config, None, time.perf_counter())
+    assert reason and "row budget" in reason
+    assert _predict_skip(IMPLS["materialize"], spec, 2000, False, prev, config, None, time.perf_counter()) is None
+
+
+def test_parse_edges_and_graph():
+    assert parse_edges("1e3, 100,1e3") == [100, 1000]
+    with pytest.raises(ValueError):
+        parse_edges("1.5")
+    g = make_graph(160, 64)
+    assert g.num_nodes == 10 and g.num_edges == 160 and g.x.shape == (10, 64) and g.pos.shape == (10, 3)
+    assert (g.edge_index[1].diff() >= 0).all()  # targets sorted, 16 per node
+
+
+def test_cli_rejects_unknown_impl(capsys):
+    assert cli.main(["--impls", "nope", "--quiet"]) == 2
+    assert "unknown implementation" in capsys.readouterr().err
+
+
+def test_list(capsys):
+    assert cli.main(["--list", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in IMPLS)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_records_allocator_peak(tmp_path):
+    rc = cli.main(["--impls", "fastik-reference,fastik-triton,materialize", "--groups", "so3", "--edges", "1e3",
+                   "--repeats", "2", "--warmup", "1", "--device", "cuda", "--out", str(tmp_path), "--no-plot",
+                   "--quiet"])
+    assert rc == 0
+    result = _result(tmp_path)
+    assert result["env"]["device_type"] == "cuda" and result["env"]["device_memory_bytes"] > 0
+    ok = [r for r in result["rows"] if r["status"] == "ok"]
+    assert {r["impl"] for r in ok} >= {"fastik-reference", "materialize"}
+    for r in ok:
+        assert r["peak_mem_bytes"] > 0 and r["step_mem_bytes"] is not None
+    for r in result["rows"]:  # the fused backend may still be missing: then its rows say why
+        assert r["status"] == "ok" or r["reason"]
+
+
+def test_graph_has_no_self_loops():
+    g = make_graph(16 * 50, 8, seed=3)
+    assert (g.edge_index[0] != g.edge_index[1]).all()
+    assert g.edge_index[0].min() >= 0 and g.edge_index[0].max() < 50
