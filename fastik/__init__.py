@@ -5,11 +5,12 @@ G ≤ O(2) or O(3), on point clouds and graphs.
 """
 from .groups import FieldType, Group, group, group_from_generators
 from .nn import (EquivariantLinear, EquivariantNorm, FourierELU, GatedNonlinearity, ImplicitKernel,
-                 ImplicitPointConv)
+                 ImplicitPointConv, ImplicitR2Conv, ImplicitR3Conv)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "Group", "group", "group_from_generators", "FieldType", "EquivariantLinear",
     "GatedNonlinearity", "FourierELU", "EquivariantNorm", "ImplicitKernel", "ImplicitPointConv",
+    "ImplicitR2Conv", "ImplicitR3Conv",
 ]

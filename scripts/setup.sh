@@ -15,4 +15,21 @@ $VPY -m pip install -q "numpy<2" pytest hypothesis
 export MAX_JOBS=${MAX_JOBS:-2}
 # the extension is built against the installed torch, hence no build isolation
 $VPY -m pip install -q --no-build-isolation -e ".[test,bench]"
+# escnn extra (fastik.escnn, tests/test_escnn.py; ≈45 s once): escnn 1.0.11 with numpy<2, plus torch_geometric for
+# escnn's own point convolutions. escnn's py3nj dependency is Fortran built from source: get gfortran from apt
+# (≈10 s); without apt or root, install escnn without py3nj (escnn then computes SO(3) Clebsch–Gordan
+# coefficients numerically; keep scikit-learn out of that venv: escnn hands it np.matrix, which it rejects).
+if ! $VPY -c "import escnn, torch_geometric" >/dev/null 2>&1; then
+  if ! command -v gfortran >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gfortran \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gfortran; }; } >/dev/null 2>&1 || true
+  fi
+  if command -v gfortran >/dev/null 2>&1; then
+    $VPY -m pip install -q "escnn>=1.0.11" torch_geometric "numpy<2"
+  else
+    echo "setup: no Fortran compiler: installing escnn without py3nj" >&2
+    $VPY -m pip install -q lie_learn pymanopt autograd joblib scipy torch_geometric "numpy<2"
+    $VPY -m pip install -q --no-deps "escnn>=1.0.11"
+  fi
+fi
 $VPY -c "import fastik, fastik.ops.aggregate as a; print('fastik', fastik.__version__, '| extension:', a.has_extension(), '| CUDA kernels:', a.extension_has_cuda())"

@@ -19,6 +19,12 @@ ALL_GROUPS = [(g, 3) for g in GROUPS_3D] + [(g, 2) for g in GROUPS_2D]
 FIELDS = {3: "4x0e + 2x1o + 1x2e", 2: "2x0 + 1x0- + 2x1 + 1x2"}
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state (no test depends on another's draws)."""
+    torch.manual_seed(0)
+
+
 def group_id(p):
     return f"{p[0]}-{p[1]}d"
 

@@ -31,7 +31,7 @@ def pair(group, dim, t_in, t_out, attr, **kw):
     fused = fastik.ImplicitPointConv(a, b, edge_attr_type=ea, hidden_channels=2, backend="triton", **kw).to(DEVICE)
     fused.load_state_dict(ref.state_dict())
     with torch.no_grad():
-        ref.bias.normal_() if ref.bias is not None else None
+        ref.bias.coefficients.normal_() if ref.bias is not None else None
         fused.load_state_dict(ref.state_dict())
     return ref, fused, a, ea
 

@@ -38,10 +38,9 @@ def test_equivariant_linear(any_group):
     t_out = fastik.FieldType(any_group, "3x0e + 1x1e + 2x1o + 1x3o" if any_group.dim == 3 else "1x0 + 2x1 + 1x3 + 1x0-")
     lin = EquivariantLinear(t_in, t_out)
     with torch.no_grad():
-        for b in lin.biases.values():
-            b.normal_()
+        lin.bias.coefficients.normal_()
     check(lin, t_in, t_out, torch.randn(7, t_in.dim), any_group.sample(3, seed=0), EXACT)
-    bias = lin.bias()
+    bias = lin.bias.bias(torch.float64)
     for g in any_group.sample(3, seed=1):
         assert torch.allclose(t_out.representation(g) @ bias, bias, atol=1e-12)
 
@@ -49,10 +48,10 @@ def test_equivariant_linear(any_group):
 def test_bias_only_on_invariant_subspace():
     so3 = fastik.group("so3")
     lin = EquivariantLinear(fastik.FieldType(so3, "2x1o"), fastik.FieldType(so3, "3x0e + 2x1o"))
-    assert set(lin.biases.keys()) == {"0"}  # no bias for vectors under SO(3)
+    assert lin.bias.coefficients.shape == (3,)  # no bias for vectors under SO(3)
     c1 = fastik.group("C1")
     lin = EquivariantLinear(fastik.FieldType(c1, "2x1o"), fastik.FieldType(c1, "3x0e + 2x1o"))
-    assert set(lin.biases.keys()) == {"0", "1"}  # every direction is invariant under C1
+    assert lin.bias.coefficients.shape == (9,)  # every direction is invariant under C1
 
 
 def test_gated_nonlinearity_exact(any_group):
@@ -115,7 +114,7 @@ def test_point_conv_equivariance(name, dim):
     ft = field(G)
     conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=2, backend="reference")
     with torch.no_grad():
-        conv.bias.normal_()
+        conv.bias.coefficients.normal_()
     pos, ei = random_graph(15, 60, dim)
     x = torch.randn(15, ft.dim)
     y = conv(x, pos, ei)
@@ -225,8 +224,8 @@ def test_edge_cases_empty_and_isolated():
     ft = field(G)
     conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=2)
     with torch.no_grad():
-        conv.bias.normal_()
-    bias = conv.bias @ conv._buffers["bias_basis"].view(torch.float64)
+        conv.bias.coefficients.normal_()
+    bias = conv.bias.bias(torch.float64)
     x, pos = torch.randn(6, ft.dim), torch.randn(6, 3)
     empty = torch.zeros(2, 0, dtype=torch.long)
     assert torch.allclose(conv(x, pos, empty), bias.expand(6, -1))
@@ -320,3 +319,21 @@ def test_csr_aggregation_matches_scatter_and_is_deterministic():
         assert relative_error(g1, g2) < 1e-12
     with pytest.raises(ValueError, match="csr describes"):
         conv(x, pos, ei[:, :10], csr=csr)
+
+
+def test_regular_fields_get_enough_harmonics():
+    """A kernel between regular fields of C8 must vary with the angle of r at every frequency up
+    to 4 (with harmonics ≤ 1 the gated G-MLP only reaches angular frequencies ≤ 1)."""
+    G = fastik.group("C8", dim=2)
+    reg = fastik.FieldType(G, "1xreg")
+    theta = torch.arange(64) * (2 * torch.pi / 64)
+    circle = torch.stack([torch.cos(theta), torch.sin(theta)], -1)
+
+    def angular_spectrum(harmonics):
+        k = ImplicitKernel(reg, reg, hidden_channels=2, harmonics=harmonics)
+        spec = torch.fft.fft(k(circle).detach(), dim=0).abs()  # (64, 8, 8) over frequencies
+        return spec.amax((1, 2)) / spec.max()
+
+    assert ImplicitKernel(reg, reg, hidden_channels=1).harmonics == 4
+    assert bool((angular_spectrum(None)[2:5] > 1e-3).all())
+    assert bool((angular_spectrum(1)[2:5] < 1e-9).all())  # the failure mode this guards against

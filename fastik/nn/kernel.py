@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..groups import (FieldType, O2Irrep, O3Irrep, Rep, TensorProductRep, circular_harmonics,
+from ..groups import (FieldType, O2Irrep, O3Irrep, RegularRep, Rep, TensorProductRep, circular_harmonics,
                       intertwiner_basis, spherical_harmonics)
 from ._buffers import constant, register_constant
 from .linear import EquivariantLinear, trivial_irrep
@@ -27,6 +27,20 @@ def _product_irreps(a: Rep, b: Rep) -> list[Rep]:
         low = [O2Irrep(0, 1), O2Irrep(0, -1)] if diff == 0 else [O2Irrep(diff)]
         return low + [O2Irrep(a.k + b.k)]
     return [a if not isinstance(a, (O3Irrep, O2Irrep)) else b]
+
+
+def harmonic_degree(rep: Rep) -> int:
+    """Largest harmonic degree needed to reach ``rep``: l (O(3)), k (O(2)); for the regular
+    representation of a finite G the smallest band limit with as many harmonics as |G|
+    elements ((l+1)² ≥ |G| in 3D, capped at 6; 2k+1 ≥ |G| in 2D); 0 for other reps."""
+    if isinstance(rep, O3Irrep):
+        return rep.l
+    if isinstance(rep, O2Irrep):
+        return rep.k
+    if isinstance(rep, RegularRep):
+        n = rep.dim
+        return min(6, math.ceil(math.sqrt(n)) - 1) if rep.group.dim == 3 else n // 2
+    return 0
 
 
 def kernel_irreps(in_type: FieldType, out_type: FieldType) -> list[Rep]:
@@ -121,7 +135,7 @@ class ImplicitKernel(nn.Module):
         self.group, self.in_type, self.out_type = group, in_type, out_type
         self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
         irreps = kernel_irreps(in_type, out_type)
-        lmax = max(getattr(r, "l", getattr(r, "k", 0)) for r in irreps)
+        lmax = max(harmonic_degree(r) for r in irreps)
         self.harmonics = lmax if harmonics is None else harmonics
         self.input_type = self._input_type()
         layers: list[nn.Module] = []

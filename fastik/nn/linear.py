@@ -9,12 +9,44 @@ from torch import Tensor, nn
 from ..groups import FieldType, O2Irrep, O3Irrep, Rep, intertwiner_basis
 from ._buffers import constant, register_constant
 
-__all__ = ["EquivariantLinear", "trivial_irrep"]
+__all__ = ["EquivariantLinear", "InvariantBias", "trivial_irrep", "invariant_basis"]
 
 
 def trivial_irrep(dim: int) -> Rep:
     """The trivial representation as an irrep label of O(dim)."""
     return O3Irrep(0, 1) if dim == 3 else O2Irrep(0, 1)
+
+
+def invariant_basis(field_type: FieldType) -> Tensor:
+    """Orthonormal basis (t, field_type.dim) float64 of the G-invariant vectors of a field type."""
+    rows = []
+    for (m, r), sl in zip(field_type.blocks, field_type.slices()):
+        inv = intertwiner_basis(field_type.group, r, trivial_irrep(field_type.group.dim))[..., 0]  # (t0, d)
+        for u in range(m):
+            block = torch.zeros(len(inv), field_type.dim, dtype=torch.float64)
+            block[:, sl.start + u * r.dim: sl.start + (u + 1) * r.dim] = inv
+            rows.append(block)
+    return torch.cat(rows) if rows else torch.zeros(0, field_type.dim, dtype=torch.float64)
+
+
+class InvariantBias(nn.Module):
+    """A learned bias on the G-invariant subspace of ``field_type``: ``y = x + b``, ρ(g) b = b.
+
+    Shapes: (..., field_type.dim) -> same.  Parameter ``coefficients`` (t,), zero at init.
+    """
+
+    def __init__(self, field_type: FieldType) -> None:
+        super().__init__()
+        basis = invariant_basis(field_type)
+        register_constant(self, "basis", basis)
+        self.coefficients = nn.Parameter(torch.zeros(len(basis)))
+
+    def bias(self, dtype: torch.dtype) -> Tensor:
+        """(field_type.dim,) the bias vector."""
+        return self.coefficients.to(dtype) @ constant(self, "basis", dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias(x.dtype)
 
 
 class EquivariantLinear(nn.Module):
@@ -26,8 +58,8 @@ class EquivariantLinear(nn.Module):
 
     Shapes: x (..., in_type.dim) -> y (..., out_type.dim).
     Parameters: ``weights[f"{o}_{i}"]`` (mul_out, mul_in, t) per pair of blocks with
-    t > 0 intertwiners; ``biases[f"{o}"]`` (mul_out, t0).  Initialised so that unit
-    variance inputs give outputs of variance ``gain``.
+    t > 0 intertwiners; ``bias`` an :class:`InvariantBias` (or None).  Initialised so
+    that unit variance inputs give outputs of variance ``gain``.
     """
 
     def __init__(self, in_type: FieldType, out_type: FieldType, bias: bool = True, gain: float = 1.0) -> None:
@@ -37,12 +69,10 @@ class EquivariantLinear(nn.Module):
         self.in_type, self.out_type = in_type, out_type
         group = in_type.group
         self.weights = nn.ParameterDict()
-        self.biases = nn.ParameterDict()
         self._pairs: list[tuple[int, int]] = []
-        in_slices, self._out_slices = in_type.slices(), out_type.slices()
-        self._in_slices = in_slices
+        self._in_slices, self._out_slices = in_type.slices(), out_type.slices()
         for o, (mo, ro) in enumerate(out_type.blocks):
-            fan_in = 0.0
+            fan_in, names = 0.0, []
             for i, (mi, ri) in enumerate(in_type.blocks):
                 basis = intertwiner_basis(group, ro, ri)
                 if len(basis) == 0:
@@ -50,15 +80,11 @@ class EquivariantLinear(nn.Module):
                 register_constant(self, f"basis_{o}_{i}", basis)
                 self.weights[f"{o}_{i}"] = nn.Parameter(torch.randn(mo, mi, len(basis)))
                 self._pairs.append((o, i))
+                names.append(f"{o}_{i}")
                 fan_in += mi * len(basis) / ro.dim
-            for i, (mi, ri) in enumerate(in_type.blocks):
-                if f"{o}_{i}" in self.weights:
-                    self.weights[f"{o}_{i}"].data.mul_(math.sqrt(gain / fan_in))
-            if bias:
-                inv = intertwiner_basis(group, ro, trivial_irrep(group.dim))[..., 0]  # (t0, d)
-                if len(inv):
-                    register_constant(self, f"bias_basis_{o}", inv)
-                    self.biases[f"{o}"] = nn.Parameter(torch.zeros(mo, len(inv)))
+            for name in names:
+                self.weights[name].data.mul_(math.sqrt(gain / fan_in))
+        self.bias = InvariantBias(out_type) if bias and len(invariant_basis(out_type)) else None
 
     def weight(self, dtype: torch.dtype | None = None) -> Tensor:
         """The dense (out_type.dim, in_type.dim) matrix."""
@@ -72,21 +98,61 @@ class EquivariantLinear(nn.Module):
             w[self._out_slices[o], self._in_slices[i]] = block.reshape(block.shape[0] * block.shape[1], -1)
         return w
 
-    def bias(self, dtype: torch.dtype | None = None) -> Tensor | None:
-        """The (out_type.dim,) invariant bias, or None."""
-        if not len(self.biases):
-            return None
-        first = next(iter(self.biases.values()))
-        b = torch.zeros(self.out_type.dim, dtype=dtype or first.dtype, device=first.device)
-        for o, sl in enumerate(self._out_slices):
-            if f"{o}" in self.biases:
-                coef = self.biases[f"{o}"]
-                b[sl] = (coef @ constant(self, f"bias_basis_{o}", coef.dtype)).reshape(-1)
-        return b
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias(x.dtype)
+
+
+class EquivariantLinear(nn.Module):
+    """``y = x Wᵀ + b`` with W a learned combination of G-intertwiners (and b invariant).
+
+    G acts on the input by ``in_type.representation(g)`` and on the output by
+    ``out_type.representation(g)``; ``W ρin(g) = ρout(g) W`` for all g ∈ G.
+    The bias lives only on the G-invariant subspace of the output.
+
+    Shapes: x (..., in_type.dim) -> y (..., out_type.dim).
+    Parameters: ``weights[f"{o}_{i}"]`` (mul_out, mul_in, t) per pair of blocks with
+    t > 0 intertwiners; ``bias`` an :class:`InvariantBias` (or None).  Initialised so
+    that unit variance inputs give outputs of variance ``gain``.
+    """
+
+    def __init__(self, in_type: FieldType, out_type: FieldType, bias: bool = True, gain: float = 1.0) -> None:
+        super().__init__()
+        if in_type.group is not out_type.group:
+            raise ValueError("in_type and out_type must belong to the same group")
+        self.in_type, self.out_type = in_type, out_type
+        group = in_type.group
+        self.weights = nn.ParameterDict()
+        self._pairs: list[tuple[int, int]] = []
+        self._in_slices, self._out_slices = in_type.slices(), out_type.slices()
+        for o, (mo, ro) in enumerate(out_type.blocks):
+            fan_in, names = 0.0, []
+            for i, (mi, ri) in enumerate(in_type.blocks):
+                basis = intertwiner_basis(group, ro, ri)
+                if len(basis) == 0:
+                    continue
+                register_constant(self, f"basis_{o}_{i}", basis)
+                self.weights[f"{o}_{i}"] = nn.Parameter(torch.randn(mo, mi, len(basis)))
+                self._pairs.append((o, i))
+                names.append(f"{o}_{i}")
+                fan_in += mi * len(basis) / ro.dim
+            for name in names:
+                self.weights[name].data.mul_(math.sqrt(gain / fan_in))
+        self.bias = InvariantBias(out_type) if bias and len(invariant_basis(out_type)) else None
+
+    def weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The dense (out_type.dim, in_type.dim) matrix."""
+        dtype = dtype or next(iter(self.parameters()), torch.empty(0)).dtype
+        device = next((b.device for b in self.buffers()), None)
+        w = torch.zeros(self.out_type.dim, self.in_type.dim, dtype=dtype, device=device)
+        for o, i in self._pairs:
+            coef = self.weights[f"{o}_{i}"]
+            basis = constant(self, f"basis_{o}_{i}", coef.dtype)  # (t, do, di)
+            block = torch.einsum("uvt,tab->uavb", coef, basis)
+            w[self._out_slices[o], self._in_slices[i]] = block.reshape(block.shape[0] * block.shape[1], -1)
+        return w
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_type.dim:
             raise ValueError(f"EquivariantLinear expects (..., {self.in_type.dim}) inputs, got {tuple(x.shape)}")
         y = x @ self.weight(x.dtype).T
-        b = self.bias(x.dtype)
-        return y if b is None else y + b
+        return y if self.bias is None else self.bias(y)

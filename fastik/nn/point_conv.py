@@ -6,12 +6,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..groups import FieldType, intertwiner_basis
+from ..groups import FieldType
 from ..ops import dispatch
 from ..ops.aggregate import CSR
-from ._buffers import constant, register_constant
 from .kernel import ImplicitKernel
-from .linear import trivial_irrep
+from .linear import InvariantBias, invariant_basis
 
 __all__ = ["ImplicitPointConv"]
 
@@ -68,18 +67,8 @@ class ImplicitPointConv(nn.Module):
         self.kernel = ImplicitKernel(in_type, out_type, edge_attr_type, node_attr_type, hidden_channels,
                                      hidden_layers, **kernel_kwargs)
         self.scale = 1 / math.sqrt(avg_degree) if aggr == "sum" else 1.0
-        self.bias = None
-        if bias:
-            inv = [intertwiner_basis(out_type.group, r, trivial_irrep(out_type.group.dim))[..., 0] for _, r in out_type.blocks]
-            basis = torch.zeros(sum(m * len(b) for (m, _), b in zip(out_type.blocks, inv)), out_type.dim, dtype=torch.float64)
-            row = 0
-            for (m, r), b, sl in zip(out_type.blocks, inv, out_type.slices()):
-                for u in range(m):
-                    basis[row:row + len(b), sl.start + u * r.dim: sl.start + (u + 1) * r.dim] = b
-                    row += len(b)
-            if row:
-                register_constant(self, "bias_basis", basis)
-                self.bias = nn.Parameter(torch.zeros(row))
+        has_invariants = len(invariant_basis(out_type)) > 0
+        self.bias = InvariantBias(out_type) if bias and has_invariants else None
 
     def extra_repr(self) -> str:
         return f"{self.in_type} -> {self.out_type}, group={self.in_type.group.name}, aggr={self.aggr}, backend={self.backend}"
@@ -104,9 +93,7 @@ class ImplicitPointConv(nn.Module):
         if self.aggr == "mean":
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]
-        if self.bias is not None:
-            out = out + self.bias.to(x.dtype) @ constant(self, "bias_basis", x.dtype)
-        return out
+        return out if self.bias is None else self.bias(out)
 
     def _validate(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None,
                   node_attr: Tensor | None, pos_target: Tensor | None, node_attr_target: Tensor | None) -> None:
