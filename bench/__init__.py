@@ -3,7 +3,7 @@
 Compares one steerable point-convolution layer across implementations, side by
 side in one run on one device:
 
-* ``fastik-reference`` / ``fastik-triton`` — :class:`fastik.ImplicitPointConv`
+* ``fastik-reference`` / ``fastik-triton`` / ``fastik-triton-csr`` — :class:`fastik.ImplicitPointConv`
   on the reference (plain torch) and fused (Triton) backends;
 * ``escnn-implicit`` — the paper's construction written with escnn (a G-MLP
   from the standard representation to ρin ⊗ ρout, materialised per edge);

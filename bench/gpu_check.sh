@@ -83,7 +83,7 @@ BENCH_RC=$?
 if [ "$(left)" -gt 40 ]; then
   stage "benchmark: fastik on Cinf, O, o3 at E = 1e5"
   timeout -k 5 "$(( $(left) - 5 ))" "$PY" -m bench --device cuda --groups Cinf,O,o3 --edges 1e5 \
-    --impls fastik-reference,fastik-triton --repeats 5 --warmup 2 --row-budget 10 --budget "$(( $(left) - 25 ))" \
+    --impls fastik-reference,fastik-triton,fastik-triton-csr --repeats 5 --warmup 2 --row-budget 10 --budget "$(( $(left) - 25 ))" \
     --out "$OUTDIR" --tag groups --no-plot 2>&1 | grep -E '^\[|^\| |^## |error' || true
 else
   stage "benchmark: other groups skipped (deadline near)"

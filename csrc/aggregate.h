@@ -10,7 +10,9 @@
 // and a malformed rowptr is undefined behaviour (it is read, never written).
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
@@ -37,6 +39,47 @@ inline void check_same_device(const at::Tensor& a, const at::Tensor& b, const ch
                               const char* name_a, const char* name_b) {
   TORCH_CHECK_VALUE(a.device() == b.device(), op, ": ", name_a, " (", a.device(), ") and ",
                     name_b, " (", b.device(), ") must be on the same device");
+}
+
+// The checks every raw op starts with: src, then its index tensor (`rowptr` or
+// `index`), then that both are on one device.
+inline void check_inputs(const at::Tensor& src, const at::Tensor& index, const char* op,
+                         const char* index_name) {
+  check_src(src, op);
+  check_index(index, op, index_name);
+  check_same_device(src, index, op, "src", index_name);
+}
+
+// The size checks of each op (after check_inputs; CUDA also checks is_cuda in between).
+inline void check_rowptr_nonempty(const at::Tensor& rowptr, const char* op) {
+  TORCH_CHECK_VALUE(rowptr.numel() >= 1, op, ": rowptr must have N+1 >= 1 entries, got shape ",
+                    rowptr.sizes());
+}
+
+inline void check_scatter_sizes(const at::Tensor& src, const at::Tensor& index, int64_t dim_size,
+                                const char* op) {
+  TORCH_CHECK_VALUE(index.numel() == src.size(0), op, ": index must have length E=", src.size(0),
+                    " (src.shape[0]), got shape ", index.sizes());
+  TORCH_CHECK_VALUE(dim_size >= 0, op, ": dim_size must be >= 0, got ", dim_size);
+}
+
+inline void check_gather_sizes(const at::Tensor& src, const at::Tensor& rowptr, int64_t num_edges,
+                               const char* op) {
+  TORCH_CHECK_VALUE(rowptr.numel() == src.size(0) + 1, op,
+                    ": rowptr must have N+1 entries with N=src.shape[0]=", src.size(0),
+                    ", got shape ", rowptr.sizes());
+  TORCH_CHECK_VALUE(num_edges >= 0, op, ": num_edges must be >= 0, got ", num_edges);
+}
+
+// scatter_sum accumulates into a zeroed (N, D) buffer of src's op-math dtype
+// (float32 for bfloat16 src, else src's dtype: the kernels' acc_t), then
+// rounds it to src's dtype once at the end (a no-op unless bfloat16).
+inline at::Tensor scatter_accumulator(const at::Tensor& src, int64_t N) {
+  return at::zeros({N, src.size(1)}, src.options().dtype(at::toOpMathType(src.scalar_type())));
+}
+
+inline at::Tensor scatter_result(const at::Tensor& acc, const at::Tensor& src) {
+  return acc.to(src.scalar_type());
 }
 
 // ---------------------------------------------------------------- CPU

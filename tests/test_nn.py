@@ -169,7 +169,7 @@ def test_chunking_matches_single_pass_forward_and_backward():
     pos, ei = random_graph(20, 100, 3)
     x = torch.randn(20, ft.dim, requires_grad=True)
     torch.manual_seed(0)
-    a = fastik.ImplicitPointConv(ft, ft, hidden_channels=2, chunk_size=7)
+    a = fastik.ImplicitPointConv(ft, ft, hidden_channels=2, chunk_size=7, mlp_chunk_size=11)
     b = fastik.ImplicitPointConv(ft, ft, hidden_channels=2)
     b.load_state_dict(a.state_dict())
     ya, yb = a(x, pos, ei), b(x, pos, ei)
@@ -337,3 +337,24 @@ def test_regular_fields_get_enough_harmonics():
     assert ImplicitKernel(reg, reg, hidden_channels=1).harmonics == 4
     assert bool((angular_spectrum(None)[2:5] > 1e-3).all())
     assert bool((angular_spectrum(1)[2:5] < 1e-9).all())  # the failure mode this guards against
+
+
+def test_mlp_chunking_stores_less_for_backward():
+    """With mlp_chunk_size < E only the G-MLP's inputs are kept for backward (it is recomputed)."""
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "4x0e + 2x1o")
+    pos, ei = random_graph(30, 400, 3)
+    x = torch.randn(30, ft.dim, requires_grad=True)
+
+    def saved_numel(conv):
+        total = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel()) or t, lambda t: t):
+            y = conv(x, pos, ei)
+        y.sum().backward()
+        return sum(total)
+
+    torch.manual_seed(0)
+    whole = fastik.ImplicitPointConv(ft, ft, hidden_channels=4)
+    chunked = fastik.ImplicitPointConv(ft, ft, hidden_channels=4, mlp_chunk_size=100)
+    chunked.load_state_dict(whole.state_dict())
+    assert saved_numel(chunked) < 0.5 * saved_numel(whole)

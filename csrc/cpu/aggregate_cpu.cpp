@@ -9,7 +9,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <vector>
@@ -36,20 +35,18 @@ void check_rowptr_values_cpu(const index_t* rp, int64_t n_rows, int64_t num_edge
   }
 }
 
-int64_t grain_for(int64_t n_items, int64_t work_per_item) {
-  (void)n_items;
-  return std::max<int64_t>(1, kWorkPerChunk / std::max<int64_t>(1, work_per_item));
+// parallel_for grain (in rows) for N CSR rows that share E edges of D features.
+int64_t row_grain(int64_t N, int64_t E, int64_t D) {
+  const int64_t work_per_row = (E / std::max<int64_t>(N, 1) + 1) * D;
+  return std::max<int64_t>(1, kWorkPerChunk / std::max<int64_t>(1, work_per_row));
 }
 
 }  // namespace
 
 at::Tensor segment_sum_cpu(const at::Tensor& src_in, const at::Tensor& rowptr_in) {
   constexpr const char* op = "fastik::segment_sum_raw";
-  check_src(src_in, op);
-  check_index(rowptr_in, op, "rowptr");
-  check_same_device(src_in, rowptr_in, op, "src", "rowptr");
-  TORCH_CHECK_VALUE(rowptr_in.numel() >= 1, op, ": rowptr must have N+1 >= 1 entries, got shape ",
-                    rowptr_in.sizes());
+  check_inputs(src_in, rowptr_in, op, "rowptr");
+  check_rowptr_nonempty(rowptr_in, op);
   const at::Tensor src = src_in.contiguous();
   const at::Tensor rowptr = rowptr_in.contiguous();
   const int64_t E = src.size(0);
@@ -65,8 +62,7 @@ at::Tensor segment_sum_cpu(const at::Tensor& src_in, const at::Tensor& rowptr_in
       using acc_t = at::opmath_type<scalar_t>;
       const scalar_t* s = src.const_data_ptr<scalar_t>();
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
-      const int64_t avg_work = (E / std::max<int64_t>(N, 1) + 1) * D;
-      at::parallel_for(0, N, grain_for(N, avg_work), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N, row_grain(N, E, D), [&](int64_t begin, int64_t end) {
         std::vector<acc_t> acc(D);
         for (int64_t i = begin; i < end; ++i) {
           std::fill(acc.begin(), acc.end(), acc_t(0));
@@ -88,22 +84,15 @@ at::Tensor segment_sum_cpu(const at::Tensor& src_in, const at::Tensor& rowptr_in
 at::Tensor scatter_sum_cpu(const at::Tensor& src_in, const at::Tensor& index_in,
                            int64_t dim_size) {
   constexpr const char* op = "fastik::scatter_sum_raw";
-  check_src(src_in, op);
-  check_index(index_in, op, "index");
-  check_same_device(src_in, index_in, op, "src", "index");
-  TORCH_CHECK_VALUE(index_in.numel() == src_in.size(0), op, ": index must have length E=",
-                    src_in.size(0), " (src.shape[0]), got shape ", index_in.sizes());
-  TORCH_CHECK_VALUE(dim_size >= 0, op, ": dim_size must be >= 0, got ", dim_size);
+  check_inputs(src_in, index_in, op, "index");
+  check_scatter_sizes(src_in, index_in, dim_size, op);
   const at::Tensor src = src_in.contiguous();
   const at::Tensor index = index_in.contiguous();
   const int64_t E = src.size(0);
   const int64_t D = src.size(1);
   const int64_t N = dim_size;
 
-  // bfloat16 is accumulated in a float32 buffer, converted at the end.
-  const bool low_precision = src.scalar_type() == at::kBFloat16;
-  at::Tensor acc_out =
-      at::zeros({N, D}, src.options().dtype(low_precision ? at::kFloat : src.scalar_type()));
+  at::Tensor acc_out = scatter_accumulator(src, N);  // float32 for bfloat16 src
 
   AT_DISPATCH_INDEX_TYPES(index.scalar_type(), "scatter_sum_cpu_index", [&] {
     const index_t* idx = index.const_data_ptr<index_t>();
@@ -137,19 +126,14 @@ at::Tensor scatter_sum_cpu(const at::Tensor& src_in, const at::Tensor& index_in,
       });
     });
   });
-  return low_precision ? acc_out.to(src.scalar_type()) : acc_out;
+  return scatter_result(acc_out, src);
 }
 
 at::Tensor segment_gather_cpu(const at::Tensor& src_in, const at::Tensor& rowptr_in,
                               int64_t num_edges) {
   constexpr const char* op = "fastik::segment_gather_raw";
-  check_src(src_in, op);
-  check_index(rowptr_in, op, "rowptr");
-  check_same_device(src_in, rowptr_in, op, "src", "rowptr");
-  TORCH_CHECK_VALUE(rowptr_in.numel() == src_in.size(0) + 1, op,
-                    ": rowptr must have N+1 entries with N=src.shape[0]=", src_in.size(0),
-                    ", got shape ", rowptr_in.sizes());
-  TORCH_CHECK_VALUE(num_edges >= 0, op, ": num_edges must be >= 0, got ", num_edges);
+  check_inputs(src_in, rowptr_in, op, "rowptr");
+  check_gather_sizes(src_in, rowptr_in, num_edges, op);
   const at::Tensor src = src_in.contiguous();
   const at::Tensor rowptr = rowptr_in.contiguous();
   const int64_t N = src.size(0);
@@ -164,8 +148,7 @@ at::Tensor segment_gather_cpu(const at::Tensor& src_in, const at::Tensor& rowptr
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, src.scalar_type(), "segment_gather_cpu", [&] {
       const scalar_t* s = src.const_data_ptr<scalar_t>();
       scalar_t* o = out.mutable_data_ptr<scalar_t>();
-      const int64_t avg_work = (E / std::max<int64_t>(N, 1) + 1) * D;
-      at::parallel_for(0, N, grain_for(N, avg_work), [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, N, row_grain(N, E, D), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const scalar_t* row = s + i * D;
           for (int64_t k = rp[i]; k < static_cast<int64_t>(rp[i + 1]); ++k) {

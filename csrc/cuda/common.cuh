@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 
@@ -32,8 +33,6 @@ __device__ __forceinline__ void add_vec(acc_t (&acc)[VEC], const Vec<T, VEC>& v)
   for (int j = 0; j < VEC; ++j) acc[j] += static_cast<acc_t>(v.v[j]);
 }
 
-// Widest vector (16 bytes) when D is a multiple of it and every base pointer
-// is 16-byte aligned; otherwise scalar accesses.
 template <typename scalar_t>
 constexpr int max_vec() {
   return 16 / static_cast<int>(sizeof(scalar_t));
@@ -41,6 +40,13 @@ constexpr int max_vec() {
 
 inline bool aligned16(const void* p) {
   return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+}
+
+// Vector width for rows of D scalars: the widest vector (16 bytes) when D is a
+// multiple of it and every base pointer is 16-byte aligned; otherwise 1 (scalar accesses).
+template <typename scalar_t, typename... Ptrs>
+int vec_width(int64_t D, const Ptrs*... base_ptrs) {
+  return (D % max_vec<scalar_t>() == 0 && (aligned16(base_ptrs) && ...)) ? max_vec<scalar_t>() : 1;
 }
 
 inline int next_pow2_capped(int64_t x, int cap) {
@@ -65,6 +71,11 @@ void dispatch_vec(int vec, F&& f) {
     TORCH_INTERNAL_ASSERT(vec == 1, "fastik: unexpected vector width ", vec);
     f(std::integral_constant<int, 1>{});
   }
+}
+
+// The CUDA entry points' device check (after check_inputs, before the size checks).
+inline void check_is_cuda(const at::Tensor& src, const char* op) {
+  TORCH_CHECK_VALUE(src.is_cuda(), op, ": expected CUDA tensors, got ", src.device());
 }
 
 }  // namespace cuda_detail

@@ -10,7 +10,6 @@
 #include "common.cuh"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -55,13 +54,9 @@ int sm_count(int device) {
 at::Tensor scatter_sum_cuda(const at::Tensor& src_in, const at::Tensor& index_in,
                             int64_t dim_size) {
   constexpr const char* op = "fastik::scatter_sum_raw";
-  check_src(src_in, op);
-  check_index(index_in, op, "index");
-  check_same_device(src_in, index_in, op, "src", "index");
-  TORCH_CHECK_VALUE(src_in.is_cuda(), op, ": expected CUDA tensors, got ", src_in.device());
-  TORCH_CHECK_VALUE(index_in.numel() == src_in.size(0), op, ": index must have length E=",
-                    src_in.size(0), " (src.shape[0]), got shape ", index_in.sizes());
-  TORCH_CHECK_VALUE(dim_size >= 0, op, ": dim_size must be >= 0, got ", dim_size);
+  check_inputs(src_in, index_in, op, "index");
+  check_is_cuda(src_in, op);
+  check_scatter_sizes(src_in, index_in, dim_size, op);
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = src_in.contiguous();
   const at::Tensor index = index_in.contiguous();
@@ -69,21 +64,16 @@ at::Tensor scatter_sum_cuda(const at::Tensor& src_in, const at::Tensor& index_in
   const int64_t D = src.size(1);
   const int64_t N = dim_size;
 
-  const bool low_precision = src.scalar_type() == at::kBFloat16;
-  at::Tensor acc_out =
-      at::zeros({N, D}, src.options().dtype(low_precision ? at::kFloat : src.scalar_type()));
-  if (N == 0 || D == 0 || E == 0) {
-    return low_precision ? acc_out.to(src.scalar_type()) : acc_out;
-  }
+  at::Tensor acc_out = scatter_accumulator(src, N);  // float32 for bfloat16 src
+  if (N == 0 || D == 0 || E == 0) return scatter_result(acc_out, src);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int max_blocks = sm_count(src.get_device()) * (2048 / kThreads) * 4;
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, src.scalar_type(), "scatter_sum_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     AT_DISPATCH_INDEX_TYPES(index.scalar_type(), "scatter_sum_cuda_index", [&] {
-      const int vec = (D % max_vec<scalar_t>() == 0 && aligned16(src.const_data_ptr()))
-                          ? max_vec<scalar_t>()
-                          : 1;
+      // Only src is read with vector loads (out gets scalar atomics).
+      const int vec = vec_width<scalar_t>(D, src.const_data_ptr());
       dispatch_vec<scalar_t>(vec, [&](auto vec_c) {
         constexpr int VEC = decltype(vec_c)::value;
         const int64_t DV = D / VEC;
@@ -98,7 +88,7 @@ at::Tensor scatter_sum_cuda(const at::Tensor& src_in, const at::Tensor& index_in
       });
     });
   });
-  return low_precision ? acc_out.to(src.scalar_type()) : acc_out;
+  return scatter_result(acc_out, src);
 }
 
 }  // namespace fastik

@@ -26,6 +26,28 @@ using namespace cuda_detail;
 
 constexpr int kThreads = 256;
 
+// This thread's place in its row team (TPR = tpr threads, G = 2^g_log2 columns).
+struct RowTeam {
+  int64_t row;  // the CSR row of the team (>= N for the tail teams of the last block)
+  int lane;     // lane in the team, 0 .. tpr-1
+  int G;        // threads across the feature dimension
+  int S;        // edge slots, tpr / G
+  int col;      // lane % G: this thread's VEC-wide column within each G-column chunk
+  int slot;     // lane / G: this thread takes edges start+slot, start+slot+S, ...
+};
+
+__device__ __forceinline__ RowTeam row_team(int g_log2, int tpr) {
+  const int rows_per_block = blockDim.x / tpr;
+  RowTeam t;
+  t.lane = threadIdx.x % tpr;
+  t.row = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / tpr;
+  t.G = 1 << g_log2;
+  t.S = tpr >> g_log2;
+  t.col = t.lane & (t.G - 1);
+  t.slot = t.lane >> g_log2;
+  return t;
+}
+
 template <typename scalar_t, typename index_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
     segment_sum_kernel(const scalar_t* __restrict__ src, const index_t* __restrict__ rowptr,
@@ -34,30 +56,26 @@ __global__ void __launch_bounds__(kThreads)
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
-  const int G = 1 << g_log2;
-  const int rows_per_block = blockDim.x / tpr;
-  const int lane_in_row = threadIdx.x % tpr;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / tpr;
+  const RowTeam t = row_team(g_log2, tpr);
   // A whole team leaves together (teams are warps or the whole block).
-  if (row >= N) return;
+  if (t.row >= N) return;
 
-  const int col = lane_in_row & (G - 1);
-  const int slot = lane_in_row >> g_log2;
-  const int S = tpr >> g_log2;
+  const int G = t.G;
+  const int S = t.S;
   const int64_t D = DV * VEC;
-  const int64_t start = static_cast<int64_t>(rowptr[row]);
-  const int64_t end = static_cast<int64_t>(rowptr[row + 1]);
+  const int64_t start = static_cast<int64_t>(rowptr[t.row]);
+  const int64_t end = static_cast<int64_t>(rowptr[t.row + 1]);
   const int warp_span = tpr < 32 ? tpr : 32;
 
   for (int64_t cb = 0; cb < DV; cb += G) {
-    const int64_t c = cb + col;
+    const int64_t c = cb + t.col;
     acc_t acc[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) acc[j] = acc_t(0);
 
     if (c < DV) {
       const scalar_t* base = src + c * VEC;
-      int64_t e = start + slot;
+      int64_t e = start + t.slot;
       // 4 independent loads in flight per thread, summed in edge order.
       for (; e + 3 * S < end; e += 4 * S) {
         const auto v0 = load_vec<scalar_t, VEC>(base + e * D);
@@ -81,8 +99,8 @@ __global__ void __launch_bounds__(kThreads)
     if (tpr > 32) {
       // Block team: combine the warps' partial sums in warp order.
       acc_t* sm = reinterpret_cast<acc_t*>(smem_raw);
-      const int warp = lane_in_row >> 5;
-      const int lane = lane_in_row & 31;
+      const int warp = t.lane >> 5;
+      const int lane = t.lane & 31;
       const int n_warps = tpr >> 5;
       if (lane < G) {
 #pragma unroll
@@ -100,11 +118,11 @@ __global__ void __launch_bounds__(kThreads)
       __syncthreads();
     }
 
-    if (slot == 0 && c < DV) {
+    if (t.slot == 0 && c < DV) {
       Vec<scalar_t, VEC> w;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) w.v[j] = static_cast<scalar_t>(acc[j]);
-      store_vec<scalar_t, VEC>(out + row * D + c * VEC, w);
+      store_vec<scalar_t, VEC>(out + t.row * D + c * VEC, w);
     }
   }
 }
@@ -114,22 +132,16 @@ __global__ void __launch_bounds__(kThreads)
     segment_gather_kernel(const scalar_t* __restrict__ src, const index_t* __restrict__ rowptr,
                           scalar_t* __restrict__ out, int64_t N, int64_t DV, int g_log2,
                           int tpr) {
-  const int G = 1 << g_log2;
-  const int rows_per_block = blockDim.x / tpr;
-  const int lane_in_row = threadIdx.x % tpr;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * rows_per_block + threadIdx.x / tpr;
-  if (row >= N) return;
+  const RowTeam t = row_team(g_log2, tpr);
+  if (t.row >= N) return;
 
-  const int col = lane_in_row & (G - 1);
-  const int slot = lane_in_row >> g_log2;
-  const int S = tpr >> g_log2;
   const int64_t D = DV * VEC;
-  const int64_t start = static_cast<int64_t>(rowptr[row]);
-  const int64_t end = static_cast<int64_t>(rowptr[row + 1]);
+  const int64_t start = static_cast<int64_t>(rowptr[t.row]);
+  const int64_t end = static_cast<int64_t>(rowptr[t.row + 1]);
 
-  for (int64_t c = col; c < DV; c += G) {
-    const auto v = load_vec<scalar_t, VEC>(src + row * D + c * VEC);
-    for (int64_t e = start + slot; e < end; e += S) {
+  for (int64_t c = t.col; c < DV; c += t.G) {
+    const auto v = load_vec<scalar_t, VEC>(src + t.row * D + c * VEC);
+    for (int64_t e = start + t.slot; e < end; e += t.S) {
       store_vec<scalar_t, VEC>(out + e * D + c * VEC, v);
     }
   }
@@ -147,7 +159,7 @@ struct Launch {
 template <typename scalar_t>
 Launch plan(int64_t N, int64_t E, int64_t D, const void* a, const void* b) {
   Launch l;
-  l.vec = (D % max_vec<scalar_t>() == 0 && aligned16(a) && aligned16(b)) ? max_vec<scalar_t>() : 1;
+  l.vec = vec_width<scalar_t>(D, a, b);
   l.dv = D / l.vec;
   const int G = next_pow2_capped(l.dv, 32);
   l.g_log2 = ilog2(G);
@@ -159,13 +171,12 @@ Launch plan(int64_t N, int64_t E, int64_t D, const void* a, const void* b) {
   return l;
 }
 
+// Both CUDA segment ops check a non-empty rowptr first (segment_gather then
+// checks its exact length; on CPU it only does the latter).
 void check_segment_inputs(const at::Tensor& src, const at::Tensor& rowptr, const char* op) {
-  check_src(src, op);
-  check_index(rowptr, op, "rowptr");
-  check_same_device(src, rowptr, op, "src", "rowptr");
-  TORCH_CHECK_VALUE(src.is_cuda(), op, ": expected CUDA tensors, got ", src.device());
-  TORCH_CHECK_VALUE(rowptr.numel() >= 1, op, ": rowptr must have N+1 >= 1 entries, got shape ",
-                    rowptr.sizes());
+  check_inputs(src, rowptr, op, "rowptr");
+  check_is_cuda(src, op);
+  check_rowptr_nonempty(rowptr, op);
 }
 
 }  // namespace
@@ -208,10 +219,7 @@ at::Tensor segment_gather_cuda(const at::Tensor& src_in, const at::Tensor& rowpt
                                int64_t num_edges) {
   constexpr const char* op = "fastik::segment_gather_raw";
   check_segment_inputs(src_in, rowptr_in, op);
-  TORCH_CHECK_VALUE(rowptr_in.numel() == src_in.size(0) + 1, op,
-                    ": rowptr must have N+1 entries with N=src.shape[0]=", src_in.size(0),
-                    ", got shape ", rowptr_in.sizes());
-  TORCH_CHECK_VALUE(num_edges >= 0, op, ": num_edges must be >= 0, got ", num_edges);
+  check_gather_sizes(src_in, rowptr_in, num_edges, op);
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = src_in.contiguous();
   const at::Tensor rowptr = rowptr_in.contiguous();

@@ -5,6 +5,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..groups import FieldType
 from ..ops import dispatch
@@ -41,6 +42,9 @@ class ImplicitPointConv(nn.Module):
         avg_degree: expected number of incoming edges; messages are scaled by
             1/sqrt(avg_degree) (sum) so that outputs start with roughly unit variance.
         chunk_size: edges per chunk on the reference backend (None: automatic).
+        mlp_chunk_size: in training, the kernel G-MLP runs in chunks of this many
+            edges and is recomputed in backward (activation checkpointing), so only
+            its (E, H+1) output is stored, not every hidden activation.
         precision: matmul precision of the triton backend: ``"ieee"`` (fp32, default),
             ``"tf32"`` (TF32 tensor cores, ≈1e-3 relative error) or ``"tf32x3"``
             (three TF32 passes, ≈fp32 accuracy).  float64 needs the reference backend.
@@ -51,8 +55,8 @@ class ImplicitPointConv(nn.Module):
     def __init__(self, in_type: FieldType, out_type: FieldType, edge_attr_type: FieldType | None = None,
                  node_attr_type: FieldType | None = None, hidden_channels: int = 16, hidden_layers: int = 2,
                  aggr: str = "sum", backend: str = "auto", *, avg_degree: float = 16.0,
-                 chunk_size: int | None = None, bias: bool = True, precision: str = "ieee",
-                 **kernel_kwargs) -> None:
+                 chunk_size: int | None = None, mlp_chunk_size: int = 65536, bias: bool = True,
+                 precision: str = "ieee", **kernel_kwargs) -> None:
         super().__init__()
         if aggr not in ("sum", "mean"):
             raise ValueError(f"aggr must be 'sum' or 'mean', got {aggr!r}")
@@ -63,7 +67,10 @@ class ImplicitPointConv(nn.Module):
         self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
         if precision not in ("ieee", "tf32", "tf32x3"):
             raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
+        if mlp_chunk_size < 1:
+            raise ValueError(f"mlp_chunk_size must be >= 1, got {mlp_chunk_size}")
         self.aggr, self.backend, self.chunk_size, self.precision = aggr, backend, chunk_size, precision
+        self.mlp_chunk_size = mlp_chunk_size
         self.kernel = ImplicitKernel(in_type, out_type, edge_attr_type, node_attr_type, hidden_channels,
                                      hidden_layers, **kernel_kwargs)
         self.scale = 1 / math.sqrt(avg_degree) if aggr == "sum" else 1.0
@@ -84,9 +91,13 @@ class ImplicitPointConv(nn.Module):
         z_t = None
         if node_attr is not None:
             z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
-        h = self.kernel.hidden(r, edge_attr, z_t, None if node_attr is None else node_attr[src])
-        s = self.kernel.envelope(r) * self.scale
-        h1 = torch.cat([h, h.new_ones(h.shape[0], 1)], -1) * s[:, None]
+        parts = (r, edge_attr, z_t, None if node_attr is None else node_attr[src])
+        e, step = r.shape[0], self.mlp_chunk_size
+        if torch.is_grad_enabled() and e > step:
+            h1 = torch.cat([checkpoint(self._edge_features, *[None if p is None else p[i:i + step] for p in parts],
+                                       use_reentrant=False) for i in range(0, e, step)])
+        else:
+            h1 = self._edge_features(*parts)
         weight = self.kernel.head.weight(x.dtype)
         out = dispatch.message_passing(self.backend, h1, x, weight, src, tgt, num_targets, self.chunk_size, csr,
                                        self.precision)
@@ -94,6 +105,13 @@ class ImplicitPointConv(nn.Module):
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]
         return out if self.bias is None else self.bias(out)
+
+    def _edge_features(self, r: Tensor, edge_attr: Tensor | None, z_t: Tensor | None,
+                       z_s: Tensor | None) -> Tensor:
+        """h̃_e = s(|r_e|)·α·[h_e; 1]: (E, H+1), the per-edge input of the fused operation (DESIGN §5)."""
+        h = self.kernel.hidden(r, edge_attr, z_t, z_s)
+        s = self.kernel.envelope(r) * self.scale
+        return torch.cat([h, h.new_ones(h.shape[0], 1)], -1) * s[:, None]
 
     def _validate(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None,
                   node_attr: Tensor | None, pos_target: Tensor | None, node_attr_target: Tensor | None) -> None:

@@ -29,7 +29,7 @@ import importlib
 import os
 import warnings
 from types import ModuleType
-from typing import NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
@@ -93,7 +93,7 @@ def _warn_fallback(reason: str) -> None:
             "slower and, on CUDA, not deterministic. Build the extension with "
             "`pip install --no-build-isolation -e .` to get the compiled kernels.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,  # skip _warn_fallback, _use_extension, _run_kernel and the custom op
         )
 
 
@@ -224,6 +224,19 @@ def _segment_gather_fallback(src: Tensor, rowptr: Tensor, num_edges: int) -> Ten
     return src.index_select(0, _rows_of_edges(rowptr, num_edges))
 
 
+def _run_kernel(
+    out_shape: tuple[int, int], raw_op: str, fallback: Callable[..., Tensor], src: Tensor, *args
+) -> Tensor:
+    """The custom ops' body once inputs are checked: zeros of ``out_shape`` when ``src`` or the
+    output is empty, else the compiled ``torch.ops.fastik.<raw_op>(src, *args)`` where it handles
+    ``src.device``, else the pure-torch ``fallback(src, *args)``."""
+    if src.numel() == 0 or out_shape[0] == 0 or out_shape[1] == 0:
+        return src.new_zeros(out_shape)
+    if _use_extension(src.device):  # loads fastik._C, which registers the raw ops
+        return getattr(torch.ops.fastik, raw_op)(src, *args)
+    return fallback(src, *args)
+
+
 # --------------------------------------------------------------------------- custom ops
 
 
@@ -231,12 +244,8 @@ def _segment_gather_fallback(src: Tensor, rowptr: Tensor, num_edges: int) -> Ten
 def _segment_sum_op(src: Tensor, rowptr: Tensor) -> Tensor:
     """(E, D), (N+1,) -> (N, D); src contiguous, inputs already shape/dtype/device-checked."""
     _check_rowptr_values(rowptr, src.shape[0], "fastik.segment_sum")
-    n, d = rowptr.numel() - 1, src.shape[1]
-    if src.shape[0] == 0 or n == 0 or d == 0:
-        return src.new_zeros((n, d))
-    if _use_extension(src.device):
-        return torch.ops.fastik.segment_sum_raw(src, rowptr)
-    return _segment_sum_fallback(src, rowptr)
+    out_shape = (rowptr.numel() - 1, src.shape[1])
+    return _run_kernel(out_shape, "segment_sum_raw", _segment_sum_fallback, src, rowptr)
 
 
 @_segment_sum_op.register_fake
@@ -251,12 +260,10 @@ def _segment_gather_op(src: Tensor, rowptr: Tensor, num_edges: int) -> Tensor:
     Backward of segment_sum; rowptr was validated by the forward op.
     """
     src = src.contiguous()
-    n, d = src.shape
-    if num_edges == 0 or n == 0 or d == 0:
-        return src.new_zeros((num_edges, d))
-    if _use_extension(src.device):
-        return torch.ops.fastik.segment_gather_raw(src, rowptr, num_edges)
-    return _segment_gather_fallback(src, rowptr, num_edges)
+    out_shape = (num_edges, src.shape[1])
+    return _run_kernel(
+        out_shape, "segment_gather_raw", _segment_gather_fallback, src, rowptr, num_edges
+    )
 
 
 @_segment_gather_op.register_fake
@@ -268,12 +275,8 @@ def _(src: Tensor, rowptr: Tensor, num_edges: int) -> Tensor:
 def _scatter_sum_op(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     """(E, D), (E,) -> (dim_size, D); src contiguous, inputs already shape/dtype/device-checked."""
     _check_index_values(index, dim_size, "fastik.scatter_sum")
-    d = src.shape[1]
-    if src.shape[0] == 0 or dim_size == 0 or d == 0:
-        return src.new_zeros((dim_size, d))
-    if _use_extension(src.device):
-        return torch.ops.fastik.scatter_sum_raw(src, index, dim_size)
-    return _scatter_sum_fallback(src, index, dim_size)
+    out_shape = (dim_size, src.shape[1])
+    return _run_kernel(out_shape, "scatter_sum_raw", _scatter_sum_fallback, src, index, dim_size)
 
 
 @_scatter_sum_op.register_fake

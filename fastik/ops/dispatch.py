@@ -6,7 +6,7 @@ import os
 from torch import Tensor
 
 from .aggregate import CSR
-from .reference import implicit_message_passing_reference
+from .reference import check_csr, implicit_message_passing_reference
 
 __all__ = ["BACKENDS", "check_backend", "resolve_backend", "message_passing"]
 
@@ -46,17 +46,21 @@ def message_passing(backend: str, h: Tensor, x: Tensor, weight: Tensor, src: Ten
     """(M, Dout) = Σ_e weight · (h_e ⊗ x_src(e)) aggregated at tgt(e), on the chosen backend.
 
     ``precision`` ("ieee" | "tf32" | "tf32x3") applies to the triton backend; the
-    reference backend follows torch's own matmul settings.
+    reference backend follows torch's own matmul settings.  With a ``csr`` the
+    triton backend runs the aggregate-first kernels (``fused_segmented``: E-level
+    work O(E·K·Din) instead of O(E·K·Din·Dout), deterministic), without one the
+    edge-wise kernels (``fused``, atomic aggregation).
     """
     if resolve_backend(backend, x) == "triton":
-        from .fused import implicit_message_passing_fused
+        if csr is None:  # edge-wise fused kernel, atomic aggregation
+            from .fused import implicit_message_passing_fused
 
-        if csr is None:
             return implicit_message_passing_fused(h, x, weight, src, tgt, num_targets, precision=precision)
-        if csr.num_edges != h.shape[0] or csr.num_targets != num_targets:
-            raise ValueError(f"csr describes {csr.num_edges} edges / {csr.num_targets} targets, "
-                             f"expected {h.shape[0]} / {num_targets}")
+        # target-sorted edges: aggregate h ⊗ x per target first, then one GEMM per target
+        from .fused_segmented import implicit_message_passing_segmented
+
+        check_csr(csr, h.shape[0], num_targets)
         perm = csr.perm
-        return implicit_message_passing_fused(h[perm], x, weight, src[perm], tgt[perm], num_targets,
-                                              precision=precision, tgt_rowptr=csr.rowptr)
+        return implicit_message_passing_segmented(h[perm], x, weight, src[perm], tgt[perm], csr.rowptr,
+                                                  num_targets, precision=precision)
     return implicit_message_passing_reference(h, x, weight, src, tgt, num_targets, chunk_size, csr)

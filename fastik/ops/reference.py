@@ -12,7 +12,14 @@ from torch.utils.checkpoint import checkpoint
 
 from .aggregate import CSR, scatter_sum, segment_sum
 
-__all__ = ["implicit_message_passing_reference"]
+__all__ = ["implicit_message_passing_reference", "check_csr"]
+
+
+def check_csr(csr: CSR, num_edges: int, num_targets: int) -> None:
+    """Raise a ValueError unless ``csr`` describes a graph of this many edges and targets."""
+    if csr.num_edges != num_edges or csr.num_targets != num_targets:
+        raise ValueError(f"csr describes {csr.num_edges} edges / {csr.num_targets} targets, "
+                         f"expected {num_edges} / {num_targets}")
 
 
 def implicit_message_passing_reference(
@@ -50,9 +57,7 @@ def implicit_message_passing_reference(
     out = x.new_zeros(num_targets, dout, dtype=torch.result_type(h, x))
     recompute = torch.is_grad_enabled() and e > step and any(t.requires_grad for t in (h, x, weight))
     if csr is not None:
-        if csr.num_edges != e or csr.num_targets != num_targets:
-            raise ValueError(f"csr describes {csr.num_edges} edges / {csr.num_targets} targets, "
-                             f"expected {e} / {num_targets}")
+        check_csr(csr, e, num_targets)
         h, src = h[csr.perm], src[csr.perm]
     for start in range(0, e, step):
         sl = slice(start, start + step)

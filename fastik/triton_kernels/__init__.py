@@ -6,11 +6,15 @@ One concept per module:
   over any edge order, and a segmented deterministic variant for target-sorted
   edges with a CSR row pointer);
 * :mod:`.message_bwd` — fused backward (grad_h + grad_x in one kernel; grad_weight
-  as per-split partial GEMMs over edges), recomputing instead of storing.
+  as per-split partial GEMMs over edges), recomputing instead of storing;
+* :mod:`.segmented_fwd` — aggregate-first forward for target-sorted edges:
+  T_i = Σ_e h_e ⊗ x_j per block of targets in registers, then out_i = W · vec(T_i);
+* :mod:`.segmented_bwd` — its backward (grad_h and grad_weight; grad_x is the
+  forward on the source-sorted graph).
 
 Importing this package does not import Triton; the submodules do (and choose
 the CPU interpreter when ``TRITON_INTERPRET=1`` is set at that moment). Use
-:mod:`fastik.ops.fused` rather than calling the launchers directly: it validates
+:mod:`fastik.ops.fused` / :mod:`fastik.ops.fused_segmented` rather than calling the launchers directly: it validates
 inputs and registers the differentiable ``torch.ops.fastik`` custom ops.
 """
 import importlib.util as _util
