@@ -175,3 +175,17 @@ def test_triton_layer_real_size_gpu():
     y_tri, g_tri = grads(fused, x, pos, ei, None)
     assert relative_error(y_tri, y_ref) < 1e-4
     assert relative_error(g_tri[0], g_ref[0]) < 1e-4
+
+
+def test_layer_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) traces the whole layer (G-MLP, custom ops, autograd)."""
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "2x0e + 1x1o")
+    conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=1, backend="triton").to(DEVICE)
+    x, pos, ei, _ = inputs(ft, None, n=6, e=12)
+    compiled = torch.compile(conv, fullgraph=True, backend="aot_eager")
+    y = compiled(x, pos, ei)
+    g, = torch.autograd.grad(y.square().sum(), x)
+    y_eager = conv(x, pos, ei)
+    g_eager, = torch.autograd.grad(y_eager.square().sum(), x)
+    assert relative_error(y, y_eager) < 1e-6 and relative_error(g, g_eager) < 1e-6

@@ -99,59 +99,6 @@ class EquivariantLinear(nn.Module):
         return w
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.bias(x.dtype)
-
-
-class EquivariantLinear(nn.Module):
-    """``y = x Wᵀ + b`` with W a learned combination of G-intertwiners (and b invariant).
-
-    G acts on the input by ``in_type.representation(g)`` and on the output by
-    ``out_type.representation(g)``; ``W ρin(g) = ρout(g) W`` for all g ∈ G.
-    The bias lives only on the G-invariant subspace of the output.
-
-    Shapes: x (..., in_type.dim) -> y (..., out_type.dim).
-    Parameters: ``weights[f"{o}_{i}"]`` (mul_out, mul_in, t) per pair of blocks with
-    t > 0 intertwiners; ``bias`` an :class:`InvariantBias` (or None).  Initialised so
-    that unit variance inputs give outputs of variance ``gain``.
-    """
-
-    def __init__(self, in_type: FieldType, out_type: FieldType, bias: bool = True, gain: float = 1.0) -> None:
-        super().__init__()
-        if in_type.group is not out_type.group:
-            raise ValueError("in_type and out_type must belong to the same group")
-        self.in_type, self.out_type = in_type, out_type
-        group = in_type.group
-        self.weights = nn.ParameterDict()
-        self._pairs: list[tuple[int, int]] = []
-        self._in_slices, self._out_slices = in_type.slices(), out_type.slices()
-        for o, (mo, ro) in enumerate(out_type.blocks):
-            fan_in, names = 0.0, []
-            for i, (mi, ri) in enumerate(in_type.blocks):
-                basis = intertwiner_basis(group, ro, ri)
-                if len(basis) == 0:
-                    continue
-                register_constant(self, f"basis_{o}_{i}", basis)
-                self.weights[f"{o}_{i}"] = nn.Parameter(torch.randn(mo, mi, len(basis)))
-                self._pairs.append((o, i))
-                names.append(f"{o}_{i}")
-                fan_in += mi * len(basis) / ro.dim
-            for name in names:
-                self.weights[name].data.mul_(math.sqrt(gain / fan_in))
-        self.bias = InvariantBias(out_type) if bias and len(invariant_basis(out_type)) else None
-
-    def weight(self, dtype: torch.dtype | None = None) -> Tensor:
-        """The dense (out_type.dim, in_type.dim) matrix."""
-        dtype = dtype or next(iter(self.parameters()), torch.empty(0)).dtype
-        device = next((b.device for b in self.buffers()), None)
-        w = torch.zeros(self.out_type.dim, self.in_type.dim, dtype=dtype, device=device)
-        for o, i in self._pairs:
-            coef = self.weights[f"{o}_{i}"]
-            basis = constant(self, f"basis_{o}_{i}", coef.dtype)  # (t, do, di)
-            block = torch.einsum("uvt,tab->uavb", coef, basis)
-            w[self._out_slices[o], self._in_slices[i]] = block.reshape(block.shape[0] * block.shape[1], -1)
-        return w
-
-    def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_type.dim:
             raise ValueError(f"EquivariantLinear expects (..., {self.in_type.dim}) inputs, got {tuple(x.shape)}")
         y = x @ self.weight(x.dtype).T
