@@ -14,7 +14,7 @@ from typing import Iterator, Sequence, Union
 import torch
 from torch import Tensor
 
-from .irreps import Irrep, O2Irrep, O3Irrep, parse_irrep
+from .irreps import O2Irrep, O3Irrep, parse_irrep
 from .point_groups import Group
 
 __all__ = ["FieldType", "RegularRep", "TensorProductRep", "Rep"]

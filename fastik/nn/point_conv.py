@@ -88,6 +88,8 @@ class ImplicitPointConv(nn.Module):
         src, tgt = edge_index[0], edge_index[1]
         num_targets = pos_t.shape[0]
         r = pos[src] - pos_t[tgt]
+        if pos_target is None:  # a self-loop's r is identically 0: its exact derivative is zero, so stop
+            r = torch.where((src == tgt)[:, None], r.detach(), r)  # the ±huge terms that cancel only to fp32 round-off
         z_t = None
         if node_attr is not None:
             z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
