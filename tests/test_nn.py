@@ -358,3 +358,16 @@ def test_mlp_chunking_stores_less_for_backward():
     chunked = fastik.ImplicitPointConv(ft, ft, hidden_channels=4, mlp_chunk_size=100)
     chunked.load_state_dict(whole.state_dict())
     assert saved_numel(chunked) < 0.5 * saved_numel(whole)
+
+
+def test_mean_aggregation_starts_with_unit_variance():
+    torch.manual_seed(0)
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "16x0e + 16x1o")
+    conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=4, aggr="mean").float()
+    pos = torch.randn(1500, 3, dtype=torch.float32) * 2
+    nbr = torch.cdist(pos, pos).topk(17, largest=False).indices[:, 1:]
+    ei = torch.stack([nbr.reshape(-1), torch.arange(1500).repeat_interleave(16)])
+    with torch.no_grad():
+        var = conv(torch.randn(1500, ft.dim, dtype=torch.float32), pos, ei).var().item()
+    assert 0.3 < var < 3.0, var

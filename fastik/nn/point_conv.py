@@ -1,8 +1,6 @@
 """ImplicitPointConv: steerable message passing with an implicit G-MLP kernel (paper Eq. 5)."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -39,8 +37,8 @@ class ImplicitPointConv(nn.Module):
         backend: ``"reference"`` (plain torch, the paper's algorithm in chunks),
             ``"triton"`` (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1) or
             ``"auto"``.  A run-time choice: it changes no parameter or state_dict key.
-        avg_degree: expected number of incoming edges; messages are scaled by
-            1/sqrt(avg_degree) (sum) so that outputs start with roughly unit variance.
+        avg_degree: expected number of incoming edges d; messages are scaled by 1/√d
+            (sum) or √d (mean) so that outputs start with roughly unit variance.
         chunk_size: edges per chunk on the reference backend (None: automatic).
         mlp_chunk_size: in training, the kernel G-MLP runs in chunks of this many
             edges and is recomputed in backward (activation checkpointing), so only
@@ -73,7 +71,7 @@ class ImplicitPointConv(nn.Module):
         self.mlp_chunk_size = mlp_chunk_size
         self.kernel = ImplicitKernel(in_type, out_type, edge_attr_type, node_attr_type, hidden_channels,
                                      hidden_layers, **kernel_kwargs)
-        self.scale = 1 / math.sqrt(avg_degree) if aggr == "sum" else 1.0
+        self.scale = avg_degree ** (-0.5 if aggr == "sum" else 0.5)
         has_invariants = len(invariant_basis(out_type)) > 0
         self.bias = InvariantBias(out_type) if bias and has_invariants else None
 
