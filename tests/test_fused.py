@@ -1,24 +1,30 @@
 """Tests of the fused Triton message-passing op (fastik.ops.fused).
 
 Without a GPU the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1,
-set here before anything imports triton); sizes are kept small. GPU-only tests
+set by fused_helpers before anything imports triton); sizes are kept small. GPU-only tests
 (real sizes) are marked ``cuda`` and skipped without CUDA.
 """
 import os
+import subprocess
+import sys
 
+import pytest
 import torch
-
-if torch.cuda.is_available():  # real kernels; a fixed config keeps test start-up short
-    os.environ.setdefault("FASTIK_TRITON_AUTOTUNE", "0")
-else:  # must happen before triton is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
+from fused_helpers import (  # sets the Triton launch mode: before triton is imported
+    DEVICE,
+    NO_TRITON_REASON,
+    OutputSizes,
+    big_problem,
+    check_compile_matches_eager,
+    check_double_backward,
+    check_grad_x_only,
+    check_no_edges,
+    check_op_against_reference,
+    forward_backward,
+    leaf_copies,
+    reference64,
+    rel_err,
+)
 
 pytest.importorskip("triton")
 
@@ -29,34 +35,13 @@ from fastik.ops.fused import (  # noqa: E402
     triton_available,
 )
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 if not triton_available(DEVICE):  # e.g. kernels imported earlier without the interpreter
-    pytest.skip("Triton cannot run on this device in this process "
-                "(no CUDA and TRITON_INTERPRET was not set before triton was imported)",
-                allow_module_level=True)
-
-RTOL = 1e-5
+    pytest.skip(NO_TRITON_REASON, allow_module_level=True)
 
 
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-def reference64(h, x, weight, src, tgt, num_targets):
-    """float64 einsum reference (differentiable)."""
-    msg = torch.einsum("okc,ek,ec->eo", weight, h, x[src])
-    out = msg.new_zeros(num_targets, weight.shape[0])
-    return out.index_add(0, tgt, msg)
-
-
-def rel_err(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    scale = b.abs().max().item()
-    if scale == 0.0:
-        return a.abs().max().item() if a.numel() else 0.0
-    return (a - b).abs().max().item() / scale
-
-
 def make_problem(e, n, t, k, din, dout, seed=0, isolated=()):
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(e, k, generator=g)
@@ -69,20 +54,13 @@ def make_problem(e, n, t, k, din, dout, seed=0, isolated=()):
     return [a.to(DEVICE) for a in (h, x, w, src, tgt)]
 
 
+def fused_op(src, tgt, t, **kw):
+    """The fused op on the graph src → tgt as a function of (h, x, weight)."""
+    return lambda h, x, w: implicit_message_passing_fused(h, x, w, src, tgt, t, **kw)
+
+
 def check_against_reference(h, x, w, src, tgt, t, **kw):
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    out = implicit_message_passing_fused(hf, xf, wf, src, tgt, t, **kw)
-    hd, xd, wd = (a.detach().double().requires_grad_() for a in (h, x, w))
-    ref = reference64(hd, xd, wd, src, tgt, t)
-    assert out.shape == ref.shape and out.dtype == torch.float32
-    assert rel_err(out, ref) <= RTOL
-    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    out.backward(gout)
-    ref.backward(gout.double())
-    for name, a, b in (("h", hf, hd), ("x", xf, xd), ("weight", wf, wd)):
-        assert a.grad.shape == b.shape, name
-        assert rel_err(a.grad, b.grad) <= RTOL, f"grad_{name}: {rel_err(a.grad, b.grad)}"
-    return out
+    return check_op_against_reference(fused_op(src, tgt, t, **kw), h, x, w, src, tgt, t)
 
 
 # ----------------------------------------------------------------------------
@@ -133,13 +111,8 @@ def test_bipartite_num_targets_differs_from_n(t):
 @pytest.mark.parametrize("t", [0, 7])
 def test_no_edges(t):
     h, x, w, src, tgt = make_problem(e=0, n=9, t=t, k=5, din=4, dout=12)
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    out = implicit_message_passing_fused(hf, xf, wf, src, tgt, t)
-    assert out.shape == (t, 12) and torch.all(out == 0)
-    out.sum().backward()
-    assert hf.grad.shape == (0, 5)
-    assert xf.grad.shape == x.shape and torch.all(xf.grad == 0)
-    assert wf.grad.shape == w.shape and torch.all(wf.grad == 0)
+    assert h.shape == (0, 5) and w.shape[0] == 12
+    check_no_edges(fused_op(src, tgt, t), h, x, w, t)
     if t:
         out2 = implicit_message_passing_fused(h, x, w, src, tgt, t, tgt_rowptr=csr_rowptr(tgt, t))
         assert torch.all(out2 == 0)
@@ -151,30 +124,13 @@ def test_partial_requires_grad_and_noncontiguous_inputs():
     x_nc = torch.stack([x, -x], dim=-1)[..., 0]   # strided view, equal to x
     w_nc = w.permute(1, 0, 2).contiguous().permute(1, 0, 2)
     assert not (h_nc.is_contiguous() or x_nc.is_contiguous() or w_nc.is_contiguous())
-    xr = x_nc.clone().requires_grad_()
-    out = implicit_message_passing_fused(h_nc, xr, w_nc, src, tgt, 9)
-    xd = x.double().requires_grad_()
-    ref = reference64(h.double(), xd, w.double(), src, tgt, 9)
-    assert rel_err(out, ref) <= RTOL
-    out.square().sum().backward()
-    ref.square().sum().backward()
-    assert rel_err(xr.grad, xd.grad) <= RTOL
+    check_grad_x_only(lambda xr: implicit_message_passing_fused(h_nc, xr, w_nc, src, tgt, 9),
+                      x_nc, h, x, w, src, tgt, 9)
 
 
 def test_double_backward():
     h, x, w, src, tgt = make_problem(e=40, n=10, t=8, k=3, din=12, dout=4, seed=2)
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    hd, xd, wd = (a.double().requires_grad_() for a in (h, x, w))
-    out = implicit_message_passing_fused(hf, xf, wf, src, tgt, 8)
-    ref = reference64(hd, xd, wd, src, tgt, 8)
-    g1 = torch.autograd.grad(out.square().sum(), (hf, xf, wf), create_graph=True)
-    g2 = torch.autograd.grad(ref.square().sum(), (hd, xd, wd), create_graph=True)
-    probes = [torch.randn(a.shape, generator=torch.Generator().manual_seed(i)).to(DEVICE)
-              for i, a in enumerate(g1)]
-    s1 = sum((a * p).sum() for a, p in zip(g1, probes))
-    s2 = sum((a * p.double()).sum() for a, p in zip(g2, probes))
-    for a, b in zip(torch.autograd.grad(s1, (hf, xf, wf)), torch.autograd.grad(s2, (hd, xd, wd))):
-        assert rel_err(a, b) <= RTOL
+    check_double_backward(fused_op(src, tgt, 8), h, x, w, src, tgt, 8)
 
 
 @pytest.mark.parametrize("kw", [dict(allow_tf32=True), dict(precision="tf32x3")])
@@ -188,23 +144,20 @@ def test_reduced_precision_options_run(kw):
 # ----------------------------------------------------------------------------
 # validation (all before any kernel launch)
 # ----------------------------------------------------------------------------
-def test_index_out_of_range_raises():
+@pytest.mark.parametrize("name,pos,values", [("src", 3, (6, -1)), ("tgt", 0, (4, -2))])
+def test_index_out_of_range_raises(name, pos, values):
     h, x, w, src, tgt = make_problem(e=16, n=6, t=4, k=3, din=4, dout=4)
-    bad = src.clone()
-    bad[3] = 6
-    with pytest.raises(IndexError, match="src"):
-        implicit_message_passing_fused(h, x, w, bad, tgt, 4)
-    bad[3] = -1
-    with pytest.raises(IndexError, match="src"):
-        implicit_message_passing_fused(h, x, w, bad, tgt, 4)
-    bad = tgt.clone()
-    bad[0] = 4
+    index = {"src": src, "tgt": tgt}
+    index[name] = bad = index[name].clone()
+    for value in values:  # one past the end, then negative
+        bad[pos] = value
+        with pytest.raises(IndexError, match=name):
+            implicit_message_passing_fused(h, x, w, index["src"], index["tgt"], 4)
+
+
+def test_edges_without_targets_raise():
+    h, x, w, src, tgt = make_problem(e=16, n=6, t=4, k=3, din=4, dout=4)
     with pytest.raises(IndexError, match="tgt"):
-        implicit_message_passing_fused(h, x, w, src, bad, 4)
-    bad[0] = -2
-    with pytest.raises(IndexError, match="tgt"):
-        implicit_message_passing_fused(h, x, w, src, bad, 4)
-    with pytest.raises(IndexError, match="tgt"):  # edges but no targets
         implicit_message_passing_fused(h, x, w, src, tgt, 0)
 
 
@@ -269,31 +222,14 @@ def test_import_without_triton():
 # ----------------------------------------------------------------------------
 # memory: nothing of size E·Din·Dout, forward or backward
 # ----------------------------------------------------------------------------
-class _OutputSizes(TorchDispatchMode):
+def _OutputSizes():
     """Records the numel of every op's outputs. The fastik custom ops are made
     transparent: their Python bodies run under the mode, so the tensors the
     kernels' launchers allocate are seen too."""
-
-    def __init__(self):
-        super().__init__()
-        self.records = []
-        self._bodies = {
-            torch.ops.fastik.implicit_message_passing.default: fused._forward_impl,
-            torch.ops.fastik.implicit_message_passing_backward.default: fused._backward_impl,
-        }
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        body = self._bodies.get(func)
-        if body is not None:
-            with self:  # re-enter: record what the body runs
-                out = body(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.records.append((str(func), t.numel()))
-        return out
+    return OutputSizes({
+        torch.ops.fastik.implicit_message_passing.default: fused._forward_impl,
+        torch.ops.fastik.implicit_message_passing_backward.default: fused._backward_impl,
+    })
 
 
 @pytest.mark.parametrize("segmented", [False, True])
@@ -306,7 +242,7 @@ def test_never_materialises_edge_kernels(segmented):
         perm = torch.argsort(tgt, stable=True)
         h, src, tgt = h[perm].contiguous(), src[perm], tgt[perm]
         kw["tgt_rowptr"] = csr_rowptr(tgt, n)
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
+    hf, xf, wf = leaf_copies(h, x, w)
     with _OutputSizes() as rec:
         implicit_message_passing_fused(hf, xf, wf, src, tgt, n, **kw).square().sum().backward()
     funcs = {f for f, _ in rec.records}
@@ -326,7 +262,7 @@ def test_never_materialises_edge_kernels(segmented):
 # ----------------------------------------------------------------------------
 def test_opcheck():
     h, x, w, src, tgt = make_problem(e=24, n=7, t=5, k=3, din=4, dout=12, seed=6)
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
+    hf, xf, wf = leaf_copies(h, x, w)
     torch.library.opcheck(torch.ops.fastik.implicit_message_passing.default,
                           (hf, xf, wf, src, tgt, 5, "ieee", None))
     gout = torch.randn(5, 12).to(DEVICE)
@@ -336,22 +272,13 @@ def test_opcheck():
 
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_torch_compile_fullgraph(dynamic):
-    torch._dynamo.reset()
     h, x, w, src, tgt = make_problem(e=32, n=9, t=9, k=3, din=4, dout=4, seed=8)
 
     def fn(h, x, w, src, tgt):
         out = implicit_message_passing_fused(h * 2.0, x, w, src, tgt, x.shape[0])
         return torch.tanh(out).sum()
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=dynamic)
-    grads = []
-    for f in (fn, compiled):
-        hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-        val = f(hf, xf, wf, src, tgt)
-        val.backward()
-        grads.append((val.detach(), hf.grad, xf.grad, wf.grad))
-    for a, b in zip(*grads):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    check_compile_matches_eager(fn, h, x, w, src, tgt, dynamic=dynamic)
 
 
 def test_triton_available():
@@ -362,17 +289,6 @@ def test_triton_available():
 # ----------------------------------------------------------------------------
 # GPU only: real sizes
 # ----------------------------------------------------------------------------
-def _big_problem(e=100_000, d=64, k=65, seed=0):
-    n = e // 16
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    h = torch.randn(e, k, device="cuda", generator=g)
-    x = torch.randn(n, d, device="cuda", generator=g)
-    w = torch.randn(d, k, d, device="cuda", generator=g) / (k * d) ** 0.5
-    src = torch.randint(0, n, (e,), device="cuda", generator=g)
-    tgt = torch.randint(0, n, (e,), device="cuda", generator=g)
-    return h, x, w, src, tgt, n
-
-
 def _chunked_reference64(h, x, w, src, tgt, n, gout):
     hd, xd, wd = (a.double().requires_grad_() for a in (h, x, w))
     from fastik.triton_kernels.message_fwd import message_fwd_torch
@@ -385,20 +301,18 @@ def _chunked_reference64(h, x, w, src, tgt, n, gout):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kw,tol", [(dict(), 1e-5), (dict(allow_tf32=True), 2e-2)])
 def test_cuda_large(kw, tol):
-    h, x, w, src, tgt, n = _big_problem()
+    h, x, w, src, tgt, n = big_problem()
     gout = torch.randn(n, 64, device="cuda")
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    out = implicit_message_passing_fused(hf, xf, wf, src, tgt, n, **kw)
-    out.backward(gout)
+    mine = forward_backward(fused_op(src, tgt, n, **kw), h, x, w, gout)
     ref = _chunked_reference64(h, x, w, src, tgt, n, gout)
-    for a, b in zip((out, hf.grad, xf.grad, wf.grad), ref):
+    for a, b in zip(mine, ref):
         assert rel_err(a, b) <= tol
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_segmented_deterministic_and_memory():
-    h, x, w, src, tgt, n = _big_problem(seed=1)
+    h, x, w, src, tgt, n = big_problem(seed=1)
     perm = torch.argsort(tgt, stable=True)
     h, src, tgt = h[perm].contiguous(), src[perm], tgt[perm]
     rowptr = csr_rowptr(tgt, n)
@@ -408,7 +322,7 @@ def test_cuda_segmented_deterministic_and_memory():
     c = implicit_message_passing_fused(h, x, w, src, tgt, n)
     assert rel_err(a, c) <= 1e-5
     # peak extra memory of forward + backward stays far below one (E, Dout, Din) tensor
-    hf, xf, wf = (t.clone().requires_grad_() for t in (h, x, w))
+    hf, xf, wf = leaf_copies(h, x, w)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()

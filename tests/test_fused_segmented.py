@@ -1,21 +1,27 @@
 """Tests of the aggregate-first fused op (fastik.ops.fused_segmented).
 
 Without a GPU the Triton kernels run in the CPU interpreter (TRITON_INTERPRET=1,
-set before anything imports triton); sizes are small. GPU tests (E = 1e5,
+set by fused_helpers before anything imports triton); sizes are small. GPU tests (E = 1e5,
 against the edge-wise fused op) are marked ``cuda`` and skipped without CUDA.
 """
-import os
-
+import pytest
 import torch
-
-if torch.cuda.is_available():  # real kernels; a fixed config keeps test start-up short
-    os.environ.setdefault("FASTIK_TRITON_AUTOTUNE", "0")
-else:  # must happen before triton is imported
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_leaves  # noqa: E402
+from fused_helpers import (  # sets the Triton launch mode: before triton is imported
+    DEVICE,
+    NO_TRITON_REASON,
+    RTOL,
+    OutputSizes,
+    big_problem,
+    check_compile_matches_eager,
+    check_double_backward,
+    check_grad_x_only,
+    check_no_edges,
+    check_op_against_reference,
+    forward_backward,
+    leaf_copies,
+    reference64,
+    rel_err,
+)
 
 pytest.importorskip("triton")
 
@@ -23,33 +29,13 @@ from fastik.ops import fused_segmented as fs  # noqa: E402
 from fastik.ops.fused import csr_rowptr, triton_available  # noqa: E402
 from fastik.ops.fused_segmented import implicit_message_passing_segmented as seg  # noqa: E402
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 if not triton_available(DEVICE):
-    pytest.skip("Triton cannot run on this device in this process "
-                "(no CUDA and TRITON_INTERPRET was not set before triton was imported)",
-                allow_module_level=True)
-
-RTOL = 1e-5
+    pytest.skip(NO_TRITON_REASON, allow_module_level=True)
 
 
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-def reference64(h, x, weight, src, tgt, num_targets):
-    """float64 einsum reference (differentiable)."""
-    msg = torch.einsum("okc,ek,ec->eo", weight, h, x[src])
-    return msg.new_zeros(num_targets, weight.shape[0]).index_add(0, tgt, msg)
-
-
-def rel_err(a, b):
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    scale = b.abs().max().item() if b.numel() else 0.0
-    if scale == 0.0:
-        return a.abs().max().item() if a.numel() else 0.0
-    return (a - b).abs().max().item() / scale
-
-
 def make_problem(degrees, n, k, din, dout, seed=0):
     """Target-sorted edges with the given in-degree per target (M = len(degrees))."""
     g = torch.Generator().manual_seed(seed)
@@ -69,20 +55,13 @@ def random_degrees(m, e, seed):
     return torch.bincount(torch.randint(0, m, (e,), generator=g), minlength=m).tolist()
 
 
+def seg_op(src, tgt, rowptr, m, **kw):
+    """The segmented op on the graph src → tgt as a function of (h, x, weight)."""
+    return lambda h, x, w: seg(h, x, w, src, tgt, rowptr, m, **kw)
+
+
 def check_against_reference(h, x, w, src, tgt, rowptr, m, **kw):
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    out = seg(hf, xf, wf, src, tgt, rowptr, m, **kw)
-    hd, xd, wd = (a.detach().double().requires_grad_() for a in (h, x, w))
-    ref = reference64(hd, xd, wd, src, tgt, m)
-    assert out.shape == ref.shape and out.dtype == torch.float32
-    assert rel_err(out, ref) <= RTOL, rel_err(out, ref)
-    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    out.backward(gout)
-    ref.backward(gout.double())
-    for name, a, b in (("h", hf, hd), ("x", xf, xd), ("weight", wf, wd)):
-        assert a.grad.shape == b.shape, name
-        assert rel_err(a.grad, b.grad) <= RTOL, f"grad_{name}: {rel_err(a.grad, b.grad)}"
-    return out
+    return check_op_against_reference(seg_op(src, tgt, rowptr, m, **kw), h, x, w, src, tgt, m)
 
 
 # ----------------------------------------------------------------------------
@@ -121,13 +100,8 @@ def test_num_targets_differs_from_n(m, n):
 @pytest.mark.parametrize("m", [0, 7])
 def test_no_edges(m):
     h, x, w, src, tgt, rowptr, m = make_problem([0] * m, n=9, k=5, din=4, dout=12)
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    out = seg(hf, xf, wf, src, tgt, rowptr, m)
-    assert out.shape == (m, 12) and torch.all(out == 0)
-    out.sum().backward()
-    assert hf.grad.shape == (0, 5)
-    assert xf.grad.shape == x.shape and torch.all(xf.grad == 0)
-    assert wf.grad.shape == w.shape and torch.all(wf.grad == 0)
+    assert h.shape == (0, 5) and w.shape[0] == 12
+    check_no_edges(seg_op(src, tgt, rowptr, m), h, x, w, m)
 
 
 def test_deterministic_bitwise():
@@ -135,10 +109,8 @@ def test_deterministic_bitwise():
                                                 din=12, dout=4, seed=4)
     runs = []
     for _ in range(2):
-        hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-        out = seg(hf, xf, wf, src, tgt, rowptr, m)
-        out.backward(torch.ones_like(out))
-        runs.append((out.detach(), hf.grad, xf.grad, wf.grad))
+        runs.append(forward_backward(seg_op(src, tgt, rowptr, m), h, x, w,
+                                     torch.ones(m, w.shape[0], device=DEVICE)))
     for a, b in zip(*runs):  # forward: each row written once; backward: no atomics
         assert torch.equal(a, b)
 
@@ -149,31 +121,14 @@ def test_noncontiguous_inputs_and_partial_grad():
     h_nc = h.t().contiguous().t()
     w_nc = w.permute(1, 0, 2).contiguous().permute(1, 0, 2)
     assert not (h_nc.is_contiguous() or w_nc.is_contiguous())
-    xr = x.clone().requires_grad_()
-    out = seg(h_nc, xr, w_nc, src, tgt, rowptr, m)
-    xd = x.double().requires_grad_()
-    ref = reference64(h.double(), xd, w.double(), src, tgt, m)
-    assert rel_err(out, ref) <= RTOL
-    out.square().sum().backward()
-    ref.square().sum().backward()
-    assert rel_err(xr.grad, xd.grad) <= RTOL
+    check_grad_x_only(lambda xr: seg(h_nc, xr, w_nc, src, tgt, rowptr, m),
+                      x, h, x, w, src, tgt, m)
 
 
 def test_double_backward():
     h, x, w, src, tgt, rowptr, m = make_problem(random_degrees(8, 40, seed=2), n=10, k=3,
                                                 din=12, dout=4, seed=2)
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    hd, xd, wd = (a.double().requires_grad_() for a in (h, x, w))
-    out = seg(hf, xf, wf, src, tgt, rowptr, m)
-    ref = reference64(hd, xd, wd, src, tgt, m)
-    g1 = torch.autograd.grad(out.square().sum(), (hf, xf, wf), create_graph=True)
-    g2 = torch.autograd.grad(ref.square().sum(), (hd, xd, wd), create_graph=True)
-    probes = [torch.randn(a.shape, generator=torch.Generator().manual_seed(i)).to(DEVICE)
-              for i, a in enumerate(g1)]
-    s1 = sum((a * p).sum() for a, p in zip(g1, probes))
-    s2 = sum((a * p.double()).sum() for a, p in zip(g2, probes))
-    for a, b in zip(torch.autograd.grad(s1, (hf, xf, wf)), torch.autograd.grad(s2, (hd, xd, wd))):
-        assert rel_err(a, b) <= RTOL
+    check_double_backward(seg_op(src, tgt, rowptr, m), h, x, w, src, tgt, m)
 
 
 @pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
@@ -250,33 +205,15 @@ def test_bad_inputs_raise():
 # ----------------------------------------------------------------------------
 # memory: nothing of size E·Din·Dout nor M·K·Din, forward or backward
 # ----------------------------------------------------------------------------
-class _OutputSizes(TorchDispatchMode):
+def _OutputSizes():
     """Records the size of every op output in 4-byte words (the interpreter moves
     arguments through byte views of their storage, so numel alone would overcount
     those 4×); the segmented custom ops are made transparent (their bodies run under
     the mode, so what the launchers allocate is recorded too)."""
-
-    def __init__(self):
-        super().__init__()
-        self.records = []
-        self._bodies = {
-            torch.ops.fastik.implicit_message_passing_segmented.default: fs._forward_impl,
-            torch.ops.fastik.implicit_message_passing_segmented_backward.default:
-                fs._backward_impl,
-        }
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        body = self._bodies.get(func)
-        if body is not None:
-            with self:
-                out = body(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.records.append((str(func), t.numel() * t.element_size() // 4))
-        return out
+    return OutputSizes({
+        torch.ops.fastik.implicit_message_passing_segmented.default: fs._forward_impl,
+        torch.ops.fastik.implicit_message_passing_segmented_backward.default: fs._backward_impl,
+    }, size=lambda t: t.numel() * t.element_size() // 4)
 
 
 def test_never_materialises_edge_kernels_or_target_aggregates():
@@ -290,7 +227,7 @@ def test_never_materialises_edge_kernels_or_target_aggregates():
     from fastik.triton_kernels.segmented_bwd import num_weight_splits
     splits = num_weight_splits(m, e, k, d, d, DEVICE)
     assert max(e * k, splits * d * k * d) < limit
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
+    hf, xf, wf = leaf_copies(h, x, w)
     with _OutputSizes() as rec:
         seg(hf, xf, wf, src, tgt, rowptr, m).square().sum().backward()
     funcs = {f for f, _ in rec.records}
@@ -309,7 +246,7 @@ def test_never_materialises_edge_kernels_or_target_aggregates():
 def test_opcheck():
     h, x, w, src, tgt, rowptr, m = make_problem(random_degrees(5, 24, seed=6), n=7, k=3,
                                                 din=4, dout=12, seed=6)
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
+    hf, xf, wf = leaf_copies(h, x, w)
     torch.library.opcheck(torch.ops.fastik.implicit_message_passing_segmented.default,
                           (hf, xf, wf, src, tgt, rowptr, m, "ieee"))
     gout = torch.randn(m, 12).to(DEVICE)
@@ -319,43 +256,22 @@ def test_opcheck():
 
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_torch_compile_fullgraph(dynamic):
-    torch._dynamo.reset()
     h, x, w, src, tgt, rowptr, m = make_problem(random_degrees(9, 32, seed=8), n=9, k=3,
                                                 din=4, dout=4, seed=8)
 
     def fn(h, x, w):
         return torch.tanh(seg(h * 2.0, x, w, src, tgt, rowptr, m)).sum()
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=dynamic)
-    results = []
-    for f in (fn, compiled):
-        hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-        val = f(hf, xf, wf)
-        val.backward()
-        results.append((val.detach(), hf.grad, xf.grad, wf.grad))
-    for a, b in zip(*results):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    check_compile_matches_eager(fn, h, x, w, dynamic=dynamic)
 
 
 # ----------------------------------------------------------------------------
 # GPU only: real sizes, against the edge-wise fused op
 # ----------------------------------------------------------------------------
-def _big_problem(e=100_000, d=64, k=65, seed=0):
-    n = e // 16
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    h = torch.randn(e, k, device="cuda", generator=g)
-    x = torch.randn(n, d, device="cuda", generator=g)
-    w = torch.randn(d, k, d, device="cuda", generator=g) / (k * d) ** 0.5
-    src = torch.randint(0, n, (e,), device="cuda", generator=g)
-    tgt = torch.sort(torch.randint(0, n, (e,), device="cuda", generator=g)).values
+def _big_problem(**kw):
+    """Target-sorted real-size problem with its CSR row pointer."""
+    h, x, w, src, tgt, n = big_problem(sort_targets=True, **kw)
     return h, x, w, src, tgt, csr_rowptr(tgt, n), n
-
-
-def _run(fn, h, x, w, gout):
-    hf, xf, wf = (a.clone().requires_grad_() for a in (h, x, w))
-    out = fn(hf, xf, wf)
-    out.backward(gout)
-    return out.detach(), hf.grad, xf.grad, wf.grad
 
 
 @pytest.mark.cuda
@@ -365,10 +281,9 @@ def test_cuda_against_edgewise(precision, tol):
     from fastik.ops.fused import implicit_message_passing_fused
     h, x, w, src, tgt, rowptr, n = _big_problem()
     gout = torch.randn(n, 64, device="cuda")
-    mine = _run(lambda a, b, c: seg(a, b, c, src, tgt, rowptr, n, precision=precision),
-                h, x, w, gout)
-    edge = _run(lambda a, b, c: implicit_message_passing_fused(a, b, c, src, tgt, n),
-                h, x, w, gout)  # IEEE edge-wise op as the reference
+    mine = forward_backward(seg_op(src, tgt, rowptr, n, precision=precision), h, x, w, gout)
+    edge = forward_backward(lambda a, b, c: implicit_message_passing_fused(a, b, c, src, tgt, n),
+                            h, x, w, gout)  # IEEE edge-wise op as the reference
     for name, a, b in zip(("out", "grad_h", "grad_x", "grad_w"), mine, edge):
         assert rel_err(a, b) <= tol, (name, rel_err(a, b))
 
@@ -381,12 +296,12 @@ def test_cuda_deterministic_and_memory():
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    first = _run(lambda a, b, c: seg(a, b, c, src, tgt, rowptr, n), h, x, w, gout)
+    first = forward_backward(seg_op(src, tgt, rowptr, n), h, x, w, gout)
     peak = torch.cuda.max_memory_allocated() - base
     # legitimate: a clone of h and grad_h (E·K each), partials, small tensors (≈ 160 MB);
     # T for all targets alone would be N·K·Din floats (309 MB)
     k, d = h.shape[1], x.shape[1]
     assert peak < n * k * d * 4, peak
-    again = _run(lambda a, b, c: seg(a, b, c, src, tgt, rowptr, n), h, x, w, gout)
+    again = forward_backward(seg_op(src, tgt, rowptr, n), h, x, w, gout)
     for a, b in zip(first, again):
         assert torch.equal(a, b)

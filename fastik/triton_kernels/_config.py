@@ -54,6 +54,27 @@ def fits_registers(configs, din_p: int, dout_p: int, precision: str, kind: str):
     return kept or list(configs[:1])
 
 
+def register_prune(kind: str):
+    """``early_config_prune`` hook: :func:`fits_registers` of ``kind`` at the launch's
+    DIN_P / DOUT_P / PRECISION."""
+    def prune(configs, named_args, **kwargs):
+        return fits_registers(configs, kwargs["DIN_P"], kwargs["DOUT_P"], kwargs["PRECISION"], kind)
+    return prune
+
+
+def autotuned(kernel, configs, key, prune, **autotune_kwargs):
+    """The kernel to launch: ``kernel`` itself, or, when AUTOTUNE, ``triton.autotune``
+    over ``configs()`` (a callable, so the list is built only when autotuning; the
+    configurations stay listed next to each kernel) keyed on ``key``, with ``prune`` as
+    ``early_config_prune`` and ``autotune_kwargs`` (e.g. ``reset_to_zero``) passed on."""
+    if not AUTOTUNE:
+        return kernel
+    return triton.autotune(  # pragma: no cover - GPU only
+        configs=configs(), key=key, prune_configs_by={"early_config_prune": prune},
+        **autotune_kwargs,
+    )(kernel)
+
+
 def launch(kernel, grid, args, meta, *, fixed: dict, fixed_gpu: dict):
     """Launch ``kernel`` (a JITFunction, or an Autotuner when AUTOTUNE).
 

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import AUTOTUNE, device_ctx, fits_registers, launch, padded_dim
+from ._config import autotuned, device_ctx, launch, padded_dim, register_prune
 
 __all__ = ["message_bwd", "message_bwd_torch", "num_weight_splits"]
 
@@ -163,27 +163,11 @@ def _dw_configs():
             for st in (2, 3)]
 
 
-def _prune_dxdh(configs, named_args, **kwargs):
-    return fits_registers(configs, kwargs["DIN_P"], kwargs["DOUT_P"], kwargs["PRECISION"], "dxdh")
-
-
-def _prune_dw(configs, named_args, **kwargs):
-    return fits_registers(configs, kwargs["DIN_P"], kwargs["DOUT_P"], kwargs["PRECISION"], "dw")
-
-
-if AUTOTUNE:  # pragma: no cover - GPU only
-    _dxdh_kernel = triton.autotune(
-        configs=_dxdh_configs(), key=["K", "DIN_P", "DOUT_P", "NEED_DH", "NEED_DX", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune_dxdh},
-        reset_to_zero=["grad_x_ptr"],
-    )(_message_bwd_dxdh_kernel)
-    _dw_kernel = triton.autotune(
-        configs=_dw_configs(), key=["K", "DIN_P", "DOUT_P", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune_dw},
-    )(_message_bwd_dw_kernel)
-else:
-    _dxdh_kernel = _message_bwd_dxdh_kernel
-    _dw_kernel = _message_bwd_dw_kernel
+_dxdh_kernel = autotuned(_message_bwd_dxdh_kernel, _dxdh_configs,
+                         ["K", "DIN_P", "DOUT_P", "NEED_DH", "NEED_DX", "PRECISION"],
+                         register_prune("dxdh"), reset_to_zero=["grad_x_ptr"])
+_dw_kernel = autotuned(_message_bwd_dw_kernel, _dw_configs, ["K", "DIN_P", "DOUT_P", "PRECISION"],
+                       register_prune("dw"))
 
 
 def num_weight_splits(num_edges: int, k: int, din: int, dout: int, device: torch.device) -> int:

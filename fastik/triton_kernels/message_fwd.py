@@ -30,7 +30,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import AUTOTUNE, INTERPRET, device_ctx, fits_registers, launch, padded_dim
+from ._config import (
+    INTERPRET,
+    autotuned,
+    device_ctx,
+    launch,
+    padded_dim,
+    register_prune,
+)
 
 __all__ = [
     "message_fwd",
@@ -174,23 +181,10 @@ def _seg_configs():
             for bt in (16, 32) for be, bk in ((32, 1), (64, 1), (64, 2), (128, 1))]
 
 
-def _prune(configs, named_args, **kwargs):
-    return fits_registers(configs, kwargs["DIN_P"], kwargs["DOUT_P"], kwargs["PRECISION"], "fwd")
-
-
-if AUTOTUNE:  # pragma: no cover - GPU only
-    _fwd_kernel = triton.autotune(
-        configs=_fwd_configs(), key=["K", "DIN_P", "DOUT_P", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune},
-        reset_to_zero=["out_ptr"],
-    )(_message_fwd_kernel)
-    _seg_kernel = triton.autotune(
-        configs=_seg_configs(), key=["K", "DIN_P", "DOUT_P", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune},
-    )(_message_fwd_segmented_kernel)
-else:
-    _fwd_kernel = _message_fwd_kernel
-    _seg_kernel = _message_fwd_segmented_kernel
+_fwd_kernel = autotuned(_message_fwd_kernel, _fwd_configs, ["K", "DIN_P", "DOUT_P", "PRECISION"],
+                        register_prune("fwd"), reset_to_zero=["out_ptr"])
+_seg_kernel = autotuned(_message_fwd_segmented_kernel, _seg_configs,
+                        ["K", "DIN_P", "DOUT_P", "PRECISION"], register_prune("fwd"))
 
 
 # ----------------------------------------------------------------------------

@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import AUTOTUNE, INTERPRET, device_ctx, launch, padded_dim
-from .segmented_fwd import segmented_fwd, tile_rule
+from ._config import INTERPRET, autotuned, device_ctx, launch, padded_dim
+from .segmented_fwd import segmented_fwd, tile_prune
 
 __all__ = ["segmented_bwd", "num_weight_splits", "INTERPRET_CONFIG", "GPU_CONFIG"]
 
@@ -128,17 +128,8 @@ def _configs():
             for bn, kc, dp in _CONFIG_LIST]
 
 
-def _prune(configs, named_args, **kwargs):
-    return tile_rule(configs, kwargs["DIN_P"], kwargs["DOUT_P"])
-
-
-if AUTOTUNE:  # pragma: no cover - GPU only
-    _kernel = triton.autotune(
-        configs=_configs(), key=["K", "DIN_P", "DOUT_P", "NEED_DH", "NEED_DW", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune},
-    )(_segmented_bwd_kernel)
-else:
-    _kernel = _segmented_bwd_kernel
+_kernel = autotuned(_segmented_bwd_kernel, _configs,
+                    ["K", "DIN_P", "DOUT_P", "NEED_DH", "NEED_DW", "PRECISION"], tile_prune)
 
 
 def num_weight_splits(num_targets: int, num_edges: int, k: int, din: int, dout: int,

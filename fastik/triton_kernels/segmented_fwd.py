@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._config import AUTOTUNE, device_ctx, launch, padded_dim
+from ._config import autotuned, device_ctx, launch, padded_dim
 
 __all__ = ["segmented_fwd", "segmented_fwd_torch", "INTERPRET_CONFIG", "GPU_CONFIG"]
 
@@ -145,17 +145,13 @@ def tile_rule(configs, din_p: int, dout_p: int):
     return kept or list(configs[:1])
 
 
-def _prune(configs, named_args, **kwargs):
+def tile_prune(configs, named_args, **kwargs):
+    """``early_config_prune`` hook: :func:`tile_rule` at the launch's DIN_P / DOUT_P."""
     return tile_rule(configs, kwargs["DIN_P"], kwargs["DOUT_P"])
 
 
-if AUTOTUNE:  # pragma: no cover - GPU only
-    _kernel = triton.autotune(
-        configs=_configs(), key=["K", "DIN_P", "DOUT_P", "HAS_EID", "PRECISION"],
-        prune_configs_by={"early_config_prune": _prune},
-    )(_segmented_fwd_kernel)
-else:
-    _kernel = _segmented_fwd_kernel
+_kernel = autotuned(_segmented_fwd_kernel, _configs,
+                    ["K", "DIN_P", "DOUT_P", "HAS_EID", "PRECISION"], tile_prune)
 
 
 # ----------------------------------------------------------------------------
