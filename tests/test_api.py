@@ -1,0 +1,34 @@
+"""The public API of DESIGN.md §2, exactly as written there, for every group name."""
+import pytest
+import torch
+
+import fastik
+
+from conftest import ALL_GROUPS, group_id
+
+
+def test_all_is_the_api():
+    for name in fastik.__all__:
+        assert hasattr(fastik, name), name
+
+
+@pytest.mark.parametrize("name,dim", ALL_GROUPS, ids=[group_id(p) for p in ALL_GROUPS])
+def test_design_contract(name, dim):
+    G = fastik.group(name) if dim == 3 else fastik.group(name, dim=2)
+    assert G.dim == dim
+    g = G.sample(3, seed=None)
+    assert g.dtype == torch.float64 and g.shape == (3, dim, dim)
+    spec = "2x0e + 1x1o + 1x2e" if dim == 3 else "2x0 + 1x0- + 1x1"
+    ft = fastik.FieldType(G, spec)
+    assert ft.dim == (2 + 3 + 5 if dim == 3 else 2 + 1 + 2)
+    assert ft.representation(g[0]).shape == (ft.dim, ft.dim)
+    assert ft.representation(g).shape == (3, ft.dim, ft.dim)
+    ea = fastik.FieldType(G, "1x0e" if dim == 3 else "1x0")
+    conv = fastik.ImplicitPointConv(ft, ft, edge_attr_type=ea, node_attr_type=ea, hidden_channels=1,
+                                    hidden_layers=1, aggr="sum", backend="auto")
+    n, m, e = 7, 3, 15
+    x, pos = torch.randn(n, ft.dim), torch.randn(n, G.dim)
+    edge_index = torch.stack([torch.randint(0, n, (e,)), torch.randint(0, m, (e,))])
+    y = conv(x, pos, edge_index, edge_attr=torch.randn(e, 1), node_attr=torch.randn(n, 1),
+             pos_target=torch.randn(m, G.dim), node_attr_target=torch.randn(m, 1))
+    assert y.shape == (m, ft.dim)
