@@ -5,7 +5,7 @@ import fastik
 from fastik.nn import ImplicitR2Conv, ImplicitR3Conv
 from fastik.nn.grid_conv import transform_grid
 
-from conftest import relative_error
+from conftest import ALL_GROUPS, group_id, relative_error
 
 
 def grid_elements(G):
@@ -59,3 +59,18 @@ def test_grid_conv_errors_and_shapes():
     with pytest.raises(ValueError, match="expects"):
         conv(torch.randn(1, 3, 8, 8))
     assert conv.to("meta").weight(torch.float32).device.type == "meta"
+
+
+@pytest.mark.parametrize("name,dim", ALL_GROUPS, ids=[group_id(p) for p in ALL_GROUPS])
+def test_grid_conv_equivariance_every_group(name, dim):
+    """Every group of the table, on the elements of G that map the grid onto itself
+    (for some groups, e.g. C3, that is only the identity: then only shapes are checked)."""
+    G = fastik.group(name, dim=dim)
+    spec = ("1x0e + 1x1o", "1x0e + 1x2e") if dim == 3 else ("1x0 + 1x1", "1x1 + 1x0-")
+    a, b = fastik.FieldType(G, spec[0]), fastik.FieldType(G, spec[1])
+    conv = (ImplicitR3Conv if dim == 3 else ImplicitR2Conv)(a, b, kernel_size=3, hidden_channels=1).double()
+    x = torch.randn(1, a.dim, *[5] * dim, dtype=torch.float64)
+    y = conv(x)
+    for g in grid_elements(G):
+        moved = conv(transform_grid(x, g, a.representation(g)))
+        assert relative_error(moved, transform_grid(y, g, b.representation(g))) < 1e-10
