@@ -209,3 +209,15 @@ def test_intertwiner_basis_is_canonical():
     assert reg_dim == 24  # End_G(reg) has dimension |G|
     assert relative_error(intertwiner_basis(G, O3Irrep(2, 1), O3Irrep(2, 1)),
                           intertwiner_basis.__wrapped__(G, O3Irrep(2, 1), O3Irrep(2, 1))) < 1e-12
+
+
+def test_contains_continuous_groups():
+    from fastik.groups.point_groups import rot_axis
+    tilted = rot_axis([1.0, 0.0, 0.0], 0.3)[None]
+    inversion = -torch.eye(3, dtype=torch.float64)[None]
+    scaled = 2 * torch.eye(3, dtype=torch.float64)[None]
+    expect = {"so3": (True, False), "o3": (True, True), "Cinf": (False, False), "Dinfh": (False, True)}
+    for name, (has_tilted, has_inversion) in expect.items():
+        G = fastik.group(name)
+        assert bool(G.contains(tilted)) == has_tilted and bool(G.contains(inversion)) == has_inversion
+        assert not bool(G.contains(scaled))  # not orthogonal

@@ -153,16 +153,16 @@ class Group:
         if self.is_finite:
             d = (g[..., None, :, :] - self.elements).abs().amax((-1, -2))
             return d.amin(-1) < atol
+        eye = torch.eye(self.dim, dtype=g.dtype)
+        orthogonal = (g @ g.transpose(-1, -2) - eye).abs().amax((-1, -2)) < atol
         ok = torch.zeros(g.shape[:-2], dtype=torch.bool)
-        for c in self.cosets:
-            h = c.T @ g  # in G₀?
-            if self.continuous == "so3":
-                ok |= (torch.linalg.det(h) > 0) & torch.allclose(h @ h.transpose(-1, -2), torch.eye(3, dtype=h.dtype), atol=atol)
-            elif self.dim == 3:
-                ok |= ((h[..., 2, :] - torch.tensor([0, 0, 1.0], dtype=h.dtype)).abs().amax(-1) < atol) & (torch.linalg.det(h) > 0)
-            else:
-                ok |= torch.linalg.det(h) > 0
-        return ok
+        for c in self.cosets.to(g.dtype):
+            h = c.T @ g  # in the identity component G₀?
+            proper = torch.linalg.det(h) > 0
+            if self.continuous == "so2" and self.dim == 3:  # rotations about z fix e_z
+                proper &= (h[..., 2, :] - eye[2]).abs().amax(-1) < atol
+            ok |= proper
+        return ok & orthogonal
 
     def element_index(self, g: Tensor, atol: float = 1e-6) -> Tensor:
         """Index into ``elements`` of each matrix of g (..., dim, dim) (finite groups): (...,) int64."""
