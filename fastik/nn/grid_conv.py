@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..groups import FieldType
 from ._buffers import constant, register_constant
 from .kernel import ImplicitKernel
-from .linear import InvariantBias, invariant_basis
+from .linear import invariant_bias
 
 __all__ = ["ImplicitR2Conv", "ImplicitR3Conv", "transform_grid"]
 
@@ -62,8 +62,7 @@ class _ImplicitGridConv(nn.Module):
         grid = torch.stack(torch.meshgrid(*[line] * self.n, indexing="ij"), -1).reshape(-1, self.n)
         register_constant(self, "grid", grid)
         self.scale = 1.0 / kernel_size ** (self.n / 2)  # ≈ unit-variance outputs: K^n terms per output
-        has_invariants = len(invariant_basis(out_type)) > 0
-        self.bias = InvariantBias(out_type) if bias and has_invariants else None
+        self.bias = invariant_bias(out_type, bias)
 
     def weight(self, dtype: torch.dtype) -> Tensor:
         """The sampled kernel as a conv weight (Dout, Din, K, …, K)."""

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..groups import FieldType, O2Irrep, O3Irrep, Rep, intertwiner_basis
 from ._buffers import constant, register_constant
 
-__all__ = ["EquivariantLinear", "InvariantBias", "trivial_irrep", "invariant_basis"]
+__all__ = ["EquivariantLinear", "InvariantBias", "invariant_bias", "trivial_irrep", "invariant_basis"]
 
 
 def trivial_irrep(dim: int) -> Rep:
@@ -49,6 +49,14 @@ class InvariantBias(nn.Module):
         return x + self.bias(x.dtype)
 
 
+def invariant_bias(field_type: FieldType, enabled: bool = True) -> InvariantBias | None:
+    """An :class:`InvariantBias` for ``field_type``, or None when disabled or G fixes no vector of it."""
+    if not enabled:
+        return None
+    bias = InvariantBias(field_type)
+    return bias if len(bias.coefficients) else None
+
+
 class EquivariantLinear(nn.Module):
     """``y = x Wᵀ + b`` with W a learned combination of G-intertwiners (and b invariant).
 
@@ -84,7 +92,7 @@ class EquivariantLinear(nn.Module):
                 fan_in += mi * len(basis) / ro.dim
             for name in names:
                 self.weights[name].data.mul_(math.sqrt(gain / fan_in))
-        self.bias = InvariantBias(out_type) if bias and len(invariant_basis(out_type)) else None
+        self.bias = invariant_bias(out_type, bias)
 
     def weight(self, dtype: torch.dtype | None = None) -> Tensor:
         """The dense (out_type.dim, in_type.dim) matrix."""

@@ -9,7 +9,7 @@ from ..groups import FieldType
 from ..ops import dispatch
 from ..ops.aggregate import CSR
 from .kernel import ImplicitKernel
-from .linear import InvariantBias, invariant_basis
+from .linear import invariant_bias
 
 __all__ = ["ImplicitPointConv"]
 
@@ -72,8 +72,7 @@ class ImplicitPointConv(nn.Module):
         self.kernel = ImplicitKernel(in_type, out_type, edge_attr_type, node_attr_type, hidden_channels,
                                      hidden_layers, **kernel_kwargs)
         self.scale = avg_degree ** (-0.5 if aggr == "sum" else 0.5)
-        has_invariants = len(invariant_basis(out_type)) > 0
-        self.bias = InvariantBias(out_type) if bias and has_invariants else None
+        self.bias = invariant_bias(out_type, bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_type} -> {self.out_type}, group={self.in_type.group.name}, aggr={self.aggr}, backend={self.backend}"
