@@ -1,4 +1,4 @@
-"""fastik benchmark harness (DESIGN.md §6).
+"""fastik benchmark harness (the standard workload: see bench/README.md).
 
 Compares one steerable point-convolution layer across implementations, side by
 side in one run on one device:

@@ -3,7 +3,7 @@
 Examples::
 
     python -m bench --quick                               # < 2 min on a laptop CPU: smoke test, all outputs
-    python -m bench --device cuda                         # the full comparison (DESIGN.md §6) on a GPU
+    python -m bench --device cuda                         # the full comparison on a GPU
     python -m bench --device cuda --groups so3 --edges 1e4,1e5,4e5,1e6
     python -m bench --impls fastik-reference,materialize --passes fwd --repeats 10
     python -m bench --list                                # implementations and whether they can run here
@@ -26,7 +26,7 @@ from .envinfo import REPO_ROOT, device_slug
 from .impls import DEFAULT_IMPLS, IMPLS, PASSES
 from .report import markdown, write_json, write_markdown, write_png
 from .runner import BenchConfig, run
-from .workload import DEFAULT_EDGES, DEFAULT_GROUPS, QUICK_EDGES, STANDARD_GROUP, LayerSpec, parse_edges
+from .workload import DEFAULT_EDGES, DEFAULT_GROUPS, PRECISIONS, QUICK_EDGES, STANDARD_GROUP, LayerSpec, parse_edges
 
 __all__ = ["main", "parse_args", "config_from_args", "output_stem"]
 
@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, default=16, help="fields of (0e + 1o): D = 4·channels (default 16)")
     p.add_argument("--hidden-channels", type=int, default=16, help="G-MLP hidden channels (fastik, escnn-implicit)")
     p.add_argument("--hidden-layers", type=int, default=2, help="G-MLP hidden layers (fastik, escnn-implicit)")
+    p.add_argument("--precision", default="ieee", choices=list(PRECISIONS),
+                   help="matmul precision of the implementations that have modes (fastik-triton*); others are "
+                        "skipped unless ieee (default ieee: fp32)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: bench/results)")
@@ -106,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         channels=args.channels,
         hidden_channels=args.hidden_channels,
         hidden_layers=args.hidden_layers,
+        precision=args.precision,
         seed=args.seed,
         quick=args.quick,
     )

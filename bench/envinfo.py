@@ -18,7 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def configure_precision() -> None:
-    """fp32 everywhere: TF32 off for matmuls and convolutions (the DESIGN §6 setting)."""
+    """fp32 everywhere: TF32 off for matmuls and convolutions (the setting of the standard workload)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
@@ -74,8 +74,11 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-") or "cuda"
 
 
-def environment(device: torch.device, dtype: torch.dtype) -> dict:
-    """Everything needed to interpret (and not over-interpret) a set of numbers."""
+def environment(device: torch.device, dtype: torch.dtype, probe_fastik: bool = True) -> dict:
+    """Everything needed to interpret (and not over-interpret) a set of numbers.
+
+    ``probe_fastik=False`` leaves fastik and its extension unimported (their fields None), for a process
+    that is about to rebuild the extension."""
     now = _dt.datetime.now(_dt.timezone.utc)
     env = {
         "date": now.date().isoformat(),
@@ -95,8 +98,8 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
         "escnn": _version("escnn"),
         "e3nn": _version("e3nn"),
         "torch_geometric": _version("torch_geometric"),
-        "fastik": _fastik_version(),
-        "fastik_extension": _fastik_extension(),
+        "fastik": _fastik_version() if probe_fastik else None,
+        "fastik_extension": _fastik_extension() if probe_fastik else None,
         "dtype": str(dtype).replace("torch.", ""),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,

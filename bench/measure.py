@@ -9,7 +9,7 @@ Memory:
 
 * CUDA — ``torch.cuda.max_memory_allocated()`` over the timed repeats, after
   ``reset_peak_memory_stats()``: the absolute peak of the caching allocator
-  (inputs, parameters and graph included), the number DESIGN.md §6 quotes; the
+  (inputs, parameters and graph included), the number the anchors quote; the
   increase over what was allocated before the repeats is reported too.
 * CPU — torch keeps no allocator statistics on the CPU and tracemalloc does not
   see torch's allocations, so a background thread samples the process's
@@ -129,19 +129,20 @@ def measure(step: Callable[[], object], device: torch.device, repeats: int, warm
             time_budget_s: float | None = None) -> Measurement:
     """Run ``step`` ``warmup`` times, then ``repeats`` timed times (fewer if ``time_budget_s`` would be exceeded).
 
-    At least one warm-up call and one timed call always run. When the warm-up
-    calls show that ``repeats`` calls would not fit in ``time_budget_s``, the
-    number of timed calls is reduced (noted in ``Measurement.notes``).
+    At least one timed call always runs. When the warm-up calls show that
+    ``repeats`` calls would not fit in ``time_budget_s``, the number of timed
+    calls is reduced (noted in ``Measurement.notes``). ``warmup=0`` times the
+    first calls too (lazy initialisation and compilation included): for dry runs.
     """
     notes = []
     start = time.perf_counter()
-    for _ in range(max(1, warmup)):
+    for _ in range(warmup):
         _sync(device)
         t0 = time.perf_counter()
         step()
         _sync(device)
         last = time.perf_counter() - t0
-    if time_budget_s is not None:
+    if time_budget_s is not None and warmup > 0:
         left = time_budget_s - (time.perf_counter() - start)
         fit = max(1, int(left // max(last, 1e-9)))
         if fit < repeats:
@@ -172,6 +173,6 @@ def measure(step: Callable[[], object], device: torch.device, repeats: int, warm
             sampler.__exit__(None, None, None)
     if cuda:
         peak = torch.cuda.max_memory_allocated(device)
-        return Measurement(times, max(1, warmup), peak, peak - base, notes)
+        return Measurement(times, warmup, peak, peak - base, notes)
     step_mem = None if sampler is None else max(0, sampler.peak - base)
-    return Measurement(times, max(1, warmup), None, step_mem, notes)
+    return Measurement(times, warmup, None, step_mem, notes)

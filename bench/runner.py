@@ -21,7 +21,7 @@ import torch
 from .envinfo import configure_precision, environment
 from .impls import IMPLS, PASSES, Unavailable, get_impl, make_step
 from .measure import is_oom, measure, memory_method
-from .workload import DEGREE, LayerSpec, make_graph, nodes_for_edges
+from .workload import DEGREE, PRECISIONS, LayerSpec, make_graph, nodes_for_edges
 
 __all__ = ["BenchConfig", "run", "SCHEMA"]
 
@@ -45,6 +45,7 @@ class BenchConfig:
     channels: int = 16
     hidden_channels: int = 16
     hidden_layers: int = 2
+    precision: str = "ieee"              # matmul precision of the implementations that have modes
     seed: int = 0
     quick: bool = False
 
@@ -58,6 +59,8 @@ class BenchConfig:
             raise ValueError("need repeats >= 1 and warmup >= 0")
         if not self.edges or min(self.edges) < 1:
             raise ValueError("need at least one positive edge count")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -88,7 +91,8 @@ class _Progress:
         if not self.enabled:
             return
         edges = "all" if row["edges"] is None else f"{row['edges']:,}"
-        head = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {row['group']:<5} {row['impl']:<20} "
+        name = row["impl"] + ("" if row["precision"] in ("ieee", "fp32") else f" [{row['precision']}]")
+        head = (f"[{self.done:>{len(str(self.total))}}/{self.total}] {row['group']:<5} {name:<20} "
                 f"E={edges:>9} {row['pass']:<8}")
         if row["status"] == "ok":
             mem = row["peak_mem_bytes"] if row["peak_mem_bytes"] is not None else row["step_mem_bytes"]
@@ -102,6 +106,8 @@ class _Progress:
 def _row(impl: str, spec: LayerSpec, pass_: str, edges: int | None, status: str, reason: str | None = None,
          **values) -> dict:
     row = {"impl": impl, "group": spec.group, "fields": spec.fields, "dim": spec.dim, "pass": pass_,
+           "precision": spec.precision if spec.precision in IMPLS[impl].precisions else "fp32",
+           "hidden_channels": IMPLS[impl].hidden_channels or spec.hidden_channels,
            "nodes": None if edges is None else nodes_for_edges(edges),
            "edges": None if edges is None else nodes_for_edges(edges) * DEGREE,
            "status": status, "reason": reason, "median_ms": None, "min_ms": None, "q1_ms": None, "q3_ms": None,
@@ -134,7 +140,8 @@ def run(config: BenchConfig, progress: bool = True, printer: Callable[[str], Non
                 f"E {','.join(f'{e:,}' for e in config.edges)} | repeats {config.repeats} (+{config.warmup} warm-up)")
 
     specs = {g: LayerSpec(group=g, channels=config.channels, device=str(device), dtype=dtype,
-                          hidden_channels=config.hidden_channels, hidden_layers=config.hidden_layers)
+                          hidden_channels=config.hidden_channels, hidden_layers=config.hidden_layers,
+                          precision=config.precision)
              for g in config.groups}
     plan = [(g, name) for g in config.groups for name in config.impls
             if not (IMPLS[name].group_agnostic and g != config.groups[0])]

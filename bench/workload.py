@@ -1,4 +1,4 @@
-"""The benchmark workload (DESIGN.md §6): layer specification and random graphs.
+"""The benchmark workload: layer specification and random graphs.
 
 Standard workload: one point-convolution layer whose input and output are
 ``C`` fields of the O(3) irreps 0e ⊕ 1o restricted to the group (C = 16:
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DEGREE", "STANDARD_GROUP", "DEFAULT_GROUPS", "DEFAULT_EDGES", "QUICK_EDGES", "LayerSpec",
+__all__ = ["DEGREE", "STANDARD_GROUP", "DEFAULT_GROUPS", "DEFAULT_EDGES", "QUICK_EDGES", "PRECISIONS", "LayerSpec",
            "Graph", "make_graph", "nodes_for_edges", "parse_edges"]
 
 DEGREE = 16                      # incoming edges per node: E = 16 N
 STANDARD_GROUP = "so3"
 DEFAULT_GROUPS = ("so3", "Cinf", "O", "o3")
 DEFAULT_EDGES = (1_000, 10_000, 100_000, 400_000, 1_000_000)
+PRECISIONS = ("ieee", "tf32x3", "tf32")   # matmul precision modes of fastik's Triton kernels
 QUICK_EDGES = (1_000, 3_000)
 
 
@@ -29,6 +30,9 @@ class LayerSpec:
     ``group`` is a :func:`fastik.group` name (3D). ``hidden_channels`` and
     ``hidden_layers`` size the G-MLP of the implicit kernels (fastik and
     escnn-implicit); the plain-torch baseline keeps its fixed MLP 3 -> 64 -> 64 -> D².
+    ``precision`` is the matmul precision of the implementations that have one
+    (``Impl.precisions``: fastik's Triton kernels); the others run fp32 with TF32 off
+    and are skipped for any other precision than "ieee".
     """
 
     group: str = STANDARD_GROUP
@@ -37,6 +41,11 @@ class LayerSpec:
     dtype: torch.dtype = torch.float32
     hidden_channels: int = 16
     hidden_layers: int = 2
+    precision: str = "ieee"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def fields(self) -> str:

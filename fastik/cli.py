@@ -1,4 +1,4 @@
-"""``fastik`` command line: list groups, check a layer's equivariance."""
+"""``fastik`` command line: list groups, check a layer's equivariance, train the paper's studies."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,10 @@ import time
 
 import torch
 
+from . import __version__
 from .groups import GROUP_NAMES_2D, GROUP_NAMES_3D, FieldType, group
 from .nn import ImplicitPointConv
+from .train.cli import add_commands as add_experiment_commands
 
 DEFAULT_FIELDS = {3: "4x0e + 2x1o + 1x2e", 2: "2x0 + 1x0- + 2x1 + 1x2"}
 CHECK_GROUPS = [(g, 3) for g in ("so3", "o3", "Cinf", "Cinfv", "Dinfh", "C4", "D6h", "Td", "Th", "Oh", "Ih")] + \
@@ -35,6 +37,7 @@ def check(name: str, dim: int, fields: str | None, backend: str, trials: int = 4
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastik", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastik {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("groups", help="list the supported point groups")
     c = sub.add_parser("check", help="equivariance check of ImplicitPointConv (float64)")
@@ -42,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--dim", type=int, default=3)
     c.add_argument("--fields", default=None, help='field type, e.g. "4x0e + 2x1o"')
     c.add_argument("--backend", default="reference")
+    add_experiment_commands(sub)
     args = parser.parse_args(argv)
+    if hasattr(args, "func"):  # train / sweep / data (fastik.train.cli)
+        return args.func(args)
     if args.cmd == "groups":
         print("3D:", ", ".join(GROUP_NAMES_3D))
         print("2D:", ", ".join(GROUP_NAMES_2D))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up fastik for development on a fresh machine: a virtual environment in .venv with
-# torch (CUDA 13.0 build, so the CUDA extension compiles when nvcc is present), the test and
-# escnn extras, and fastik itself installed editable with its C++/CUDA extension built.
+# torch (CUDA 13.0 build, so the CUDA extension compiles when nvcc is present), the test, bench,
+# experiments and escnn extras, and fastik itself installed editable with its C++/CUDA extension built.
 # Idempotent: re-running only installs what is missing. Usage: bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ $VPY -c "import torch" 2>/dev/null || $VPY -m pip install -q "torch==${FASTIK_TO
 $VPY -m pip install -q "numpy<2" pytest hypothesis
 export MAX_JOBS=${MAX_JOBS:-2}
 # the extension is built against the installed torch, hence no build isolation
-$VPY -m pip install -q --no-build-isolation -e ".[test,bench]"
+$VPY -m pip install -q --no-build-isolation -e ".[test,bench,experiments]" "numpy<2"  # numpy<2: qm9pack pulls pandas
 # escnn extra (fastik.escnn, tests/test_escnn.py; ≈45 s once): escnn 1.0.11 with numpy<2, plus torch_geometric for
 # escnn's own point convolutions. escnn's py3nj dependency is Fortran built from source: get gfortran from apt
 # (≈10 s); without apt or root, install escnn without py3nj (escnn then computes SO(3) Clebsch–Gordan

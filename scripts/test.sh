@@ -7,3 +7,4 @@ export FASTIK_REQUIRE_EXTENSION=1
 .venv/bin/python -m pytest -q -ra "$@"
 # the core must also work with numpy >= 2 and a CPU-only torch, without escnn or the extension
 bash scripts/test_numpy2.sh
+bash scripts/test_triton36.sh  # the Triton interpreter tests under Triton 3.6 (the GPU machines' version)

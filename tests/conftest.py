@@ -10,8 +10,10 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import fastik  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_leaves  # noqa: E402
 
-# Every group of DESIGN.md §3 (with representative n for the axial families).
+# Every group of docs/design.md §3 (with representative n for the axial families).
 GROUPS_3D = ["so3", "o3", "Cinf", "Cinfv", "Dinf", "Cinfh", "Dinfh", "Ci", "Cs", "C1", "C2x",
              "C4", "C3v", "C2h", "D3", "D6h", "D2d", "S4", "S6", "T", "Td", "Th", "O", "Oh", "I", "Ih"]
 GROUPS_2D = ["so2", "o2", "C8", "D4", "flip", "trivial"]
@@ -36,3 +38,28 @@ def any_group(request) -> fastik.Group:
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+class LargestTensor(TorchDispatchMode):
+    """Dispatch mode recording the largest number of elements of any tensor an op returns, and the op."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
+                self.numel, self.op = t.numel(), func
+        return out
+
+
+@pytest.fixture
+def float64_default():
+    """Run a test with float64 as torch's default dtype (restored afterwards); modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("float64_default")``."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)

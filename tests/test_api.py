@@ -1,4 +1,6 @@
-"""The public API of DESIGN.md §2, exactly as written there, for every group name."""
+"""The public API of docs/design.md §2, exactly as written there, for every group name."""
+import inspect
+
 import pytest
 import torch
 
@@ -32,3 +34,17 @@ def test_design_contract(name, dim):
     y = conv(x, pos, edge_index, edge_attr=torch.randn(e, 1), node_attr=torch.randn(n, 1),
              pos_target=torch.randn(m, G.dim), node_attr_target=torch.randn(m, 1))
     assert y.shape == (m, ft.dim)
+
+
+def test_graphs_api():
+    sig = {name: list(inspect.signature(getattr(fastik.graphs, name)).parameters)
+           for name in ("radius_graph", "knn_graph", "pool", "batch_graphs", "from_pyg")}
+    assert sig == {"radius_graph": ["pos", "r", "batch", "max_num_neighbors", "loop"],
+                   "knn_graph": ["pos", "k", "batch", "loop"],
+                   "pool": ["x", "batch", "reduce", "num_graphs"],
+                   "batch_graphs": ["pos", "x", "edge_index"],
+                   "from_pyg": ["data"]}
+    pos = torch.rand(10, 3)
+    batch = torch.tensor([0] * 4 + [1] * 6)
+    ei = fastik.graphs.radius_graph(pos, 0.5, batch)
+    assert ei.dtype == torch.int64 and (batch[ei[0]] == batch[ei[1]]).all()

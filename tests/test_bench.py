@@ -63,6 +63,7 @@ def test_json_fields(tiny_run):
     assert {(r["impl"], r["pass"]) for r in ok} == {(i, p) for i in ("fastik-reference", "materialize")
                                                    for p in ("fwd+bwd", "fwd")}
     for r in ok:
+        assert r["precision"] == "fp32" and r["hidden_channels"] == 16  # neither has precision modes
         assert r["edges"] == 96 and r["nodes"] == 6 and r["dim"] == 64 and r["group"] == "so3"
         assert r["median_ms"] > 0 and r["repeats"] == 2 and len(r["times_ms"]) == 2 and r["warmup"] == 1
         assert r["min_ms"] <= r["median_ms"] and r["medges_per_s"] > 0
@@ -155,3 +156,30 @@ def test_graph_has_no_self_loops():
     g = make_graph(16 * 50, 8, seed=3)
     assert (g.edge_index[0] != g.edge_index[1]).all()
     assert g.edge_index[0].min() >= 0 and g.edge_index[0].max() < 50
+
+
+def test_precision_modes():
+    """--precision reaches the implementations that have modes; the others are skipped rows, not fp32 rows."""
+    assert set(IMPLS["fastik-triton"].precisions) == {"ieee", "tf32x3", "tf32"}
+    assert IMPLS["materialize"].check(LayerSpec(precision="tf32")) == "no precision='tf32' mode (runs fp32, TF32 off)"
+    assert IMPLS["materialize"].check(LayerSpec(precision="ieee")) is None
+    layer = IMPLS["fastik-reference"].build(LayerSpec(channels=2, hidden_channels=1, precision="tf32x3"))
+    assert layer.conv.precision == "tf32x3"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LayerSpec(precision="bf16")
+    with pytest.raises(ValueError, match="unknown precision"):
+        BenchConfig(impls=["materialize"], groups=["so3"], edges=[100], precision="fp16")
+
+
+def test_measure_without_warmup():
+    """warmup=0 (dry runs): exactly ``repeats`` calls, all timed."""
+    import torch
+
+    from bench.measure import measure
+
+    calls = []
+    m = measure(lambda: calls.append(1), torch.device("cpu"), repeats=3, warmup=0)
+    assert len(calls) == 3 and len(m.times_ms) == 3 and m.warmup == 0
+    calls.clear()
+    m = measure(lambda: calls.append(1), torch.device("cpu"), repeats=2, warmup=2)
+    assert len(calls) == 4 and len(m.times_ms) == 2 and m.warmup == 2

@@ -151,7 +151,8 @@ def test_equivariance_with_escnn_transform(name):
 def test_identical_to_fastik_layer(name):
     """The drop-in layer is exactly the fastik layer on the converted types (same parameters)."""
     conv = layer(name)
-    ref = fastik.ImplicitPointConv(conv.fastik.in_type, conv.fastik.out_type, hidden_channels=4, hidden_layers=1)
+    ref = fastik.ImplicitPointConv(conv.fastik.in_type, conv.fastik.out_type, hidden_channels=4, hidden_layers=1,
+                                   aggr="mean", avg_degree=1.0)  # escnn's normalisation, the drop-in's default
     ref.load_state_dict(conv.fastik.state_dict())
     x, ei = cloud(conv, seed=1)
     want = conv.from_fastik(ref(conv.to_fastik(x.tensor), conv.coords_to_fastik(x.coords), ei))
@@ -231,9 +232,11 @@ def test_edge_delta_edge_attr_and_downsampling():
     for el in escnn_elements(gs, 3):
         attr_g = attr_gt.transform_fibers(el)
         assert torch.allclose(conv(x.transform(el), ei, edge_attr=attr_g).tensor, y.transform(el).tensor, atol=1e-5)
+    assert len(conv.check_equivariance()) == len(list(gs.testing_elements))  # escnn's protocol, edge_attr too
     # downsampling (the paper's idx_downsampled): targets are a subset of the points
     idx = torch.arange(0, x.tensor.shape[0], 3)
-    ei_down = fe.radius_graph(x.coords, 1.2, pos_target=x.coords[idx])
+    near = torch.cdist(x.coords[idx], x.coords) <= 1.2  # (targets, sources)
+    ei_down = near.nonzero().flip(1).T.contiguous()    # rows: source j, target (position in idx)
     yd = conv(x, ei_down, edge_attr=torch.randn(ei_down.shape[1], tattr.size), idx_downsampled=idx)
     assert yd.tensor.shape == (len(idx), tout.size) and torch.equal(yd.coords, x.coords[idx])
     assert conv.evaluate_output_shape((x.tensor.shape[0], tin.size)) == (x.tensor.shape[0], tout.size)
@@ -263,6 +266,73 @@ def test_input_validation():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# escnn's constructor arguments: each mapped to a fastik meaning, or refused with the reason
+
+
+def test_escnn_arguments_mapped():
+    tin, tout = field_types("so2")
+    torch.manual_seed(0)
+    conv = fe.ImplicitPointConv(tin, tout, n_channels=2, groups=1, bias=False, width=3.0, sigma=None, n_rings=None,
+                                rings=None, frequencies_cutoff=None, basis_filter=None, recompute=False)
+    assert conv.fastik.bias is None                                      # bias
+    assert torch.isclose(conv.fastik.kernel.log_sigma.exp(), torch.tensor(1.5))  # width -> envelope σ = width / 2
+    assert conv.fastik.aggr == "mean" and conv.fastik.scale == 1.0      # escnn's normalisation: plain mean
+    # recompute: a fresh conversion, equal to the cached one
+    again = fe.ImplicitPointConv(tin, tout, n_channels=2, recompute=True)
+    assert again.in_conversion is not conv.in_conversion
+    assert torch.equal(again.in_conversion.matrix, conv.in_conversion.matrix)
+    assert fe.convert_field_type(tin) is again.in_conversion             # ... which replaces the cached one
+    # initialize=False: the kernel's output layer starts at zero (escnn leaves its weights at zero): y = bias
+    lazy = fe.ImplicitPointConv(tin, tout, n_channels=2, initialize=False)
+    x, ei = cloud(lazy)
+    assert all(not p.any() for p in lazy.fastik.kernel.head.parameters())
+    bias_only = lazy.from_fastik(lazy.fastik.bias(torch.zeros(1, lazy.fastik.out_type.dim)))
+    assert torch.allclose(lazy(x, ei).tensor, bias_only.expand(x.tensor.shape[0], -1))
+    # fastik's own names still work
+    env = fe.ImplicitPointConv(tin, tout, n_channels=2, envelope_sigma=0.5, aggr="sum", avg_degree=4.0)
+    assert torch.isclose(env.fastik.kernel.log_sigma.exp(), torch.tensor(0.5)) and env.fastik.scale == 0.5
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(sigma=0.6), "sigma=0.6 is not supported: escnn's sigma is the thickness of the Gaussian rings"),
+    (dict(n_rings=3), "n_rings=3 is not supported: .*radial resolution comes from the G-MLP"),
+    (dict(rings=[0.0, 1.0]), "rings=.* is not supported: .*width="),
+    (dict(frequencies_cutoff=3.0), "frequencies_cutoff=3.0 is not supported: .*harmonics="),
+    (dict(basis_filter=lambda attr: True), "basis_filter=.* is not supported: .*nothing to filter"),
+    (dict(groups=2), "groups=2: fastik has no grouped"),
+    (dict(groups=0), "groups must be a positive int"),
+    (dict(width=-1.0), "width .* must be a positive number"),
+    (dict(width=2.0, envelope_sigma=1.0), "at most one of width .* and envelope_sigma"),
+    (dict(maximum_offset=1), "maximum_offset is an argument of escnn's grid convolutions"),
+    (dict(kernel_size=5), "kernel_size is an argument of escnn's grid convolutions"),
+], ids=["sigma", "n_rings", "rings", "frequencies_cutoff", "basis_filter", "groups", "groups0", "width", "width+env",
+        "maximum_offset", "kernel_size"])
+def test_escnn_arguments_refused(kwargs, message):
+    tin, tout = field_types("so2")
+    with pytest.raises(ValueError, match=message):
+        fe.ImplicitPointConv(tin, tout, n_channels=2, **kwargs)
+
+
+def test_replace_point_convs_maps_or_refuses_escnn_arguments():
+    pytest.importorskip("torch_geometric")  # escnn's point convolutions need it
+    gs = GSPACES["c8"]
+    t = enn.FieldType(gs, [gs.trivial_repr, gs.irrep(1)])
+    torch.manual_seed(0)
+    original = enn.R2PointConv(t, t, width=3.0, n_rings=2, sigma=0.5, frequencies_cutoff=1.0, bias=False)
+    conv = fe.replace_point_convs(original, n_channels=2)
+    assert isinstance(conv, fe.ImplicitPointConv) and (conv.in_type, conv.out_type) == (t, t)
+    assert conv.fastik.bias is None                                                # bias carried over
+    assert torch.isclose(conv.fastik.kernel.log_sigma.exp(), torch.tensor(1.5))  # width = outermost ring
+    assert conv.fastik.aggr == "mean"                                              # escnn's normalisation
+    with pytest.raises(ValueError, match="sigma=0.3 is not supported"):            # kwargs are checked too
+        fe.replace_point_convs(enn.R2PointConv(t, t, width=1.0, n_rings=2), sigma=0.3)
+    grouped = enn.R2PointConv(t + t, t + t, width=1.0, n_rings=2)
+    grouped.groups = 2  # escnn 1.0.11 refuses groups != 1 itself; its development version builds grouped layers
+    with pytest.raises(ValueError, match="groups=2: fastik has no grouped"):
+        fe.replace_point_convs(enn.SequentialModule(grouped))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # docs/escnn.md: replacing R3PointConv in an escnn SequentialModule model
 
 
@@ -275,7 +345,7 @@ class RadiusGraph(enn.EquivariantModule):
         self.in_type, self.out_type = conv.in_type, conv.out_type
 
     def forward(self, x):
-        return self.conv(x, fe.radius_graph(x.coords, self.radius))
+        return self.conv(x, fastik.graphs.radius_graph(x.coords, self.radius, loop=True))
 
     def evaluate_output_shape(self, input_shape):
         return self.conv.evaluate_output_shape(input_shape)
@@ -331,3 +401,24 @@ def test_sequential_module_with_graph_rule():
         fe.ImplicitPointConv(t1, t0, n_channels=4, knn=6),
     )
     _check_model(model)
+
+
+def test_graph_rule_matches_a_dense_reference():
+    """radius= / knn= build fastik.graphs edges with self-loops; idx_downsampled keeps the edges into the targets."""
+    assert fe.radius_graph is fastik.graphs.radius_graph and fe.knn_graph is fastik.graphs.knn_graph
+    tin, tout = field_types("so2")
+    torch.manual_seed(0)
+    by_radius = fe.ImplicitPointConv(tin, tout, n_channels=2, radius=1.2)
+    by_knn = fe.ImplicitPointConv(tin, tout, n_channels=2, knn=5)
+    by_knn.load_state_dict(by_radius.state_dict())
+    x, _ = cloud(by_radius, seed=3)
+    dist = torch.cdist(x.coords, x.coords)  # (targets, sources)
+    idx = torch.arange(0, x.tensor.shape[0], 4)
+    near = dist <= 1.2
+    knn = torch.zeros_like(near).scatter_(1, dist.topk(5, largest=False).indices, True)
+    for conv, mask in ((by_radius, near), (by_knn, knn)):
+        ref = mask.nonzero().flip(1).T.contiguous()  # rows: source j, target i
+        assert torch.allclose(conv(x).tensor, conv(x, ref).tensor, atol=1e-6)
+        ref_down = mask[idx].nonzero().flip(1).T.contiguous()
+        assert torch.allclose(conv(x, idx_downsampled=idx).tensor, conv(x, ref_down, idx_downsampled=idx).tensor,
+                              atol=1e-6)

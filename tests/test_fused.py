@@ -133,7 +133,7 @@ def test_double_backward():
     check_double_backward(fused_op(src, tgt, 8), h, x, w, src, tgt, 8)
 
 
-@pytest.mark.parametrize("kw", [dict(allow_tf32=True), dict(precision="tf32x3")])
+@pytest.mark.parametrize("kw", [dict(precision="tf32"), dict(precision="tf32x3")])
 def test_reduced_precision_options_run(kw):
     h, x, w, src, tgt = make_problem(e=32, n=8, t=8, k=3, din=12, dout=12, seed=4)
     out = implicit_message_passing_fused(h, x, w, src, tgt, 8, **kw)
@@ -299,7 +299,7 @@ def _chunked_reference64(h, x, w, src, tgt, n, gout):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("kw,tol", [(dict(), 1e-5), (dict(allow_tf32=True), 2e-2)])
+@pytest.mark.parametrize("kw,tol", [(dict(), 1e-5), (dict(precision="tf32"), 2e-2)])
 def test_cuda_large(kw, tol):
     h, x, w, src, tgt, n = big_problem()
     gout = torch.randn(n, 64, device="cuda")

@@ -221,3 +221,45 @@ def test_contains_continuous_groups():
         G = fastik.group(name)
         assert bool(G.contains(tilted)) == has_tilted and bool(G.contains(inversion)) == has_inversion
         assert not bool(G.contains(scaled))  # not orthogonal
+
+
+def test_y_parity_label():
+    from fastik.groups import parse_irrep
+    assert [parse_irrep(f"{l}y", 3) for l in range(4)] == [O3Irrep(0, 1), O3Irrep(1, -1), O3Irrep(2, 1), O3Irrep(3, -1)]
+    assert FieldType(fastik.group("o3"), "2x1y + 1x2y") == FieldType(fastik.group("o3"), "2x1o + 1x2e")
+
+
+PRODUCTS = [
+    ("o3", "1o", "1o", ["0e", "1e", "2e"]), ("o3", "2e", "1o", ["1o", "2o", "3o"]), ("o3", "0o", "2o", ["2e"]),
+    ("o3", "3e", "2o", ["1o", "2o", "3o", "4o", "5o"]),
+    ("o2", "1", "1", ["0", "0-", "2"]), ("o2", "2", "1", ["1", "3"]), ("o2", "0-", "0-", ["0"]),
+    ("o2", "0-", "2", ["2"]), ("o2", "3", "3", ["0", "0-", "6"]),
+]
+
+
+@pytest.mark.parametrize("name,a,b,expected", PRODUCTS)
+def test_tensor_irreps_are_the_clebsch_gordan_decomposition(name, a, b, expected):
+    """a ⊗ b contains each listed irrep exactly once and nothing else (dimensions add up)."""
+    from fastik.groups import parse_irrep
+    dim = 3 if name == "o3" else 2
+    G = fastik.group(name, dim=dim)
+    ra, rb = parse_irrep(a, dim), parse_irrep(b, dim)
+    found = ra.tensor_irreps(rb)
+    assert [r.label for r in found] == expected
+    assert sum(r.dim for r in found) == ra.dim * rb.dim
+    for r in found:
+        assert len(intertwiner_basis(G, TensorProductRep(ra, rb), r)) == 1
+
+
+def test_tensor_irreps_of_regular_and_product_reps_and_degrees():
+    G = fastik.group("D6h")
+    reg, v, t = RegularRep(G), O3Irrep(1, -1), O3Irrep(2, 1)
+    assert reg.tensor_irreps(v) == [reg] and v.tensor_irreps(reg) == [reg]
+    assert [r.label for r in TensorProductRep(v, v).tensor_irreps(v)] == ["1o", "0o", "2o", "3o"]
+    assert [r.degree for r in (v, t, O2Irrep(3), O2Irrep(0, -1))] == [1, 2, 3, 0]
+    assert RegularRep(fastik.group("Oh")).degree == 6 and RegularRep(fastik.group("T")).degree == 3  # (l+1)² ≥ |G|
+    assert RegularRep(fastik.group("C8", 2)).degree == 4  # 2k + 1 ≥ 8
+    assert TensorProductRep(v, t).degree == 3
+    assert FieldType(G, "2x0e + 1x3o").lmax == 3
+    with pytest.raises(TypeError, match="same space"):
+        v.tensor_irreps(O2Irrep(1))

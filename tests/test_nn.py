@@ -7,15 +7,8 @@ from fastik.nn import EquivariantLinear, EquivariantNorm, FourierELU, GatedNonli
 
 from conftest import FIELDS, GROUPS_2D, GROUPS_3D, relative_error
 
-
-
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    """Tests here run in float64 (restored afterwards so other modules keep float32)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# tests here run in float64 (conftest.float64_default)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 # exact constructions: float64 round-off only; sampled Fourier-ELU on continuous groups: aliasing

@@ -51,11 +51,17 @@ class Impl:
     requires: tuple[str, ...] = ()
     #: part of the default ``--impls`` selection
     default: bool = True
+    #: matmul precision modes (LayerSpec.precision) the layer honours; () = fp32 as torch is set (TF32 off)
+    precisions: tuple[str, ...] = ()
+    #: a fixed G-MLP width (hidden_channels) the layer uses whatever LayerSpec says; None: LayerSpec's
+    hidden_channels: int | None = None
 
     def check(self, spec: LayerSpec) -> str | None:
         missing = missing_modules(*self.requires)
         if missing:
             return f"{', '.join(missing)} not installed"
+        if spec.precision != "ieee" and spec.precision not in self.precisions:
+            return f"no precision={spec.precision!r} mode (runs fp32, TF32 off)"
         if self.groups is not None and spec.group.lower() not in {g.lower() for g in self.groups}:
             return f"group {spec.group} not supported (supports {', '.join(self.groups)})"
         return None

@@ -7,7 +7,7 @@ SO(3) / O(3)) or pointwise ELU on regular fields (finite G) -> IIDBatchNorm1d]
 -> escnn Linear to C·C copies of field ⊗ field (each (output field, input
 field) block of the kernel transforms as ρ_field ⊗ ρ_field).
 
-Differences from the anchors' version (DESIGN.md §6, one hidden layer,
+Differences from the anchors' version (docs/design.md §6, one hidden layer,
 "thomson_cube" grid of 96 rotations): ``hidden_layers`` follows fastik's layer
 (default 2), and the Fourier ELU samples the 60 icosahedral rotations, because
 the Thomson grid's numerical optimisation takes ~5 minutes on the first call of

@@ -1,6 +1,7 @@
 """fastik's ImplicitPointConv on the reference (plain torch) and fused Triton backends."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -9,7 +10,11 @@ from torch import nn
 from ..workload import LayerSpec
 from .base import Impl, Unavailable
 
-__all__ = ["FastikReference", "FastikTriton", "FastikTritonCSR"]
+__all__ = ["FastikReference", "FastikReferenceH64", "FastikTriton", "FastikTritonCSR"]
+
+#: hidden_channels giving a G-MLP width matched to the anchors (escnn / e3nn radial MLPs of width 64):
+#: 5 copies of 0e, 1o, 1e, 2e → H = 60, H + 1 = 61 for the standard fields
+ANCHOR_HIDDEN_CHANNELS = 5
 
 
 class _FastikLayer(nn.Module):
@@ -23,7 +28,8 @@ class _FastikLayer(nn.Module):
         group = fastik.group(spec.group)
         ft = fastik.FieldType(group, spec.fields)
         self.conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=spec.hidden_channels,
-                                             hidden_layers=spec.hidden_layers, aggr="sum", backend=backend)
+                                             hidden_layers=spec.hidden_layers, aggr="sum", backend=backend,
+                                             precision=spec.precision)
         self.use_csr = use_csr
         self._csr: tuple[tuple, object] | None = None
 
@@ -40,17 +46,28 @@ class _FastikLayer(nn.Module):
 
 class FastikReference(Impl):
     name = "fastik-reference"
-    summary = "fastik ImplicitPointConv, backend='reference' (plain torch, kernels materialised in chunks)"
+    summary = "fastik ImplicitPointConv, backend='reference' (plain torch, structured weights, in chunks)"
     requires = ("fastik",)
 
     def build(self, spec: LayerSpec) -> nn.Module:
         return _FastikLayer(spec, "reference").to(device=spec.device, dtype=spec.dtype)
 
 
+class FastikReferenceH64(FastikReference):
+    name = "fastik-reference-h64"
+    hidden_channels = ANCHOR_HIDDEN_CHANNELS
+    summary = (f"fastik-reference at the anchors' MLP width: hidden_channels={ANCHOR_HIDDEN_CHANNELS} "
+               "(H + 1 = 61 for the standard fields), whatever --hidden-channels says")
+
+    def build(self, spec: LayerSpec) -> nn.Module:
+        return super().build(dataclasses.replace(spec, hidden_channels=ANCHOR_HIDDEN_CHANNELS))
+
+
 class FastikTriton(Impl):
     name = "fastik-triton"
     summary = "fastik ImplicitPointConv, backend='triton' (fused kernels, nothing of size E·D² stored)"
     requires = ("fastik", "triton")
+    precisions = ("ieee", "tf32x3", "tf32")
     use_csr = False
 
     def check(self, spec: LayerSpec) -> str | None:

@@ -1,6 +1,6 @@
 """Plain torch, no symmetry: an MLP 3 -> 64 -> 64 -> D² gives a D × D kernel per edge (materialised).
 
-The anchors' "materialize" row (DESIGN.md §6): the cost of the paper's algorithm
+The anchors' "materialize" row (docs/design.md §6): the cost of the paper's algorithm
 when nothing is fused — every edge's kernel matrix is written to memory.
 ``materialize-compiled`` is the same layer under ``torch.compile``.
 """
@@ -40,7 +40,7 @@ class Materialize(Impl):
         return _Layer(spec).to(device=spec.device, dtype=spec.dtype)
 
     def estimate_step_bytes(self, spec: LayerSpec, edges: int, training: bool) -> int:
-        # the (E, D²) kernel and, training, its gradient (measured ≈ 2.1× on an H200, DESIGN §6)
+        # the (E, D²) kernel and, training, its gradient (measured ≈ 2.1× on an H200, docs/design.md §6)
         return int(edges * spec.dim ** 2 * torch.finfo(spec.dtype).bits // 8 * (2.5 if training else 1.2))
 
 

@@ -2,8 +2,12 @@
 
 ``spherical_harmonics(l, v)`` are the real spherical harmonics of degree ``l`` as
 *homogeneous* polynomials of ``v`` (so they vanish at the origin for ``l > 0``),
-orthonormal on the unit sphere.  Order ``m = -l..l``, except ``l = 1`` which is
-``(x, y, z)`` so that the degree-1 irrep is exactly the standard representation.
+orthonormal on the unit sphere, in e3nn's basis: the polar axis is ``y``, the
+azimuth runs from ``z`` towards ``x``, order ``m = -l..l``, no Condon–Shortley
+phase.  So ``l = 1`` is ``(x, y, z)`` (the degree-1 irrep is exactly the standard
+representation), and on unit vectors they equal
+``e3nn.o3.spherical_harmonics(l, v, normalize=True, normalization="integral")``
+(e3nn's ``"component"`` normalisation is ``sqrt(4π)`` times these, for every ``l``).
 
 ``circular_harmonics(k, v)`` is ``|v|^k (cos kθ, sin kθ)`` (``k ≥ 1``) or ``1`` (``k = 0``).
 """
@@ -37,11 +41,9 @@ def spherical_harmonics(l: int, v: Tensor) -> Tensor:
     """
     if l < 0:
         raise ValueError(f"degree must be >= 0, got {l}")
-    x, y, z = v.unbind(-1)
+    y, z, x = v.unbind(-1)  # textbook (x, y, z) of the z-polar formulas = e3nn's (z, x, y)
     if l == 0:
         return torch.full_like(x, 0.5 / math.sqrt(math.pi)).unsqueeze(-1)
-    if l == 1:
-        return math.sqrt(3 / (4 * math.pi)) * v
     r2 = x * x + y * y + z * z
     # (x + iy)^m as real and imaginary parts, m = 0..l
     re, im = [torch.ones_like(x)], [torch.zeros_like(x)]

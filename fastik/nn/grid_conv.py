@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from ..groups import FieldType
 from ._buffers import constant, register_constant
-from .kernel import ImplicitKernel
-from .linear import invariant_bias
+from ._checks import check_field_type, check_int
+from .kernel import ImplicitKernel, compact_repr
+from .linear import invariant_bias, reset_children
 
 __all__ = ["ImplicitR2Conv", "ImplicitR3Conv", "transform_grid"]
 
@@ -49,10 +50,13 @@ class _ImplicitGridConv(nn.Module):
                  stride: int = 1, hidden_channels: int = 16, hidden_layers: int = 2, bias: bool = True,
                  **kernel_kwargs) -> None:
         super().__init__()
+        check_field_type(in_type, "in_type")
+        check_field_type(out_type, "out_type")
         if in_type.group.dim != self.n:
             raise ValueError(f"{type(self).__name__} needs a {self.n}D group, got {in_type.group.name} (dim {in_type.group.dim})")
-        if kernel_size < 1:
-            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+        kernel_size = check_int(kernel_size, "kernel_size", 1)
+        stride = check_int(stride, "stride", 1)
+        padding = check_int(padding, "padding", 0, optional=True)
         self.in_type, self.out_type = in_type, out_type
         self.kernel_size, self.stride = kernel_size, stride
         self.padding = kernel_size // 2 if padding is None else padding
@@ -63,6 +67,14 @@ class _ImplicitGridConv(nn.Module):
         register_constant(self, "grid", grid)
         self.scale = 1.0 / kernel_size ** (self.n / 2)  # ≈ unit-variance outputs: K^n terms per output
         self.bias = invariant_bias(out_type, bias)
+
+    def reset_parameters(self) -> None:
+        """Re-draw every parameter as at construction (same random draws for the same seed)."""
+        reset_children(self)
+
+    def __repr__(self) -> str:
+        return compact_repr(self, self.kernel, f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                                               f"padding={self.padding}, bias={self.bias is not None}")
 
     def weight(self, dtype: torch.dtype) -> Tensor:
         """The sampled kernel as a conv weight (Dout, Din, K, …, K)."""

@@ -2,45 +2,24 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
 
-from ..groups import (FieldType, O2Irrep, O3Irrep, RegularRep, Rep, TensorProductRep, circular_harmonics,
+from ..groups import (FieldType, O2Irrep, O3Irrep, Rep, TensorProductRep, circular_harmonics,
                       intertwiner_basis, spherical_harmonics)
+from ..ops.structured import HeadTerm, StructuredHead, basis_nonzeros
 from ._buffers import constant, register_constant
-from .linear import EquivariantLinear, trivial_irrep
+from ._checks import check_field_type, check_int, check_sigma
+from ._compat import CoefficientModule
+from .linear import EquivariantLinear, normal_coefficients_, reset_children, trivial_irrep
 from .nonlinearities import FourierELU, GatedNonlinearity
 from .norm import EquivariantNorm
 
 __all__ = ["ImplicitKernel", "KernelHead", "kernel_irreps"]
 
-
-def _product_irreps(a: Rep, b: Rep) -> list[Rep]:
-    """O(3) / O(2) irreps in a ⊗ b (Clebsch–Gordan selection rules); regular reps pass through."""
-    if isinstance(a, O3Irrep) and isinstance(b, O3Irrep):
-        return [O3Irrep(l, a.p * b.p) for l in range(abs(a.l - b.l), a.l + b.l + 1)]
-    if isinstance(a, O2Irrep) and isinstance(b, O2Irrep):
-        if a.k == 0 or b.k == 0:
-            return [O2Irrep(a.k + b.k, a.s * b.s if a.k + b.k == 0 else 1)]
-        diff = abs(a.k - b.k)
-        low = [O2Irrep(0, 1), O2Irrep(0, -1)] if diff == 0 else [O2Irrep(diff)]
-        return low + [O2Irrep(a.k + b.k)]
-    return [a if not isinstance(a, (O3Irrep, O2Irrep)) else b]
-
-
-def harmonic_degree(rep: Rep) -> int:
-    """Largest harmonic degree needed to reach ``rep``: l (O(3)), k (O(2)); for the regular
-    representation of a finite G the smallest band limit with as many harmonics as |G|
-    elements ((l+1)² ≥ |G| in 3D, capped at 6; 2k+1 ≥ |G| in 2D); 0 for other reps."""
-    if isinstance(rep, O3Irrep):
-        return rep.l
-    if isinstance(rep, O2Irrep):
-        return rep.k
-    if isinstance(rep, RegularRep):
-        n = rep.dim
-        return min(6, math.ceil(math.sqrt(n)) - 1) if rep.group.dim == 3 else n // 2
-    return 0
+_UNDERFLOW = 30 * math.log(10)  # |r|²/2σ² above this: envelope < 1e-30
 
 
 def kernel_irreps(in_type: FieldType, out_type: FieldType) -> list[Rep]:
@@ -48,19 +27,29 @@ def kernel_irreps(in_type: FieldType, out_type: FieldType) -> list[Rep]:
     found: list[Rep] = [trivial_irrep(in_type.group.dim)]
     for _, ro in out_type.blocks:
         for _, ri in in_type.blocks:
-            for r in _product_irreps(ro, ri):
+            for r in ro.tensor_irreps(ri):
                 if r not in found:
                     found.append(r)
     return found
 
 
-class KernelHead(nn.Module):
+def compact_repr(layer: nn.Module, kernel: "ImplicitKernel", options: str = "") -> str:
+    """``layer`` (which samples ``kernel``) in at most six lines: types and group, the G-MLP, options,
+    parameter count — instead of every sub-module's repr."""
+    attrs = [f", {name}={t}" for name, t in (("edge_attr_type", kernel.edge_attr_type),
+                                              ("node_attr_type", kernel.node_attr_type)) if t is not None]
+    lines = [f"{kernel.in_type} -> {kernel.out_type}, group={kernel.group.name}" + "".join(attrs),
+             f"kernel={kernel.describe()}", options, f"parameters={sum(p.numel() for p in layer.parameters()):,}"]
+    return f"{type(layer).__name__}(\n" + "".join(f"  {line}\n" for line in lines if line) + ")"
+
+
+class KernelHead(CoefficientModule):
     """Last G-MLP layer: hidden fields -> ρout ⊗ ρin, returned as a (Dout, H+1, Din) weight.
 
     ``weight()[:, :H, :]`` maps the last hidden activation h (H = hidden_type.dim)
     to the kernel: ``K[o, c] = Σ_k W[o, k, c] h_k + W[o, H, c]``; the last slice is
     the bias, which lives only on the G-invariant kernels (the column of ones in
-    h̃ = [h; 1], DESIGN §5).
+    h̃ = [h; 1], docs/design.md §5).
     """
 
     def __init__(self, hidden_type: FieldType, in_type: FieldType, out_type: FieldType) -> None:
@@ -69,6 +58,8 @@ class KernelHead(nn.Module):
         self.hidden_type, self.in_type, self.out_type = hidden_type, in_type, out_type
         self.weights = nn.ParameterDict()
         self._triples: list[tuple[int, int, int]] = []
+        self._nonzeros: dict[str, tuple] = {}
+        self._init_std: dict[str, float] = {}
         for o, (mo, ro) in enumerate(out_type.blocks):
             fan_in, names = 0.0, []
             for i, (mi, ri) in enumerate(in_type.blocks):
@@ -79,27 +70,32 @@ class KernelHead(nn.Module):
                     if len(basis) == 0:
                         continue
                     name = f"{o}_{i}_{h}"
-                    register_constant(self, f"basis_{name}", basis.reshape(len(basis), ro.dim, ri.dim, rh.dim))
-                    self.weights[name] = nn.Parameter(torch.randn(mo, mi, mh, len(basis)))
+                    basis = basis.reshape(len(basis), ro.dim, ri.dim, rh.dim)
+                    register_constant(self, f"basis_{name}", basis)
+                    self._nonzeros[name] = basis_nonzeros(basis)
+                    self.weights[name] = nn.Parameter(torch.empty(mo, mi, mh, len(basis)))
                     self._triples.append((o, i, h))
                     names.append(name)
                     fan_in += mi * mh * len(basis) / ro.dim
-            for name in names:
-                self.weights[name].data.mul_(1 / math.sqrt(fan_in))
+            self._init_std.update({name: 1 / math.sqrt(fan_in) for name in names})
         self._slices = (out_type.slices(), in_type.slices(), hidden_type.slices() + [slice(hidden_type.dim, hidden_type.dim + 1)])
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Re-draw the coefficients as at construction: N(0, 1 / fan-in of the output block)."""
+        normal_coefficients_(self.weights, self._init_std)
+
+    def structured(self, dtype: torch.dtype) -> StructuredHead:
+        """W̃ as blocks (coefficients × intertwiner basis of ρh -> ρout ⊗ ρin), no structural zeros."""
+        so, si, sh = self._slices
+        terms = [HeadTerm(so[o], si[i], sh[h], self.weights[f"{o}_{i}_{h}"],
+                          constant(self, f"basis_{o}_{i}_{h}", dtype), self._nonzeros[f"{o}_{i}_{h}"])
+                 for o, i, h in self._triples]
+        return StructuredHead(self.out_type.dim, self.hidden_type.dim + 1, self.in_type.dim, terms)
 
     def weight(self, dtype: torch.dtype) -> Tensor:
         """(Dout, H+1, Din) dense weight W̃ (zeros where Schur's lemma forbids a connection)."""
-        so, si, sh = self._slices
-        dev = next(self.parameters()).device if len(self.weights) else None
-        w = torch.zeros(self.out_type.dim, self.hidden_type.dim + 1, self.in_type.dim, dtype=dtype, device=dev)
-        for o, i, h in self._triples:
-            name = f"{o}_{i}_{h}"
-            coef = self.weights[name].to(dtype)
-            block = torch.einsum("uvwt,taib->uawbvi", coef, constant(self, f"basis_{name}", dtype))
-            u, a, ww, b, v, ii = block.shape
-            w[so[o], sh[h], si[i]] = block.reshape(u * a, ww * b, v * ii)
-        return w
+        return self.structured(dtype).dense(dtype)
 
 
 class ImplicitKernel(nn.Module):
@@ -116,7 +112,8 @@ class ImplicitKernel(nn.Module):
         hidden_channels: copies of each hidden irrep (gate) / sphere functions (fourier_elu).
         nonlinearity: ``"gate"`` (exact for every G) or ``"fourier_elu"`` (the paper's).
         harmonics: largest harmonic degree fed in; default: the largest degree in ρout ⊗ ρin.
-        sigma: initial width of the Gaussian envelope exp(-|r|²/2σ²) (learned); None: no envelope.
+        sigma: initial width of the Gaussian envelope exp(-|r|²/2σ²) (learned), in the units of the
+            positions; None: no envelope.
     """
 
     def __init__(self, in_type: FieldType, out_type: FieldType, edge_attr_type: FieldType | None = None,
@@ -124,18 +121,26 @@ class ImplicitKernel(nn.Module):
                  nonlinearity: str = "gate", harmonics: int | None = None, norm: bool = True,
                  sigma: float | None = 1.0) -> None:
         super().__init__()
+        check_field_type(in_type, "in_type")
+        check_field_type(out_type, "out_type")
+        check_field_type(edge_attr_type, "edge_attr_type", optional=True)
+        check_field_type(node_attr_type, "node_attr_type", optional=True)
         group = in_type.group
         for name, t in (("out_type", out_type), ("edge_attr_type", edge_attr_type), ("node_attr_type", node_attr_type)):
             if t is not None and t.group is not group:
                 raise ValueError(f"{name} belongs to {t.group.name}, in_type to {group.name}: use one group")
-        if hidden_channels < 1 or hidden_layers < 0:
-            raise ValueError(f"need hidden_channels >= 1 and hidden_layers >= 0, got {hidden_channels}, {hidden_layers}")
+        hidden_channels = check_int(hidden_channels, "hidden_channels", 1)
+        hidden_layers = check_int(hidden_layers, "hidden_layers", 0)
+        harmonics = check_int(harmonics, "harmonics", 0, optional=True)
+        sigma = check_sigma(sigma)
         if nonlinearity not in ("gate", "fourier_elu"):
             raise ValueError(f"nonlinearity must be 'gate' or 'fourier_elu', got {nonlinearity!r}")
         self.group, self.in_type, self.out_type = group, in_type, out_type
+        self.hidden_channels, self.hidden_layers, self.nonlinearity, self.norm = (hidden_channels, hidden_layers,
+                                                                                  nonlinearity, norm)
         self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
         irreps = kernel_irreps(in_type, out_type)
-        lmax = max(harmonic_degree(r) for r in irreps)
+        lmax = max(r.degree for r in irreps)
         self.harmonics = lmax if harmonics is None else harmonics
         self.input_type = self._input_type()
         layers: list[nn.Module] = []
@@ -153,7 +158,25 @@ class ImplicitKernel(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.hidden_type = t
         self.head = KernelHead(t, in_type, out_type)
+        self.initial_sigma = sigma
         self.log_sigma = nn.Parameter(torch.tensor(math.log(sigma))) if sigma is not None else None
+
+    def describe(self) -> str:
+        """One line: the G-MLP's hyper-parameters and the envelope width (its current, learned value)."""
+        sigma = self.log_sigma
+        width = "None" if sigma is None else "?" if sigma.is_meta else f"{math.exp(sigma.item()):.4g}"
+        return (f"G-MLP(hidden_channels={self.hidden_channels}, hidden_layers={self.hidden_layers}, "
+                f"nonlinearity={self.nonlinearity}, norm={self.norm}, harmonics={self.harmonics}, sigma={width})")
+
+    def __repr__(self) -> str:
+        return compact_repr(self, self)
+
+    def reset_parameters(self) -> None:
+        """Re-draw every parameter as at construction (same draws for the same seed); sigma back to its initial value."""
+        reset_children(self)
+        if self.log_sigma is not None:
+            with torch.no_grad():
+                self.log_sigma.fill_(math.log(self.initial_sigma))
 
     def _input_type(self) -> FieldType:
         g = self.group
@@ -176,6 +199,25 @@ class ImplicitKernel(nn.Module):
         parts = [r, norm] + [harm(l, unit) for l in range(2, self.harmonics + 1)]
         parts += [a for a in (edge_attr, node_attr_target, node_attr_source) if a is not None]
         return torch.cat(parts, -1)
+
+    def check_envelope(self, r: Tensor) -> None:
+        """Warn when the envelope is below 1e-30 on every edge r (E, dim) of non-zero length.
+
+        Then the messages vanish and a convolution returns its bias (plus self-loops): the
+        positions are in other units than sigma.  One reduction over E; on CUDA one host sync.
+        """
+        if self.log_sigma is None or r.shape[0] == 0:
+            return
+        r2 = r.detach().pow(2).sum(-1)
+        far = r2 > 0
+        shortest = torch.where(far, r2, torch.inf).min()
+        if bool(far.any() & (0.5 * shortest * torch.exp(-2 * self.log_sigma.detach()) > _UNDERFLOW)):
+            warnings.warn(f"every edge (but self-loops) is at least {shortest.sqrt().item():.3g} long and the "
+                          f"envelope width is sigma={self.log_sigma.exp().item():.3g}: the envelope exp(-|r|²/2σ²) "
+                          "is below 1e-30 on all of them, so the messages vanish and the output is the bias; rescale "
+                          "the positions (neighbours about sigma apart) or build the layer with a larger sigma= or "
+                          "sigma=None",
+                          RuntimeWarning, stacklevel=2)
 
     def envelope(self, r: Tensor) -> Tensor:
         """exp(-|r|²/2σ²): (E, dim) -> (E,) (ones without an envelope)."""

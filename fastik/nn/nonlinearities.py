@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..groups import FieldType, Group, O2Irrep, O3Irrep, circular_harmonics, spherical_harmonics
 from ._buffers import constant, register_constant
+from ._checks import check_field_type, check_int
 from .linear import trivial_irrep
 
 __all__ = ["GatedNonlinearity", "FourierELU"]
@@ -53,27 +54,29 @@ class GatedNonlinearity(nn.Module):
 
     def __init__(self, field_type: FieldType) -> None:
         super().__init__()
+        check_field_type(field_type, "field_type")
         self.out_type = field_type
-        idx_scalar, idx_gated, gate_of = [], [], []
-        n_gates = 0
-        for (m, r), sl in zip(field_type.blocks, field_type.slices()):
-            comps = list(range(sl.start, sl.stop))
-            if _is_trivial(r):
-                idx_scalar += comps
-            else:
-                idx_gated += comps
-                gate_of += [n_gates + u for u in range(m) for _ in range(r.dim)]
-                n_gates += m
+        self._trivial = [_is_trivial(r) for _, r in field_type.blocks]
+        n_gates = sum(m for (m, _), trivial in zip(field_type.blocks, self._trivial) if not trivial)
         self.in_type = field_type + FieldType(field_type.group, [(n_gates, trivial_irrep(field_type.group.dim))])
-        self.register_buffer("idx_scalar", torch.tensor(idx_scalar, dtype=torch.long), persistent=False)
-        self.register_buffer("idx_gated", torch.tensor(idx_gated, dtype=torch.long), persistent=False)
-        self.register_buffer("gate_of", torch.tensor(gate_of, dtype=torch.long) + field_type.dim, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = torch.empty(*x.shape[:-1], self.out_type.dim, dtype=x.dtype, device=x.device)
-        out[..., self.idx_scalar] = F.silu(x[..., self.idx_scalar]) * _SILU_SCALE
-        out[..., self.idx_gated] = x[..., self.idx_gated] * torch.sigmoid(x[..., self.gate_of]) * _GATE_SCALE
-        return out
+        """x (..., in_type.dim) -> (..., out_type.dim); the gates are the last ``in_type.dim - out_type.dim`` columns."""
+        if x.shape[-1] != self.in_type.dim:
+            raise ValueError(f"GatedNonlinearity expects (..., {self.in_type.dim}) inputs: the {self.out_type.dim} "
+                             f"components of {self.out_type} followed by {self.in_type.dim - self.out_type.dim} gate "
+                             f"scalars (produce them with e.g. EquivariantLinear(..., gate.in_type)), "
+                             f"got {tuple(x.shape)}")
+        gates = torch.sigmoid(x[..., self.out_type.dim:]) * _GATE_SCALE
+        parts, g0 = [], 0
+        for (m, r), sl, trivial in zip(self.out_type.blocks, self.out_type.slices(), self._trivial):
+            if trivial:
+                parts.append(F.silu(x[..., sl]) * _SILU_SCALE)
+            else:
+                v = x[..., sl].unflatten(-1, (m, r.dim)) * gates[..., g0:g0 + m, None]
+                parts.append(v.flatten(-2))
+                g0 += m
+        return torch.cat(parts, -1)
 
 
 def _fibonacci_sphere(n: int) -> Tensor:
@@ -106,6 +109,7 @@ class FourierELU(nn.Module):
 
     def __init__(self, group: Group, channels: int, lmax: int, oversampling: float = 10.0) -> None:
         super().__init__()
+        channels, lmax = check_int(channels, "channels", 1), check_int(lmax, "lmax", 0)
         if group.dim == 3:
             irreps = [O3Irrep(l, 1 if l % 2 == 0 else -1) for l in range(lmax + 1)]
         else:
@@ -126,6 +130,10 @@ class FourierELU(nn.Module):
         self.channels, self.psi_dim = channels, psi_dim
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (..., field_type.dim) -> (..., field_type.dim): ELU applied pointwise on the sampled functions."""
+        if x.shape[-1] != self.in_type.dim:
+            raise ValueError(f"FourierELU expects (..., {self.in_type.dim}) inputs ({self.in_type}), "
+                             f"got {tuple(x.shape)}")
         coeffs = x[..., self.perm]  # (..., C, psi_dim)
         samples = F.elu(coeffs @ constant(self, "fourier", x.dtype).T)
         coeffs = samples @ constant(self, "inverse", x.dtype).T

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..groups import FieldType
+from ._checks import check_field_type
 from .nonlinearities import _is_trivial
 
 __all__ = ["EquivariantNorm"]
@@ -26,6 +27,7 @@ class EquivariantNorm(nn.Module):
 
     def __init__(self, field_type: FieldType, eps: float = 1e-5) -> None:
         super().__init__()
+        check_field_type(field_type, "field_type")
         self.field_type, self.eps = field_type, eps
         n_fields = sum(m for m, _ in field_type.blocks)
         self.scale = nn.Parameter(torch.ones(n_fields))
@@ -33,7 +35,17 @@ class EquivariantNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(sum(m for (m, _), s in zip(field_type.blocks, scalar) if s)))
         self._scalar = scalar
 
+    def reset_parameters(self) -> None:
+        """Scales back to one, biases to zero (their values at construction)."""
+        with torch.no_grad():
+            self.scale.fill_(1.0)
+            self.bias.zero_()
+
     def forward(self, x: Tensor) -> Tensor:
+        """x (..., field_type.dim) -> normalised x, same shape."""
+        if x.shape[-1] != self.field_type.dim:
+            raise ValueError(f"EquivariantNorm expects (..., {self.field_type.dim}) inputs ({self.field_type}), "
+                             f"got {tuple(x.shape)}")
         parts, f0, b0 = [], 0, 0
         for (m, r), sl, scalar in zip(self.field_type.blocks, self.field_type.slices(), self._scalar):
             v = x[..., sl].reshape(*x.shape[:-1], m, r.dim)

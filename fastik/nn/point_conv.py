@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..groups import FieldType
-from ..ops import dispatch
+from ..ops import dispatch, reference
 from ..ops.aggregate import CSR
-from .kernel import ImplicitKernel
-from .linear import invariant_bias
+from ._checks import check_int
+from .kernel import ImplicitKernel, compact_repr
+from .linear import invariant_bias, reset_children
 
 __all__ = ["ImplicitPointConv"]
 
@@ -30,7 +30,9 @@ class ImplicitPointConv(nn.Module):
         ``node_attr_target`` (M, ·)).  ``csr``: optional
         :func:`fastik.ops.aggregate.build_csr` of ``edge_index[1]``, built once per
         graph and shared by its layers, for deterministic target-ordered
-        aggregation.  Returns y (N or M, out_type.dim).
+        aggregation (one built from other targets is refused: :meth:`~fastik.ops.aggregate.CSR.check`).
+        Returns y (N or M, out_type.dim).  A RuntimeWarning says when the envelope underflows on every
+        edge (positions in other units than ``sigma``; :meth:`ImplicitKernel.check_envelope`).
 
     Args:
         aggr: ``"sum"`` (default) or ``"mean"`` over incoming edges.
@@ -39,10 +41,12 @@ class ImplicitPointConv(nn.Module):
             ``"auto"``.  A run-time choice: it changes no parameter or state_dict key.
         avg_degree: expected number of incoming edges d; messages are scaled by 1/√d
             (sum) or √d (mean) so that outputs start with roughly unit variance.
-        chunk_size: edges per chunk on the reference backend (None: automatic).
-        mlp_chunk_size: in training, the kernel G-MLP runs in chunks of this many
-            edges and is recomputed in backward (activation checkpointing), so only
-            its (E, H+1) output is stored, not every hidden activation.
+        chunk_size: edges per chunk (None: ``mlp_chunk_size``, and on the reference
+            backend at most about 2^24 floats of intermediates per chunk).  The G-MLP,
+            the messages and their aggregation run chunk by chunk; in training each
+            chunk is recomputed in backward (activation checkpointing), so nothing of
+            size E × H is stored — only per-edge inputs (r, attributes).
+        mlp_chunk_size: the default chunk size (65536 edges).
         precision: matmul precision of the triton backend: ``"ieee"`` (fp32, default),
             ``"tf32"`` (TF32 tensor cores, ≈1e-3 relative error) or ``"tf32x3"``
             (three TF32 passes, ≈fp32 accuracy).  float64 needs the reference backend.
@@ -65,21 +69,27 @@ class ImplicitPointConv(nn.Module):
         self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
         if precision not in ("ieee", "tf32", "tf32x3"):
             raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
-        if mlp_chunk_size < 1:
-            raise ValueError(f"mlp_chunk_size must be >= 1, got {mlp_chunk_size}")
+        chunk_size = check_int(chunk_size, "chunk_size", 1, optional=True)
+        mlp_chunk_size = check_int(mlp_chunk_size, "mlp_chunk_size", 1)
         self.aggr, self.backend, self.chunk_size, self.precision = aggr, backend, chunk_size, precision
         self.mlp_chunk_size = mlp_chunk_size
         self.kernel = ImplicitKernel(in_type, out_type, edge_attr_type, node_attr_type, hidden_channels,
                                      hidden_layers, **kernel_kwargs)
         self.scale = avg_degree ** (-0.5 if aggr == "sum" else 0.5)
         self.bias = invariant_bias(out_type, bias)
+        self._envelope_checked = False
 
-    def extra_repr(self) -> str:
-        return f"{self.in_type} -> {self.out_type}, group={self.in_type.group.name}, aggr={self.aggr}, backend={self.backend}"
+    def reset_parameters(self) -> None:
+        """Re-draw every parameter as at construction (same random draws for the same seed)."""
+        reset_children(self)
+
+    def __repr__(self) -> str:
+        return compact_repr(self, self.kernel, f"aggr={self.aggr}, backend={self.backend}, bias={self.bias is not None}")
 
     def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
                 node_attr: Tensor | None = None, pos_target: Tensor | None = None,
                 node_attr_target: Tensor | None = None, csr: CSR | None = None) -> Tensor:
+        """x (N, in_type.dim), pos (N, dim), edge_index (2, E) -> (N or M, out_type.dim); see the class docstring."""
         pos_t = pos if pos_target is None else pos_target
         self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
         src, tgt = edge_index[0], edge_index[1]
@@ -87,19 +97,17 @@ class ImplicitPointConv(nn.Module):
         r = pos[src] - pos_t[tgt]
         if pos_target is None:  # a self-loop's r is identically 0: its exact derivative is zero, so stop
             r = torch.where((src == tgt)[:, None], r.detach(), r)  # the ±huge terms that cancel only to fp32 round-off
+        self._check_envelope(r)
         z_t = None
         if node_attr is not None:
             z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
         parts = (r, edge_attr, z_t, None if node_attr is None else node_attr[src])
-        e, step = r.shape[0], self.mlp_chunk_size
-        if torch.is_grad_enabled() and e > step:
-            h1 = torch.cat([checkpoint(self._edge_features, *[None if p is None else p[i:i + step] for p in parts],
-                                       use_reentrant=False) for i in range(0, e, step)])
-        else:
-            h1 = self._edge_features(*parts)
-        weight = self.kernel.head.weight(x.dtype)
-        out = dispatch.message_passing(self.backend, h1, x, weight, src, tgt, num_targets, self.chunk_size, csr,
-                                       self.precision)
+        head = self.kernel.head.structured(x.dtype)
+        step = self.chunk_size or self.mlp_chunk_size
+        if self.chunk_size is None and dispatch.resolve_backend(self.backend, x) == "reference":
+            step = min(step, reference.auto_chunk_size(head))
+        out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x, head, src, tgt, num_targets,
+                                     step, csr, self.precision)
         if self.aggr == "mean":
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]
@@ -107,10 +115,18 @@ class ImplicitPointConv(nn.Module):
 
     def _edge_features(self, r: Tensor, edge_attr: Tensor | None, z_t: Tensor | None,
                        z_s: Tensor | None) -> Tensor:
-        """h̃_e = s(|r_e|)·α·[h_e; 1]: (E, H+1), the per-edge input of the fused operation (DESIGN §5)."""
+        """h̃_e = s(|r_e|)·α·[h_e; 1]: (E, H+1), the per-edge input of the fused operation (docs/design.md §5)."""
         h = self.kernel.hidden(r, edge_attr, z_t, z_s)
         s = self.kernel.envelope(r) * self.scale
         return torch.cat([h, h.new_ones(h.shape[0], 1)], -1) * s[:, None]
+
+    def _check_envelope(self, r: Tensor) -> None:
+        """:meth:`ImplicitKernel.check_envelope` (a warning when every message underflows the envelope): every
+        call on CPU; on CUDA only the layer's first call, as it costs a host sync; never under torch.compile."""
+        if torch.compiler.is_compiling() or (r.is_cuda and self._envelope_checked):
+            return
+        self._envelope_checked = True
+        self.kernel.check_envelope(r)
 
     def _validate(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None,
                   node_attr: Tensor | None, pos_target: Tensor | None, node_attr_target: Tensor | None) -> None:

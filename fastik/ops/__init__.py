@@ -1,7 +1,10 @@
-"""Backends of the implicit message passing operation and message aggregation."""
-from . import aggregate, dispatch
-from .aggregate import CSR, aggregate as aggregate_messages, build_csr, has_extension, scatter_sum, segment_sum
+"""Backends of the implicit message passing operation, structured weights and message aggregation."""
+from . import aggregate, dispatch, structured
+from .aggregate import CSR, aggregate as aggregate_messages, build_csr, csr_rowptr, has_extension, scatter_sum, segment_sum
+from .dispatch import implicit_conv
 from .reference import implicit_message_passing_reference
+from .structured import StructuredHead, StructuredLinear
 
-__all__ = ["aggregate", "dispatch", "CSR", "aggregate_messages", "build_csr", "has_extension", "scatter_sum",
-           "segment_sum", "implicit_message_passing_reference"]
+__all__ = ["aggregate", "dispatch", "structured", "CSR", "aggregate_messages", "build_csr", "csr_rowptr",
+           "has_extension", "scatter_sum", "segment_sum", "implicit_conv", "implicit_message_passing_reference",
+           "StructuredHead", "StructuredLinear"]

@@ -38,6 +38,7 @@ __all__ = [
     "CSR",
     "aggregate",
     "build_csr",
+    "csr_rowptr",
     "extension_has_cuda",
     "has_extension",
     "scatter_sum",
@@ -401,10 +402,25 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
     return _scatter_sum_op(src.contiguous(), index.contiguous(), dim_size)
 
 
+_MIX = 0x9E3779B1  # odd: position weights ((e+1)·_MIX) mod 2^31 are distinct and non-zero for E < 2^31
+
+
+def _fingerprint(target: Tensor) -> Tensor:
+    """0-d int64 ``Σ_e target[e]·w_e`` (wrapping) with distinct pseudo-random weights ``w_e`` per position.
+
+    Changing any one entry, or swapping two different entries, changes it. Costs four
+    passes over E int64 values and no host sync.
+    """
+    w = torch.arange(1, target.shape[0] + 1, dtype=torch.int64, device=target.device)
+    return w.mul_(_MIX).bitwise_and_(0x7FFFFFFF).mul_(target).sum()
+
+
 class CSR(NamedTuple):
     """Edges of a graph grouped by target (compressed sparse rows).
 
-    Build it once per graph with :func:`build_csr` and reuse it in every layer.
+    Build it once per graph with :func:`build_csr` and reuse it in every layer; each
+    use calls :meth:`check` with the graph's targets, which refuses a CSR built from
+    another graph.
 
     Attributes:
         perm: ``(E,)`` int64 edge order sorted by target (stable: edges with the
@@ -412,11 +428,18 @@ class CSR(NamedTuple):
         rowptr: ``(N+1,)`` int64; the edges of target ``i`` are
             ``perm[rowptr[i]:rowptr[i+1]]``.
         num_targets: ``N``.
+        target: the ``(E,)`` target index it was built from (a reference, not a copy;
+            None for a CSR assembled by hand, which is checked for sizes only).
+        target_version: ``target._version`` at build time (in-place edits bump it).
+        checksum: 0-d int64 fingerprint of ``target`` (see :meth:`check`).
     """
 
     perm: Tensor
     rowptr: Tensor
     num_targets: int
+    target: Optional[Tensor] = None
+    target_version: int = 0
+    checksum: Optional[Tensor] = None
 
     @property
     def num_edges(self) -> int:
@@ -425,7 +448,58 @@ class CSR(NamedTuple):
 
     def to(self, device: Union[torch.device, str]) -> "CSR":
         """The same CSR with its index tensors on ``device``."""
-        return CSR(self.perm.to(device), self.rowptr.to(device), self.num_targets)
+        target = self.target
+        if target is not None and target._version != self.target_version:
+            target = None  # edited in place since build_csr: only the checksum still describes the graph
+        moved = None if target is None else target.to(device)
+        return CSR(self.perm.to(device), self.rowptr.to(device), self.num_targets, moved,
+                   self.target_version if moved is target else 0 if moved is None else moved._version,
+                   None if self.checksum is None else self.checksum.to(device))
+
+    def _built_from(self, tgt: Tensor) -> bool:
+        """Whether ``tgt`` is the very tensor (same memory, no in-place edit since) the CSR was built from.
+
+        Sound because the CSR holds ``target``, so its memory cannot be reused by another tensor.
+        """
+        t = self.target
+        return (t is not None and tgt.dtype == t.dtype and tgt.device == t.device and tgt.shape == t.shape
+                and tgt.stride() == t.stride() and tgt.data_ptr() == t.data_ptr()
+                and tgt._version == t._version == self.target_version)
+
+    def check(self, num_edges: int, num_targets: int, tgt: Optional[Tensor] = None) -> None:
+        """Raise a ValueError unless this CSR describes the graph with targets ``tgt`` (E,).
+
+        Sizes are compared always. The targets are compared when given, outside
+        ``torch.compile``, and for a CSR from :func:`build_csr`: free when ``tgt`` is
+        (a view of the same memory as) the tensor it was built from and not edited in
+        place since; otherwise by :func:`_fingerprint` (four passes over E int64 values
+        and, on CUDA, one host sync). A CSR depends only on the targets, so one built
+        from another graph with the same ``edge_index[1]`` is accepted (and correct).
+        """
+        fix = "build one per graph with fastik.ops.build_csr(edge_index[1], num_targets) and pass it with that graph"
+        if self.num_edges != num_edges or self.num_targets != num_targets:
+            raise ValueError(f"csr describes {self.num_edges} edges / {self.num_targets} targets, "
+                             f"expected {num_edges} / {num_targets}: {fix}")
+        if tgt is None or self.checksum is None or torch.compiler.is_compiling() or self._built_from(tgt):
+            return
+        if tgt.shape != (num_edges,):
+            raise ValueError(f"the targets must be ({num_edges},) to match the csr, got {tuple(tgt.shape)}")
+        if tgt.device != self.checksum.device:
+            raise ValueError(f"csr is on {self.checksum.device} but the edges are on {tgt.device}: move it with "
+                             f"csr.to({str(tgt.device)!r})")
+        if bool(_fingerprint(tgt) != self.checksum):
+            raise ValueError(f"csr was built from another graph: it has the same {num_edges} edges and "
+                             f"{num_targets} targets but different targets edge_index[1] (or they were edited "
+                             f"in place); {fix}")
+
+
+def csr_rowptr(target_index: Tensor, num_targets: int) -> Tensor:
+    """(num_targets + 1,) int64 CSR row pointer: ``rowptr[i+1] - rowptr[i]`` edges have target i
+    (the row pointer of the edges once sorted by target; values are not checked here)."""
+    rowptr = torch.zeros(num_targets + 1, dtype=torch.int64, device=target_index.device)
+    if target_index.numel():
+        torch.cumsum(torch.bincount(target_index.long(), minlength=num_targets), 0, out=rowptr[1:])
+    return rowptr
 
 
 def build_csr(target_index: Tensor, num_targets: int) -> CSR:
@@ -437,7 +511,9 @@ def build_csr(target_index: Tensor, num_targets: int) -> CSR:
         num_targets: ``N >= 0``.
 
     Returns:
-        ``CSR(perm (E,) int64, rowptr (N+1,) int64, num_targets)`` on ``target_index.device``.
+        ``CSR(perm (E,) int64, rowptr (N+1,) int64, num_targets, target_index, its version,
+        checksum)`` on ``target_index.device``; it keeps a reference to ``target_index`` so
+        that :meth:`CSR.check` recognises it for free.
 
     Raises:
         TypeError / ValueError: invalid dtype, shape, ``num_targets`` or index values.
@@ -448,10 +524,9 @@ def build_csr(target_index: Tensor, num_targets: int) -> CSR:
     _check_index_values(target_index, int(num_targets), op, "target_index")
     target = target_index.long()
     perm = torch.sort(target, stable=True).indices
-    counts = torch.bincount(target, minlength=int(num_targets))
-    rowptr = torch.zeros(int(num_targets) + 1, dtype=torch.int64, device=target.device)
-    torch.cumsum(counts, 0, out=rowptr[1:])
-    return CSR(perm=perm, rowptr=rowptr, num_targets=int(num_targets))
+    rowptr = csr_rowptr(target, int(num_targets))
+    return CSR(perm=perm, rowptr=rowptr, num_targets=int(num_targets), target=target_index,
+               target_version=target_index._version, checksum=_fingerprint(target))
 
 
 def aggregate(
@@ -472,6 +547,9 @@ def aggregate(
 
     Returns:
         ``(num_targets, D)``.
+
+    Raises:
+        ValueError: a ``csr`` of other sizes, or built from other targets (:meth:`CSR.check`).
     """
     op = "fastik.aggregate"
     if csr is None:
@@ -489,4 +567,6 @@ def aggregate(
             f"{tuple(messages.shape)}"
         )
     _check_same_device(messages, csr.perm, op, "messages", "csr.perm")
+    _check_index_tensor(target_index, op, "target_index")
+    csr.check(messages.shape[0], num_targets, target_index)
     return segment_sum(messages.index_select(0, csr.perm), csr.rowptr)

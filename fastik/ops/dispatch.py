@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+from typing import Callable, Sequence
 
 from torch import Tensor
 
 from .aggregate import CSR
-from .reference import check_csr, implicit_message_passing_reference
+from .reference import aggregate_messages, chunked_conv
+from .structured import StructuredHead
 
-__all__ = ["BACKENDS", "check_backend", "resolve_backend", "message_passing"]
+__all__ = ["BACKENDS", "check_backend", "resolve_backend", "implicit_conv"]
 
 BACKENDS = ("auto", "reference", "triton")
 
@@ -40,27 +42,32 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     return backend
 
 
-def message_passing(backend: str, h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
-                    num_targets: int, chunk_size: int | None = None, csr: CSR | None = None,
-                    precision: str = "ieee") -> Tensor:
-    """(M, Dout) = Σ_e weight · (h_e ⊗ x_src(e)) aggregated at tgt(e), on the chosen backend.
+def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_inputs: Sequence[Tensor | None],
+                  x: Tensor, head: StructuredHead, src: Tensor, tgt: Tensor, num_targets: int,
+                  chunk_size: int, csr: CSR | None = None, precision: str = "ieee") -> Tensor:
+    """(M, Dout): the whole implicit convolution, G-MLP included, chunk by chunk on the chosen backend.
 
-    ``precision`` ("ieee" | "tf32" | "tf32x3") applies to the triton backend; the
-    reference backend follows torch's own matmul settings.  With a ``csr`` the
-    triton backend runs the aggregate-first kernels (``fused_segmented``: E-level
-    work O(E·K·Din) instead of O(E·K·Din·Dout), deterministic), without one the
-    edge-wise kernels (``fused``, atomic aggregation).
+    ``edge_features(*edge_inputs[chunk]) -> h̃ (chunk, K)`` evaluates the G-MLP of a chunk
+    of edges; its messages ``W̃ · (h̃_e ⊗ x_src(e))`` are aggregated at once (reference:
+    the structured head + segment / scatter sum; triton: the fused kernels on the dense
+    W̃).  In training each chunk is recomputed in backward (:func:`chunked_conv`), so no
+    tensor of E × H elements is ever stored — only the per-edge inputs (r, attributes).
     """
-    if resolve_backend(backend, x) == "triton":
-        if csr is None:  # edge-wise fused kernel, atomic aggregation
+    use_triton = resolve_backend(backend, x) == "triton"
+    weight = head.dense(x.dtype) if use_triton else None
+
+    def contribution(*args: Tensor | None) -> Tensor:
+        *inputs, src_c, tgt_c, rowptr_c = args
+        h = edge_features(*inputs)
+        if not use_triton:
+            return aggregate_messages(head.messages(h, x[src_c]), tgt_c, rowptr_c, num_targets)
+        if rowptr_c is None:  # edge-wise fused kernel, atomic aggregation
             from .fused import implicit_message_passing_fused
 
-            return implicit_message_passing_fused(h, x, weight, src, tgt, num_targets, precision=precision)
-        # target-sorted edges: aggregate h ⊗ x per target first, then one GEMM per target
-        from .fused_segmented import implicit_message_passing_segmented
+            return implicit_message_passing_fused(h, x, weight, src_c, tgt_c, num_targets, precision=precision)
+        from .fused_segmented import implicit_message_passing_segmented  # aggregate-first per target
 
-        check_csr(csr, h.shape[0], num_targets)
-        perm = csr.perm
-        return implicit_message_passing_segmented(h[perm], x, weight, src[perm], tgt[perm], csr.rowptr,
-                                                  num_targets, precision=precision)
-    return implicit_message_passing_reference(h, x, weight, src, tgt, num_targets, chunk_size, csr)
+        return implicit_message_passing_segmented(h, x, weight, src_c, tgt_c, rowptr_c, num_targets,
+                                                  precision=precision)
+
+    return chunked_conv(contribution, edge_inputs, src, tgt, num_targets, chunk_size, csr)

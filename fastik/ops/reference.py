@@ -1,31 +1,29 @@
 """Pure-torch reference of the implicit message passing operation (the truth).
 
-This is the paper's algorithm (Eq. 5): per edge, the kernel matrix
-``K_e = W · h̃_e`` (Dout × Din) is materialised — in chunks of edges so memory
-stays bounded — multiplied with the source features and summed into targets.
+This is the paper's algorithm (Eq. 5), ``m_e = W̃ · vec(h̃_e ⊗ x_j)`` summed into
+targets, evaluated on the block structure of W̃ (:class:`~fastik.ops.structured.StructuredHead`):
+per block, the source features are projected on the fixed basis, contracted with
+h̃_e and mixed over channels by one GEMM — no (Dout × Din) kernel matrix and none
+of W̃'s structural zeros.  Edges run in chunks so memory stays bounded.
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .aggregate import CSR, scatter_sum, segment_sum
+from .structured import StructuredHead
 
-__all__ = ["implicit_message_passing_reference", "check_csr"]
-
-
-def check_csr(csr: CSR, num_edges: int, num_targets: int) -> None:
-    """Raise a ValueError unless ``csr`` describes a graph of this many edges and targets."""
-    if csr.num_edges != num_edges or csr.num_targets != num_targets:
-        raise ValueError(f"csr describes {csr.num_edges} edges / {csr.num_targets} targets, "
-                         f"expected {num_edges} / {num_targets}")
+__all__ = ["implicit_message_passing_reference", "chunked_conv", "aggregate_messages", "auto_chunk_size"]
 
 
 def implicit_message_passing_reference(
     h: Tensor,
     x: Tensor,
-    weight: Tensor,
+    weight: Tensor | StructuredHead,
     src: Tensor,
     tgt: Tensor,
     num_targets: int,
@@ -37,40 +35,70 @@ def implicit_message_passing_reference(
     Args:
         h: (E, K) last hidden activations per edge (envelope and bias column folded in).
         x: (N, Din) source node features.
-        weight: (Dout, K, Din) last-layer weights, reshaped.
+        weight: the last layer W̃: a :class:`StructuredHead` (its blocks are used), or
+            a dense (Dout, K, Din) tensor (one dense block).
         src, tgt: (E,) int64 source / target node of each edge.
         num_targets: number of target nodes M.
         chunk_size: edges per chunk (None: about 2^24 kernel entries per chunk);
-            bounds the (chunk, Dout, Din) kernel tensor that is materialised.  With
+            bounds the largest per-chunk intermediate (``weight.work_per_edge()`` floats per edge).  With
             autograd on and several chunks, each chunk is recomputed in backward
             (activation checkpointing), so training memory stays bounded too.
         csr: the graph's edges sorted by target (:func:`fastik.ops.aggregate.build_csr`
-            of ``tgt``): chunks then run in target order and are summed with the
-            deterministic segment sum; without it, a scatter sum.
+            of ``tgt``, checked against ``tgt`` by :meth:`~fastik.ops.aggregate.CSR.check`): chunks then
+            run in target order and are summed with the deterministic segment sum; without it, a scatter sum.
 
     Returns:
         (M, Dout) aggregated messages.
     """
-    dout, _, din = weight.shape
-    e = h.shape[0]
-    step = max(1, chunk_size or (1 << 24) // max(1, dout * din))
-    out = x.new_zeros(num_targets, dout, dtype=torch.result_type(h, x))
-    recompute = torch.is_grad_enabled() and e > step and any(t.requires_grad for t in (h, x, weight))
+    head = weight if isinstance(weight, StructuredHead) else StructuredHead.from_dense(weight)
+    step = chunk_size or auto_chunk_size(head)
+
+    def contribution(h_chunk: Tensor, src_chunk: Tensor, tgt_chunk: Tensor, rowptr: Tensor | None) -> Tensor:
+        return aggregate_messages(head.messages(h_chunk, x[src_chunk]), tgt_chunk, rowptr, num_targets)
+
+    return chunked_conv(contribution, (h,), src, tgt, num_targets, step, csr)
+
+
+def auto_chunk_size(head: StructuredHead) -> int:
+    """Edges per chunk bounding the largest per-chunk intermediate at about 2^24 floats."""
+    return max(1, (1 << 24) // head.work_per_edge())
+
+
+def aggregate_messages(msg: Tensor, tgt: Tensor, rowptr: Tensor | None, num_targets: int) -> Tensor:
+    """(e, D) messages of a chunk -> (num_targets, D): segment sum over the chunk's row pointer, else scatter."""
+    return scatter_sum(msg, tgt, num_targets) if rowptr is None else segment_sum(msg, rowptr)
+
+
+def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tensor | None], src: Tensor,
+                 tgt: Tensor, num_targets: int, chunk_size: int, csr: CSR | None = None) -> Tensor:
+    """``Σ_chunks contribution(*edge_inputs[chunk], src[chunk], tgt[chunk], rowptr_chunk)``: (num_targets, D).
+
+    The one chunk loop of the implicit convolution, shared by every backend: per chunk
+    of edges ``contribution`` evaluates whatever the backend fuses (the G-MLP, the
+    messages, their aggregation) and returns that chunk's (num_targets, D) sum.  With
+    autograd on and more than one chunk, each chunk is recomputed in backward
+    (activation checkpointing), so nothing of size E × (per-edge width) is stored:
+    memory is O(N·D + E·(inputs per edge) + chunk_size × (per-edge width)).
+
+    With a ``csr`` (checked against ``tgt``) edges run in target order and
+    ``rowptr_chunk`` is the chunk's slice of the row pointer (deterministic segment
+    sums); otherwise it is None (scatter sums).  Edge inputs may be None (absent).
+    """
+    e = src.shape[0]
+    rowptr = None
     if csr is not None:
-        check_csr(csr, e, num_targets)
-        h, src = h[csr.perm], src[csr.perm]
-    for start in range(0, e, step):
-        sl = slice(start, start + step)
-        args = (weight, h[sl], x, src[sl])
-        msg = checkpoint(_messages, *args, use_reentrant=False) if recompute else _messages(*args)
-        if csr is None:
-            out = out + scatter_sum(msg, tgt[sl], num_targets)
-        else:  # this chunk's slice of the row pointer
-            out = out + segment_sum(msg, csr.rowptr.clamp(start, start + msg.shape[0]) - start)
+        csr.check(e, num_targets, tgt)
+        perm = csr.perm
+        edge_inputs = [None if t is None else t[perm] for t in edge_inputs]
+        src, tgt, rowptr = src[perm], tgt[perm], csr.rowptr
+    recompute = torch.is_grad_enabled() and e > chunk_size
+    out: Tensor | None = None
+    for start in range(0, max(e, 1), chunk_size):
+        sl = slice(start, start + chunk_size)
+        chunk_rowptr = None if rowptr is None else rowptr.clamp(start, min(e, start + chunk_size)) - start
+        args = [None if t is None else t[sl] for t in edge_inputs] + [src[sl], tgt[sl], chunk_rowptr]
+        part = checkpoint(contribution, *args, use_reentrant=False) if recompute else contribution(*args)
+        out = part if out is None else out + part
     return out
 
 
-def _messages(weight: Tensor, h: Tensor, x: Tensor, src: Tensor) -> Tensor:
-    """(e, Dout) messages of a chunk, materialising its (e, Dout, Din) kernels."""
-    kernel = torch.einsum("okc,ek->eoc", weight, h)
-    return torch.einsum("eoc,ec->eo", kernel, x[src])

@@ -62,28 +62,49 @@ def register_prune(kind: str):
     return prune
 
 
+class SizeBuckets:
+    """One ``triton.autotune`` instance per power-of-two bucket of the launch's edge count, so
+    that a configuration tuned at E = 1e4 does not decide E = 1e6 (Triton's autotune keys
+    are kernel arguments; keying on E itself would retune for every graph)."""
+
+    def __init__(self, make) -> None:
+        self._make, self._tuners = make, {}
+
+    @property
+    def tuners(self) -> dict:
+        """{bucket (power of two): its triton Autotuner}, for the buckets launched so far."""
+        return dict(self._tuners)
+
+    def for_size(self, size: int):
+        bucket = triton.next_power_of_2(max(int(size), 1))
+        if bucket not in self._tuners:
+            self._tuners[bucket] = self._make()
+        return self._tuners[bucket]
+
+
 def autotuned(kernel, configs, key, prune, **autotune_kwargs):
-    """The kernel to launch: ``kernel`` itself, or, when AUTOTUNE, ``triton.autotune``
-    over ``configs()`` (a callable, so the list is built only when autotuning; the
-    configurations stay listed next to each kernel) keyed on ``key``, with ``prune`` as
-    ``early_config_prune`` and ``autotune_kwargs`` (e.g. ``reset_to_zero``) passed on."""
+    """The kernel to launch: ``kernel`` itself, or, when AUTOTUNE, :class:`SizeBuckets` of
+    ``triton.autotune`` over ``configs()`` (a callable, so the list is built only when autotuning;
+    the configurations stay listed next to each kernel) keyed on ``key`` within each bucket, with
+    ``prune`` as ``early_config_prune`` and ``autotune_kwargs`` (e.g. ``reset_to_zero``) passed on."""
     if not AUTOTUNE:
         return kernel
-    return triton.autotune(  # pragma: no cover - GPU only
+    return SizeBuckets(lambda: triton.autotune(  # pragma: no cover - GPU only
         configs=configs(), key=key, prune_configs_by={"early_config_prune": prune},
         **autotune_kwargs,
-    )(kernel)
+    )(kernel))
 
 
-def launch(kernel, grid, args, meta, *, fixed: dict, fixed_gpu: dict):
-    """Launch ``kernel`` (a JITFunction, or an Autotuner when AUTOTUNE).
+def launch(kernel, grid, args, meta, *, fixed: dict, fixed_gpu: dict, size: int):
+    """Launch ``kernel`` (a JITFunction, or :class:`SizeBuckets` of autotuners when AUTOTUNE).
 
+    ``size`` is the launch's edge count (it picks the autotuning bucket).
     ``grid`` is a callable of the meta-parameters. ``fixed`` is the interpreter
     configuration, ``fixed_gpu`` the non-autotuned GPU one (may hold num_warps /
     num_stages), or a dict of such keyed by precision (key "default" as fallback).
     """
     if AUTOTUNE:
-        kernel[grid](*args, **meta)
+        kernel.for_size(size)[grid](*args, **meta)
         return
     if INTERPRET:
         cfg = dict(fixed)

@@ -14,7 +14,7 @@ Formulation (one program per block of BLOCK_E edges)::
     out[tgt[e_block]] += acc       (fp32 atomics)  — or, in the segmented variant,
                                    a one-hot reduction per block of sorted targets.
 
-i.e. the message GEMM ``m = W̃ · vec(h̃ ⊗ f_j)`` of DESIGN.md §5, with the
+i.e. the message GEMM ``m = W̃ · vec(h̃ ⊗ f_j)`` of docs/design.md §5, with the
 outer-product operand Z formed tile by tile in registers. Chunking k (BLOCK_K > 1)
 raises the dot's inner dimension to BLOCK_K·DIN, which matters for small DIN.
 
@@ -163,9 +163,10 @@ def _message_fwd_segmented_kernel(
 # last k-chunk is exercised whenever K is odd.
 INTERPRET_CONFIG = dict(BLOCK_E=16, BLOCK_K=2)
 INTERPRET_CONFIG_SEG = dict(BLOCK_T=16, BLOCK_E=16, BLOCK_K=2)
-# GPU without autotuning (FASTIK_TRITON_AUTOTUNE=0): spill-free on sm_90a for
-# DIN = DOUT = 64 in every precision (ptxas -v; bench/NOTES.md).
-GPU_CONFIG = dict(BLOCK_E=64, BLOCK_K=2, num_warps=8, num_stages=2)
+# GPU without autotuning (FASTIK_TRITON_AUTOTUNE=0): spill-free on sm_90a for DIN = DOUT = 64
+# in every precision under Triton 3.6 (the GPU machines' version) and, except tf32x3, 3.8
+# (`python -m bench.aot`; bench/NOTES.md). (64, 2) spills under 3.6.
+GPU_CONFIG = dict(BLOCK_E=64, BLOCK_K=1, num_warps=8, num_stages=2)
 GPU_CONFIG_SEG = dict(BLOCK_T=16, BLOCK_E=64, BLOCK_K=1, num_warps=8, num_stages=1)
 
 
@@ -201,7 +202,7 @@ def message_fwd(h, x, weight, src, tgt, num_targets: int, precision: str = "ieee
     with device_ctx(x):
         launch(_fwd_kernel, lambda m: (triton.cdiv(e, m["BLOCK_E"]),),
                (h, x, weight, src, tgt, out, e, k, din, dout), meta,
-               fixed=INTERPRET_CONFIG, fixed_gpu=GPU_CONFIG)
+               fixed=INTERPRET_CONFIG, fixed_gpu=GPU_CONFIG, size=e)
     return out
 
 
@@ -221,7 +222,7 @@ def message_fwd_segmented(h, x, weight, src, tgt, rowptr, num_targets: int,
     with device_ctx(x):
         launch(_seg_kernel, lambda m: (triton.cdiv(num_targets, m["BLOCK_T"]),),
                (h, x, weight, src, tgt, rowptr, out, num_targets, k, din, dout), meta,
-               fixed=INTERPRET_CONFIG_SEG, fixed_gpu=GPU_CONFIG_SEG)
+               fixed=INTERPRET_CONFIG_SEG, fixed_gpu=GPU_CONFIG_SEG, size=h.shape[0])
     return out
 
 

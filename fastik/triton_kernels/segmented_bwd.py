@@ -111,7 +111,7 @@ def _segmented_bwd_kernel(
 INTERPRET_CONFIG = dict(BLOCK_N=16, KC=2, DEG_P=4)
 # GPU without autotuning, per precision: spill-free on sm_90a at DIN = DOUT = 64 for
 # every (NEED_DH, NEED_DW) — IEEE ≤ 246 / TF32 ≤ 255 / tf32x3 ≤ 254 registers (offline
-# ptxas -v, bench/NOTES_segmented.md). Not timed: no GPU measurement exists yet.
+# ptxas -v, bench/NOTES.md). Not timed: no GPU measurement exists yet.
 GPU_CONFIG = {"default": dict(BLOCK_N=16, KC=2, DEG_P=2, num_warps=8, num_stages=1),
               "tf32x3": dict(BLOCK_N=16, KC=2, DEG_P=1, num_warps=8, num_stages=1)}
 # Target splits are a multiple of this (≥ every BLOCK_N tried), so the split layout
@@ -197,7 +197,7 @@ def segmented_bwd(grad_out, h, x, weight, src, tgt, rowptr, precision: str = "ie
     with device_ctx(x):
         launch(_kernel, lambda mt: (triton.cdiv(k, mt["KC"]), splits),
                (grad_out, h, x, weight, src, rowptr, grad_h, partial, m, k, din, dout,
-                per_split), meta, fixed=INTERPRET_CONFIG, fixed_gpu=GPU_CONFIG)
+                per_split), meta, fixed=INTERPRET_CONFIG, fixed_gpu=GPU_CONFIG, size=e)
     if need_w and splits > 1:
         torch.sum(partial, dim=0, out=grad_w)
     return grad_h, grad_x, grad_w

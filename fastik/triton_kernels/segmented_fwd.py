@@ -120,7 +120,7 @@ def _segmented_fwd_kernel(
 INTERPRET_CONFIG = dict(BLOCK_N=16, KC=2, DEG_P=4)
 # GPU without autotuning (FASTIK_TRITON_AUTOTUNE=0), per precision: spill-free on
 # sm_90a at DIN = DOUT = 64 — IEEE 248 / TF32 228 / tf32x3 211 registers (offline
-# ptxas -v, bench/NOTES_segmented.md); DEG_P = 4 gathers 64 x rows per iteration
+# ptxas -v, bench/NOTES.md); DEG_P = 4 gathers 64 x rows per iteration
 # (memory-level parallelism). Chosen from the compile, not from timings: none exist yet.
 GPU_CONFIG = {"default": dict(BLOCK_N=16, KC=2, DEG_P=4, num_warps=8, num_stages=1),
               "tf32x3": dict(BLOCK_N=16, KC=1, DEG_P=4, num_warps=8, num_stages=1)}
@@ -175,7 +175,7 @@ def segmented_fwd(h, x, weight, src, rowptr, num_targets: int, precision: str = 
     with device_ctx(x):
         launch(_kernel, lambda m: (triton.cdiv(num_targets, m["BLOCK_N"]),),
                (h, x, weight, src, eid_arg, rowptr, out, num_targets, k, din, dout), meta,
-               fixed=INTERPRET_CONFIG, fixed_gpu=GPU_CONFIG)
+               fixed=INTERPRET_CONFIG, fixed_gpu=GPU_CONFIG, size=h.shape[0])
     return out
 
 

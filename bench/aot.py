@@ -1,0 +1,169 @@
+"""Offline (no GPU) compile of every fastik Triton kernel for sm_90a: registers, spills, shared memory.
+
+Triton compiles each kernel configuration to PTX here, ``ptxas -v`` (CUDA toolkit on PATH)
+assembles it for the H100/H200 architecture and reports registers per thread and spill
+bytes; nothing runs.  This is the GPU evidence a machine without a GPU can give, and it
+catches a kernel that no longer compiles under the Triton version of the GPU machines.
+
+    python -m bench.aot                      # the GPU default configuration of each kernel, 3 precisions
+    python -m bench.aot --all                # every autotune configuration too
+    python -m bench.aot --json out.json      # also write the rows
+
+Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not for the interpreter
+
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr"}
+FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "HAS_EID": False}
+#: (module, kernel, autotune-config function, GPU default config name)
+KERNELS = (
+    ("message_fwd", "_message_fwd_kernel", "_fwd_configs", "GPU_CONFIG"),
+    ("message_fwd", "_message_fwd_segmented_kernel", "_seg_configs", "GPU_CONFIG_SEG"),
+    ("message_bwd", "_message_bwd_dxdh_kernel", "_dxdh_configs", "GPU_CONFIG_DXDH"),
+    ("message_bwd", "_message_bwd_dw_kernel", "_dw_configs", "GPU_CONFIG_DW"),
+    ("segmented_fwd", "_segmented_fwd_kernel", "_configs", "GPU_CONFIG"),
+    ("segmented_bwd", "_segmented_bwd_kernel", "_configs", "GPU_CONFIG"),
+)
+
+
+@dataclass
+class Row:
+    kernel: str
+    config: str
+    precision: str
+    registers: int | None = None
+    spill_stores: int | None = None
+    spill_loads: int | None = None
+    shared_bytes: int | None = None
+    error: str | None = None
+
+
+def _jit_function(obj):
+    import triton
+
+    while not isinstance(obj, triton.runtime.jit.JITFunction):
+        obj = obj.fn
+    return obj
+
+
+def _signature(fn, constexprs: dict) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i64" if name in INDEX_POINTERS else "*fp32"
+        else:
+            sig[name] = "i32"
+    return sig
+
+
+def _default_config(value, precision: str) -> dict:
+    if "default" in value:
+        return dict(value.get(precision, value["default"]))
+    return dict(value)
+
+
+def _ptxas(ptx: str) -> tuple[int, int, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        res = subprocess.run(["ptxas", "-v", "--gpu-name", "sm_90a", path, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True, check=True)
+    regs = int(re.search(r"Used (\d+) registers", res.stderr).group(1))
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)
+    return regs, int(spills.group(1)), int(spills.group(2))
+
+
+def compile_row(fn, name: str, config: dict, precision: str) -> Row:
+    """Compile one configuration of ``fn`` for sm_90a and read its resources."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    label = ",".join(f"{k}={v}" for k, v in sorted(config.items()))
+    constexprs = {**meta, "DIN_P": 64, "DOUT_P": 64, "PRECISION": precision,
+                  **{k: v for k, v in FLAGS_TRUE.items() if k in fn.arg_names}}
+    row = Row(name, label, precision)
+    try:
+        src = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
+        options = {"num_warps": config.get("num_warps", 4), "num_stages": config.get("num_stages", 2)}
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+        row.registers, row.spill_stores, row.spill_loads = _ptxas(compiled.asm["ptx"])
+        row.shared_bytes = int(compiled.metadata.shared)
+    except Exception as exc:  # one failing configuration is a result, not a crash
+        row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+    return row
+
+
+def rows(all_configs: bool, only: list[str] | None = None) -> list[Row]:
+    """Every kernel (or those named in ``only``) × (GPU default [+ autotune] configurations) × precision."""
+    out = []
+    for module, kernel, configs_fn, default_name in KERNELS:
+        if only and kernel not in only:
+            continue
+        mod = importlib.import_module(f"fastik.triton_kernels.{module}")
+        fn = _jit_function(getattr(mod, kernel))
+        for precision in PRECISIONS:
+            configs = [_default_config(getattr(mod, default_name), precision)]
+            if all_configs:
+                configs += [{**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
+                            for c in getattr(mod, configs_fn)()]
+            seen = []
+            for cfg in configs:
+                if cfg not in seen:
+                    seen.append(cfg)
+                    out.append(compile_row(fn, kernel, cfg, precision))
+    return out
+
+
+def markdown(result: list[Row], triton_version: str) -> str:
+    lines = [f"sm_90a, Triton {triton_version}, DIN = DOUT = 64 (ptxas -v; first row per kernel and precision: "
+             "the GPU default configuration)", "",
+             "| kernel | config | precision | registers | spill st / ld (B) | shared (B) |", "|---|---|---|---|---|---|"]
+    for r in result:
+        if r.error:
+            lines.append(f"| {r.kernel} | {r.config} | {r.precision} | **error** | {r.error} | |")
+        else:
+            lines.append(f"| {r.kernel} | {r.config} | {r.precision} | {r.registers} | "
+                         f"{r.spill_stores} / {r.spill_loads} | {r.shared_bytes} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.aot", description=__doc__.splitlines()[0])
+    p.add_argument("--all", action="store_true", help="every autotune configuration, not only the GPU defaults")
+    p.add_argument("--json", help="also write the rows as JSON to this path")
+    p.add_argument("--kernels", help="comma-separated kernel names (default: all), e.g. _message_fwd_kernel")
+    args = p.parse_args(argv)
+    import triton
+
+    t0 = time.perf_counter()
+    result = rows(args.all, args.kernels.split(",") if args.kernels else None)
+    print(markdown(result, triton.__version__))
+    print(f"\n{len(result)} compiles in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"triton": triton.__version__, "target": "sm_90a", "rows": [asdict(r) for r in result]}, f,
+                      indent=1)
+    return 1 if any(r.error for r in result) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Bad inputs to the layers: a clear exception (or warning) naming the fix, never a silent wrong answer."""
+import warnings
+
+import pytest
+import torch
+
+import fastik
+import fastik.ops.aggregate as agg
+from fastik.nn import EquivariantLinear, EquivariantNorm, FourierELU, GatedNonlinearity, ImplicitKernel
+
+G3 = fastik.group("so3")
+G2 = fastik.group("C4", dim=2)
+FT = fastik.FieldType(G3, "2x0e + 1x1o")
+FT2 = fastik.FieldType(G2, "1x0 + 1x1")
+EMPTY = fastik.FieldType(G3, [])  # a list of pairs may be empty (for composing); layers refuse it
+
+
+def conv(*args, **kw):
+    return fastik.ImplicitPointConv(*args, **{"hidden_channels": 2, **kw})
+
+
+BAD_INPUTS = [  # id, call, exception, message regex
+    ("str-in_type", lambda: conv("16x0e", FT), TypeError,
+     r"in_type must be a fastik FieldType, got str '16x0e': build one with fastik\.FieldType\(group, '16x0e'\)"),
+    ("str-out_type", lambda: conv(FT, "1x0e"), TypeError, r"out_type must be a fastik FieldType"),
+    ("str-edge_attr_type", lambda: conv(FT, FT, edge_attr_type="1x0e"), TypeError,
+     r"edge_attr_type must be a fastik FieldType"),
+    ("str-linear", lambda: EquivariantLinear(FT, "1x0e"), TypeError, r"out_type must be a fastik FieldType"),
+    ("str-grid", lambda: fastik.ImplicitR2Conv("1x0", FT2), TypeError, r"in_type must be a fastik FieldType"),
+    ("str-gate", lambda: GatedNonlinearity("1x1o"), TypeError, r"field_type must be a fastik FieldType"),
+    ("empty-string", lambda: fastik.FieldType(G3, ""), ValueError, r"has no fields \(dimension 0\)"),
+    ("zero-multiplicity", lambda: fastik.FieldType(G3, "0x0e"), ValueError, r"has no fields \(dimension 0\)"),
+    ("empty-in_type", lambda: conv(EMPTY, FT), ValueError, r"in_type has no fields \(dimension 0\)"),
+    ("empty-out_type", lambda: ImplicitKernel(FT, EMPTY), ValueError, r"out_type has no fields"),
+    ("empty-edge_attr_type", lambda: conv(FT, FT, edge_attr_type=EMPTY), ValueError,
+     r"edge_attr_type has no fields .* \(or pass edge_attr_type=None\)"),
+    ("empty-linear", lambda: EquivariantLinear(EMPTY, FT), ValueError, r"in_type has no fields"),
+    ("empty-norm", lambda: EquivariantNorm(EMPTY), ValueError, r"field_type has no fields"),
+    ("empty-gate", lambda: GatedNonlinearity(EMPTY), ValueError, r"field_type has no fields"),
+    ("hidden_channels-float", lambda: conv(FT, FT, hidden_channels=4.5), TypeError,
+     r"hidden_channels must be an int >= 1, got float 4\.5"),
+    ("hidden_channels-0", lambda: conv(FT, FT, hidden_channels=0), ValueError, r"hidden_channels must be >= 1, got 0"),
+    ("hidden_layers-negative", lambda: conv(FT, FT, hidden_layers=-1), ValueError, r"hidden_layers must be >= 0"),
+    ("harmonics-float", lambda: conv(FT, FT, harmonics=2.0), TypeError, r"harmonics must be an int >= 0 or None"),
+    ("sigma-0", lambda: conv(FT, FT, sigma=0), ValueError,
+     r"sigma must be a finite number > 0 \(the envelope width.*\) or None \(no envelope\), got 0"),
+    ("sigma-negative", lambda: conv(FT, FT, sigma=-1.0), ValueError, r"sigma must be a finite number > 0"),
+    ("sigma-nan", lambda: conv(FT, FT, sigma=float("nan")), ValueError, r"sigma must be a finite number > 0"),
+    ("sigma-str", lambda: conv(FT, FT, sigma="1"), TypeError, r"sigma must be a number > 0"),
+    ("chunk_size-0", lambda: conv(FT, FT, chunk_size=0), ValueError, r"chunk_size must be >= 1, got 0"),
+    ("chunk_size-negative", lambda: conv(FT, FT, chunk_size=-4), ValueError, r"chunk_size must be >= 1, got -4"),
+    ("chunk_size-float", lambda: conv(FT, FT, chunk_size=1e4), TypeError, r"chunk_size must be an int >= 1 or None"),
+    ("mlp_chunk_size-0", lambda: conv(FT, FT, mlp_chunk_size=0), ValueError, r"mlp_chunk_size must be >= 1"),
+    ("kernel_size-float", lambda: fastik.ImplicitR2Conv(FT2, FT2, kernel_size=2.5), TypeError,
+     r"kernel_size must be an int >= 1"),
+    ("stride-0", lambda: fastik.ImplicitR2Conv(FT2, FT2, stride=0), ValueError, r"stride must be >= 1"),
+    ("fourier-channels", lambda: FourierELU(G3, 2.0, 1), TypeError, r"channels must be an int >= 1"),
+    ("gate-missing-gates", lambda: GatedNonlinearity(FT)(torch.randn(4, FT.dim)), ValueError,
+     r"GatedNonlinearity expects \(\.\.\., 6\) inputs: the 5 components of 2x0e \+ 1x1o followed by 1 gate "
+     r"scalars .*got \(4, 5\)"),
+    ("gate-too-wide", lambda: GatedNonlinearity(FT)(torch.randn(4, FT.dim + 3)), ValueError,
+     r"GatedNonlinearity expects \(\.\.\., 6\) inputs.*got \(4, 8\)"),
+    ("norm-wrong-width", lambda: EquivariantNorm(FT)(torch.randn(3, 4)), ValueError,
+     r"EquivariantNorm expects \(\.\.\., 5\) inputs \(2x0e \+ 1x1o\), got \(3, 4\)"),
+    ("fourier-wrong-width", lambda: FourierELU(G3, 2, 1)(torch.randn(3, 7)), ValueError,
+     r"FourierELU expects \(\.\.\., 8\) inputs"),
+]
+
+
+@pytest.mark.parametrize("call, exc, message", [case[1:] for case in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_raises_naming_the_fix(call, exc, message):
+    with pytest.raises(exc, match=message):
+        call()
+
+
+def graph(n=6, seed=0):
+    """Positions (n, 3) float64 and 2n edges, two per source, no self-loops."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    src = torch.arange(n).repeat(2)
+    return pos, torch.stack([src, (src + torch.randint(1, n, (2 * n,), generator=g)) % n])
+
+
+def test_csr_of_another_graph_with_the_same_sizes_is_refused():
+    torch.manual_seed(0)
+    layer = conv(FT, FT, backend="reference").double()
+    pos, ei = graph()
+    x = torch.randn(6, FT.dim, dtype=torch.float64)
+    other = ei.clone()
+    other[1] = other[1].roll(1)  # same E and N, different targets
+    assert not torch.equal(other[1], ei[1])
+    csr = agg.build_csr(other[1], 6)
+    with pytest.raises(ValueError, match=r"csr was built from another graph.*build_csr\(edge_index\[1\], num_targets\)"):
+        layer(x, pos, ei, csr=csr)
+    with pytest.raises(ValueError, match=r"csr was built from another graph"):
+        agg.aggregate(torch.randn(ei.shape[1], 2), ei[1], 6, csr=csr)
+    with pytest.raises(ValueError, match=r"csr describes 12 edges / 6 targets, expected 11 / 6: build one"):
+        layer(x, pos, ei[:, :11], csr=agg.build_csr(ei[1], 6))
+    # a CSR depends only on the targets: another graph with the same targets gets the right answer
+    same_targets = torch.stack([ei[0].flip(0), ei[1].clone()])
+    expected = layer(x, pos, same_targets)
+    assert torch.allclose(layer(x, pos, same_targets, csr=agg.build_csr(ei[1], 6)), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_csr_check_is_free_for_its_own_targets_and_catches_in_place_edits(monkeypatch):
+    _, ei = graph()
+    csr = agg.build_csr(ei[1], 6)
+    calls = []
+    fingerprint = agg._fingerprint
+    monkeypatch.setattr(agg, "_fingerprint", lambda t: calls.append(1) or fingerprint(t))
+    csr.check(12, 6, ei[1])  # a new view of the same memory: recognised without any device work
+    assert calls == []
+    csr.check(12, 6, ei[1].clone())  # equal copy: compared by fingerprint, accepted
+    assert calls == [1]
+    j = int((ei[1] != ei[1, 0]).nonzero()[0])
+    ei[1, [0, j]] = ei[1, [j, 0]]  # swap two different targets in place
+    with pytest.raises(ValueError, match=r"different targets edge_index\[1\] \(or they were edited in place\)"):
+        csr.check(12, 6, ei[1])
+
+
+def test_envelope_underflow_warns_and_names_the_fix():
+    torch.manual_seed(0)
+    layer = conv(FT, FT, backend="reference").double()
+    with torch.no_grad():
+        layer.bias.coefficients.normal_()
+    pos, ei = graph()
+    x = torch.randn(6, FT.dim, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # positions in units of sigma: no warning
+        layer(x, pos, ei)
+        conv(FT, FT, sigma=None).double()(x, pos * 1e6, ei)  # no envelope: nothing can underflow
+    with pytest.warns(RuntimeWarning, match=r"envelope .* below 1e-30 .* rescale the positions .* larger sigma= or "
+                                            r"sigma=None"):
+        y = layer(x, pos * 1e6, ei)
+    assert torch.equal(y, layer.bias(torch.zeros_like(y)))  # no self-loops: every message vanished
+    kernel = layer.kernel.float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernel.check_envelope(torch.zeros(3, 3))  # only self-loops: their envelope is 1
+    with pytest.warns(RuntimeWarning, match=r"at least inf long"):
+        kernel.check_envelope(torch.randn(4, 3) * 1e20)  # |r|² overflows float32
+
+
+def test_csr_moved_or_on_another_device():
+    _, ei = graph()
+    csr = agg.build_csr(ei[1], 6)
+    csr.to("cpu").check(12, 6, ei[1])
+    with pytest.raises(ValueError, match=r"csr is on cpu but the edges are on meta: move it with csr\.to\('meta'\)"):
+        csr.check(12, 6, ei[1].to("meta"))
+    ei[1] = ei[1].roll(1)  # edited in place, then moved: the stale reference is dropped, the checksum refuses
+    with pytest.raises(ValueError, match=r"csr was built from another graph"):
+        csr.to("cpu").check(12, 6, ei[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_csr_check_and_envelope_warning_on_cuda():
+    pos, ei = graph()
+    csr = agg.build_csr(ei[1], 6).to("cuda")  # checksum computed on the CPU, compared on the GPU
+    csr.check(12, 6, ei[1].cuda())
+    with pytest.raises(ValueError, match=r"csr was built from another graph"):
+        csr.check(12, 6, ei[1].roll(1).cuda())
+    layer = conv(FT, FT, backend="reference").double().cuda()
+    x = torch.randn(6, FT.dim, dtype=torch.float64, device="cuda")
+    with pytest.warns(RuntimeWarning, match=r"below 1e-30"):
+        layer(x, pos.cuda() * 1e6, ei.cuda())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # on CUDA only a layer's first call is checked (a host sync)
+        layer(x, pos.cuda() * 1e6, ei.cuda())
+
+
+def test_numpy_scalars_are_accepted_as_sizes_and_sigma():
+    np = pytest.importorskip("numpy")
+    layer = conv(FT, FT, hidden_channels=np.int64(2), sigma=np.float32(0.5), chunk_size=np.int32(8))
+    assert type(layer.chunk_size) is int and layer.kernel.hidden_channels == 2
+    assert layer.kernel.log_sigma.exp().item() == pytest.approx(0.5)

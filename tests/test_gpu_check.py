@@ -1,0 +1,216 @@
+"""bench/gpu_check.py: the CPU dry run end to end (every stage's code path), SIGTERM mid-run, and its pieces."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import gpu_check  # noqa: E402
+from bench.impls import IMPLS  # noqa: E402
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+HANG_GUARD_S = 420   # far above the dry run's ~1-2 min: only catches a hang
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.Popen(["bash", "bench/gpu_check.sh", "--dry-run", "--quiet", "--out", str(out), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _doc(out: Path) -> dict:
+    (path,) = out.glob("*-gpu-check-dry.json")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    proc = _start(out)
+    stdout, _ = proc.communicate(timeout=HANG_GUARD_S)
+    return proc.returncode, stdout, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
+def test_dry_run_files_and_stages(dry_run):
+    rc, stdout, out = dry_run
+    assert rc == 0, stdout[-4000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) <= 6, names
+    assert {Path(n).suffix for n in names} == {".json", ".md", ".log"} | ({".png"} if HAVE_MPL else set()), names
+    doc = _doc(out)
+    assert doc["schema"] == "fastik-gpu-check/1" and doc["finished"] and not doc["interrupted"]
+    assert doc["config"]["dry_run"] and doc["env"]["device_type"] == "cpu"
+    for key in ("device", "driver", "torch", "triton", "git_commit"):
+        assert key in doc["env"], key
+    status = {k: v["status"] for k, v in doc["stages"].items()}
+    assert status == {"a": "ok", "b": "ok", "c": "ok", "d": "ok", "e": "ok", "f": status["f"]}, doc["stages"]
+    assert status["f"] in ("ok", "skipped")
+    assert all(v["seconds"] <= v["budget_s"] + 3 for v in doc["stages"].values() if "budget_s" in v)
+    log = next(out.glob("*.log")).read_text()
+    assert "stage c:" in log and "Traceback" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
+def test_dry_run_stage_results(dry_run):
+    _, _, out = dry_run
+    stages = _doc(out)["stages"]
+    a = stages["a"]["results"]
+    assert a["build"]["status"] == "skipped" and a["import"]["fastik"] and a["pytest"]["rc"] == 0
+    fused = gpu_check.fused_impls()
+    assert {"fastik-triton", "fastik-triton-csr"} <= set(fused) and "fastik-reference" not in fused
+    # b: every fused path x precision against the float64 reference, all within tolerance
+    checks = stages["b"]["results"]["checks"]
+    assert {(c["impl"], c["precision"]) for c in checks} == (
+        {("fastik-reference", "fp32")} | {(n, p) for n in fused for p in ("ieee", "tf32x3", "tf32")})
+    for c in checks:
+        if IMPLS[c["impl"]].precisions or c["precision"] in ("ieee", "fp32"):
+            assert c["status"] == "ok", c
+            assert max(c["errors"].values()) <= c["tolerance"]
+        else:  # a fused path without precision modes
+            assert c["status"] == "skipped" and "precision" in c["reason"]
+    ref = next(c for c in checks if c["impl"] == "fastik-reference")
+    assert max(ref["errors"].values()) < 1e-5
+    # c: every fastik implementation at both widths, the fused ones in every precision, plus the baselines
+    rows = stages["c"]["results"]["rows"]
+    ok = {(r["impl"], r["precision"], r["width"], r["pass"]) for r in rows if r["status"] == "ok"}
+    for width in ("default", "anchor"):
+        for p in ("fwd", "fwd+bwd"):
+            assert ("fastik-reference", "fp32", width, p) in ok
+            for name in (n for n in fused if IMPLS[n].precisions):
+                for precision in ("ieee", "tf32x3", "tf32"):
+                    assert (name, precision, width, p) in ok, (name, precision, width, p)
+    assert ("materialize", "fp32", "default", "fwd+bwd") in ok
+    # d: the per-kernel split ran every Triton kernel and reports their (interpreter) configurations
+    d = stages["d"]["results"]
+    names = {i["name"] for i in d["items"] if i["status"] == "ok"}
+    for kernel in ("segmented_fwd", "message_fwd", "message_fwd_segmented", "segmented_bwd", "message_bwd"):
+        assert f"{kernel} (Triton)" in names
+    assert any(n.startswith("G-MLP") for n in names) and "index checks (aminmax src, tgt)" in names
+    assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
+    assert all(c["mode"] == "fixed (interpreter)" for c in d["configs"].values())
+    assert d["peaks"]["fp32_matmul_tflops"] > 0 and d["peaks"]["copy_gb_s"] > 0
+    # e: aggregation ops agree with the float64 index_add_ and report bandwidth
+    e = stages["e"]["results"]
+    assert len(e["items"]) == 5 and all(i["status"] == "ok" for i in e["items"])
+    for i in e["items"]:
+        assert i["gb_s"] > 0 and i["pct_copy_bw"] > 0
+        assert i.get("rel_err_vs_float64", 0.0) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
+def test_dry_run_markdown(dry_run):
+    _, _, out = dry_run
+    text = next(out.glob("*.md")).read_text()
+    assert text.startswith("# fastik GPU check") and "**Dry run**" in text
+    assert "| a | build, import check, pytest -m cuda | ok |" in text
+    for section in ("## b —", "## c —", "## d —", "## e —", "Kernel configurations:"):
+        assert section in text, section
+    assert "no ratios against the anchors" in text  # the dry run's E matches no anchor
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
+def test_markdown_anchor_ratios(dry_run):
+    """The dry run's report with one fused row moved to E = 1e6: the ratios against each anchor appear."""
+    _, _, out = dry_run
+    doc = _doc(out)
+    row = next(r for r in doc["stages"]["c"]["results"]["rows"]
+               if r["impl"] == "fastik-triton" and r["pass"] == "fwd+bwd" and r["status"] == "ok")
+    row.update(edges=1_000_000, median_ms=7.7563, peak_mem_bytes=2 ** 30)
+    text = gpu_check.markdown(doc, gpu_check.load_anchors())
+    assert "Against the anchors (NVIDIA H200" in text and "Not the anchors' card" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {gpu_check._variant(row)} | 1,000,000 |"))
+    assert "×10 (×32.6)" in line          # materialize: 77.563 ms, 32.566 GiB
+    assert "×53.1 (×56.1)" in line        # escnn-implicit: 411.911 ms, 56.075 GiB
+    assert "Target at E = 1,000,000" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
+def test_sigterm_keeps_finished_stages(tmp_path):
+    proc = _start(tmp_path, "--stages", "a,b,c")
+    first = None
+    try:
+        t_end = time.monotonic() + HANG_GUARD_S
+        while first is None and time.monotonic() < t_end and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                doc = _doc(tmp_path)
+            except ValueError:  # the glob found nothing yet
+                continue
+            if doc["stages"]["a"]["status"] in gpu_check.DONE:
+                first = doc["stages"]["a"]
+        assert first is not None and proc.poll() is None, "stage a did not finish while the run went on"
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stdout[-3000:]
+    doc = _doc(tmp_path)  # valid JSON
+    assert doc["interrupted"] and not doc["finished"]
+    assert doc["stages"]["a"] == first and first["status"] == "ok"
+    b, c = doc["stages"]["b"], doc["stages"]["c"]
+    assert b["status"] == "interrupted" or (b["status"] == "skipped" and "SIGTERM" in b["reason"]), b
+    assert c["status"] == "skipped" and "SIGTERM" in c["reason"]
+    assert "**Interrupted**" in next(tmp_path.glob("*.md")).read_text()
+    assert len(list(tmp_path.iterdir())) <= 6
+
+
+def test_budget_allocation():
+    order, weights, mins = ["a", "b", "c"], {"a": 100, "b": 100, "c": 200}, {"a": 10, "b": 10, "c": 20}
+    assert gpu_check.allocate_budget("a", order, weights, mins, 400) == pytest.approx(100)
+    assert gpu_check.allocate_budget("c", order, weights, mins, 150) == pytest.approx(150)  # the last gets all
+    assert gpu_check.allocate_budget("b", order, {**weights, "c": 0}, mins, 50) == pytest.approx(50)
+    assert gpu_check.allocate_budget("a", order, weights, mins, 35) == 0.0      # later minimums come first
+    assert gpu_check.allocate_budget("a", order, weights, mins, 45) == pytest.approx(11.25)
+    assert gpu_check.allocate_budget("a", order, {**weights, "a": 10}, mins, 100) == pytest.approx(10)  # its minimum
+
+
+def test_anchor_ratios_and_anchor_file():
+    anchors = gpu_check.load_anchors()
+    assert anchors["card"].startswith("NVIDIA H200") and anchors["date"] == "2026-11-27"
+    assert anchors["peaks"] == {"fp32_matmul_tflops": 50.7, "tf32_matmul_tflops": 397.7, "copy_tb_s": 4.08}
+    assert all(a["impl"] in IMPLS for a in anchors["rows"])
+    rows = [{"impl": "fastik-triton", "precision": "ieee", "width": "default", "hidden_channels": 16,
+             "edges": 1_000_000, "pass": "fwd+bwd", "status": "ok", "median_ms": 7.7563, "peak_mem_bytes": 2 ** 30},
+            {"impl": "fastik-triton", "precision": "ieee", "width": "default", "hidden_channels": 16,
+             "edges": 10_000, "pass": "fwd+bwd", "status": "ok", "median_ms": 1.0, "peak_mem_bytes": 2 ** 20}]
+    ratios = gpu_check.anchor_ratios(rows, anchors)
+    assert {q["edges"] for q in ratios} == {1_000_000}   # no anchor at E = 1e4
+    q = next(q for q in ratios if q["anchor"] == "materialize")
+    assert q["speedup"] == pytest.approx(10.0) and q["mem_ratio"] == pytest.approx(32.566, abs=1e-3)
+
+
+def test_escnn_stage_skips_cleanly(tmp_path, monkeypatch):
+    import bench.impls.base as base
+
+    doc = {"stages": {"f": {"title": "escnn", "status": "running"}}}
+    path = tmp_path / "doc.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setattr(base, "missing_modules", lambda *names: list(names))
+    ctx = gpu_check.Context("f", path, budget_s=10, dry_run=True, options={})
+    gpu_check.stage_escnn(ctx)
+    assert ctx.status == "skipped" and "escnn" in ctx.reason
+    # the driver: no escnn and no wheel folder -> stage f is not started; a folder of wheels -> overlay plan
+    args = gpu_check.parse_args(["--dry-run", "--out", str(tmp_path), "--escnn-wheels", str(tmp_path)])
+    driver = gpu_check.Driver(args)
+    assert driver._escnn_plan() == (False, {})
+    (tmp_path / "escnn-1.0.11-py3-none-any.whl").write_bytes(b"")
+    assert driver._escnn_plan() == (True, {"wheels": str(tmp_path.resolve())})
