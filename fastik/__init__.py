@@ -8,7 +8,7 @@ from .groups import FieldType, Group, group, group_from_generators
 from .nn import (EquivariantLinear, EquivariantNorm, FourierELU, GatedNonlinearity, ImplicitKernel,
                  ImplicitPointConv, ImplicitR2Conv, ImplicitR3Conv)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "__version__", "graphs", "ops", "Group", "group", "group_from_generators", "FieldType", "EquivariantLinear",
