@@ -6,7 +6,7 @@ import torch
 
 import fastik
 from fastik.groups import (FieldType, O2Irrep, O3Irrep, RegularRep, TensorProductRep, circular_harmonics,
-                           intertwiner_basis, spherical_harmonics)
+                           harmonic_irrep, harmonics, intertwiner_basis, spherical_harmonics, trivial_irrep)
 from fastik.groups.intertwiners import _canonical_basis
 
 from conftest import ALL_GROUPS, group_id, relative_error
@@ -263,3 +263,14 @@ def test_tensor_irreps_of_regular_and_product_reps_and_degrees():
     assert FieldType(G, "2x0e + 1x3o").lmax == 3
     with pytest.raises(TypeError, match="same space"):
         v.tensor_irreps(O2Irrep(1))
+
+
+@pytest.mark.parametrize("name,dim", [("o3", 3), ("o2", 2)])
+def test_harmonics_transform_by_their_harmonic_irrep(name, dim):
+    G = fastik.group(name, dim=dim)
+    v = torch.randn(9, dim, dtype=torch.float64)
+    assert harmonic_irrep(dim, 0) == trivial_irrep(dim)
+    for g in G.sample(3, seed=0):
+        for degree in range(4):
+            d = fastik.FieldType(G, [(1, harmonic_irrep(dim, degree))]).representation(g)
+            assert torch.allclose(harmonics(degree, v @ g.T), harmonics(degree, v) @ d.T, atol=1e-10)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .harmonics import spherical_harmonics
+from .harmonics import circular_harmonics, spherical_harmonics
 
 __all__ = ["O3Irrep", "O2Irrep", "Irrep", "parse_irrep", "as_irrep"]
 
@@ -208,3 +208,21 @@ def as_irrep(rep: object, dim: int) -> Irrep:
         return O3Irrep(int(rep.l), int(rep.p))
     raise TypeError(f"expected an irrep (fastik O3Irrep / O2Irrep, a label like '1o', or an e3nn Irrep), "
                     f"got {type(rep).__name__} {rep!r}")
+
+
+def harmonic_irrep(dim: int, degree: int) -> Irrep:
+    """The irrep of O(dim) that degree-``degree`` harmonics carry: O(3) irrep l with parity (-1)^l
+    (3D), O(2) irrep of frequency k (2D); degree 0 is the trivial irrep."""
+    return O3Irrep(degree, (-1) ** degree) if dim == 3 else O2Irrep(degree)
+
+
+def trivial_irrep(dim: int) -> Irrep:
+    """The trivial irrep of O(dim) (``0e`` / ``0``)."""
+    return harmonic_irrep(dim, 0)
+
+
+def harmonics(degree: int, v: Tensor) -> Tensor:
+    """Harmonics of ``degree`` of vectors v (..., dim): spherical (dim 3, (..., 2l+1)) or circular
+    (dim 2, (..., 2) or (..., 1) for degree 0); they transform by :func:`harmonic_irrep`."""
+    return spherical_harmonics(degree, v) if v.shape[-1] == 3 else circular_harmonics(degree, v)
+

@@ -73,7 +73,8 @@ def convert_coefficients(coef: Tensor, basis: Tensor, qs: Sequence[Tensor]) -> T
 def _coefficient_blocks(module: nn.Module) -> list[tuple[str, Tensor, list[Rep], slice]]:
     """(state-dict key without prefix, version-2 basis, factor reps, slice of the last axis) per coefficient block."""
     from .kernel import KernelHead
-    from .linear import EquivariantLinear, InvariantBias, trivial_irrep
+    from ..groups import trivial_irrep
+    from .linear import EquivariantLinear, InvariantBias
     from ..groups import intertwiner_basis
 
     if isinstance(module, EquivariantLinear):

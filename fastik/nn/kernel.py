@@ -7,13 +7,12 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..groups import (FieldType, O2Irrep, O3Irrep, Rep, TensorProductRep, circular_harmonics,
-                      intertwiner_basis, spherical_harmonics)
+from ..groups import FieldType, Rep, TensorProductRep, harmonic_irrep, harmonics, intertwiner_basis, trivial_irrep
 from ..ops.structured import HeadTerm, StructuredHead, basis_nonzeros
 from ._buffers import constant, register_constant
 from ._checks import check_field_type, check_int, check_sigma
 from ._compat import CoefficientModule
-from .linear import EquivariantLinear, normal_coefficients_, reset_children, trivial_irrep
+from .linear import EquivariantLinear, normal_coefficients_, reset_children
 from .nonlinearities import FourierELU, GatedNonlinearity
 from .norm import EquivariantNorm
 
@@ -180,11 +179,8 @@ class ImplicitKernel(nn.Module):
 
     def _input_type(self) -> FieldType:
         g = self.group
-        if g.dim == 3:
-            pos = [(1, O3Irrep(1, -1)), (1, O3Irrep(0, 1))] + [(1, O3Irrep(l, (-1) ** l)) for l in range(2, self.harmonics + 1)]
-        else:
-            pos = [(1, O2Irrep(1)), (1, O2Irrep(0))] + [(1, O2Irrep(k)) for k in range(2, self.harmonics + 1)]
-        t = FieldType(g, pos)
+        degrees = [1, 0] + list(range(2, self.harmonics + 1))  # r (the standard rep), |r|, Y_l(r/|r|)
+        t = FieldType(g, [(1, harmonic_irrep(g.dim, l)) for l in degrees])
         for extra in (self.edge_attr_type, self.node_attr_type, self.node_attr_type):
             if extra is not None:
                 t = t + extra
@@ -195,8 +191,7 @@ class ImplicitKernel(nn.Module):
         """Kernel input (E, input_type.dim) from r (E, dim) and attributes."""
         norm = r.norm(dim=-1, keepdim=True)
         unit = r / norm.clamp_min(1e-12)
-        harm = spherical_harmonics if self.group.dim == 3 else circular_harmonics
-        parts = [r, norm] + [harm(l, unit) for l in range(2, self.harmonics + 1)]
+        parts = [r, norm] + [harmonics(l, unit) for l in range(2, self.harmonics + 1)]
         parts += [a for a in (edge_attr, node_attr_target, node_attr_source) if a is not None]
         return torch.cat(parts, -1)
 

@@ -6,18 +6,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..groups import FieldType, O2Irrep, O3Irrep, Rep, intertwiner_basis
+from ..groups import FieldType, intertwiner_basis, trivial_irrep
 from ..ops.structured import LinearTerm, StructuredLinear
 from ._buffers import constant, register_constant
 from ._checks import check_field_type
 from ._compat import CoefficientModule
 
 __all__ = ["EquivariantLinear", "InvariantBias", "invariant_bias", "trivial_irrep", "invariant_basis"]
-
-
-def trivial_irrep(dim: int) -> Rep:
-    """The trivial representation as an irrep label of O(dim)."""
-    return O3Irrep(0, 1) if dim == 3 else O2Irrep(0, 1)
 
 
 def invariant_basis(field_type: FieldType) -> Tensor:

@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..groups import FieldType, Group, O2Irrep, O3Irrep, circular_harmonics, spherical_harmonics
+from ..groups import FieldType, Group, harmonic_irrep, harmonics, trivial_irrep
 from ._buffers import constant, register_constant
 from ._checks import check_field_type, check_int
-from .linear import trivial_irrep
 
 __all__ = ["GatedNonlinearity", "FourierELU"]
 
@@ -43,7 +42,7 @@ _GATE_SCALE = _second_moment(torch.sigmoid) ** -0.5  # E[(x σ(g))²] = E[σ(g)�
 
 
 def _is_trivial(rep: object) -> bool:
-    return rep in (O3Irrep(0, 1), O2Irrep(0, 1))
+    return rep in (trivial_irrep(3), trivial_irrep(2))
 
 
 class GatedNonlinearity(nn.Module):
@@ -110,15 +109,11 @@ class FourierELU(nn.Module):
     def __init__(self, group: Group, channels: int, lmax: int, oversampling: float = 10.0) -> None:
         super().__init__()
         channels, lmax = check_int(channels, "channels", 1), check_int(lmax, "lmax", 0)
-        if group.dim == 3:
-            irreps = [O3Irrep(l, 1 if l % 2 == 0 else -1) for l in range(lmax + 1)]
-        else:
-            irreps = [O2Irrep(k) for k in range(lmax + 1)]
+        irreps = [harmonic_irrep(group.dim, l) for l in range(lmax + 1)]
         self.in_type = self.out_type = FieldType(group, [(channels, r) for r in irreps])
         psi_dim = sum(r.dim for r in irreps)
         grid = sampling_grid(group, int(oversampling * psi_dim) + 8)
-        harm = spherical_harmonics if group.dim == 3 else circular_harmonics
-        fourier = torch.cat([harm(l, grid) for l in range(lmax + 1)], -1)  # (S, psi_dim)
+        fourier = torch.cat([harmonics(l, grid) for l in range(lmax + 1)], -1)  # (S, psi_dim)
         register_constant(self, "fourier", fourier)
         register_constant(self, "inverse", torch.linalg.pinv(fourier))  # (psi_dim, S)
         # perm[c, j]: feature index of component j of channel c
