@@ -45,3 +45,24 @@ def test_largest_tensor_mode_detects_an_unchunked_layer():
     with LargestTensor() as mode:
         conv(torch.randn(n, ft.dim), torch.randn(n, 3), ei).sum().backward()
     assert mode.numel >= 16 * e
+
+
+def test_forces_in_loss_through_recomputed_chunks():
+    """Double backward (a loss on forces -∂E/∂pos) through checkpointed chunks equals one chunk."""
+    torch.manual_seed(0)
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "2x0e + 2x1o")
+    conv = fastik.ImplicitPointConv(ft, fastik.FieldType(G, "1x0e"), hidden_channels=2,
+                                    backend="reference").double()
+    pos = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(20, ft.dim, dtype=torch.float64)
+    ei = torch.randint(0, 20, (2, 150))
+    ei = ei[:, ei[0] != ei[1]]
+
+    def force_loss_grads(chunk_size):
+        conv.chunk_size = chunk_size
+        forces, = torch.autograd.grad(conv(x, pos, ei).sum(), pos, create_graph=True)
+        return torch.autograd.grad(forces.pow(2).sum(), list(conv.kernel.parameters()))
+
+    for a, b in zip(force_loss_grads(None), force_loss_grads(16)):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-9)
