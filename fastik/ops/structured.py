@@ -93,12 +93,15 @@ def linear_term_costs(term: LinearTerm) -> tuple[int, int]:
     return 2 * mi * rb * nt * ra + 2 * ra * mi * nt * mo, 2 * mo * ra * mi * rb
 
 
+def _nnz(term: HeadTerm) -> int:
+    return sum(len(entries) for per_t in term.nonzeros for entries in per_t)
+
+
 def head_term_costs(term: HeadTerm) -> tuple[int, int]:
     """FLOPs per edge of one block: (factored: one outer product per basis non-zero + channel mix,
     dense: the block's full outer product x ⊗ h and its dense matrix)."""
     (mo, mi, mh, nt), (_, ra, rb, rc) = term.coef.shape, term.basis.shape
-    nnz = sum(len(entries) for per_t in term.nonzeros for entries in per_t)
-    return 2 * nnz * mi * mh + 2 * ra * mi * mh * nt * mo, 2 * mi * rb * mh * rc * (1 + mo * ra)
+    return 2 * _nnz(term) * mi * mh + 2 * ra * mi * mh * nt * mo, 2 * mi * rb * mh * rc * (1 + mo * ra)
 
 
 #: cost of launching one small torch op, in FLOP-equivalents (≈ 10 µs of a CPU core): the factored
@@ -109,8 +112,7 @@ OP_OVERHEAD = 50_000
 
 def _head_factored_is_cheaper(term: HeadTerm, edges: int) -> bool:
     factored, dense = head_term_costs(term)
-    nnz = sum(len(entries) for per_t in term.nonzeros for entries in per_t)
-    ops = 3 * nnz + 2 * term.basis.shape[1]
+    ops = 3 * _nnz(term) + 2 * term.basis.shape[1]
     return factored * edges + ops * OP_OVERHEAD <= dense * edges + 4 * OP_OVERHEAD
 
 
