@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..groups import FieldType
-from ..ops import dispatch, reference
+from ..ops import dispatch
 from ..ops.aggregate import CSR
 from ._checks import check_int
 from .kernel import ImplicitKernel, compact_repr
@@ -102,12 +102,9 @@ class ImplicitPointConv(nn.Module):
         if node_attr is not None:
             z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
         parts = (r, edge_attr, z_t, None if node_attr is None else node_attr[src])
-        head = self.kernel.head.structured(x.dtype)
-        step = self.chunk_size or self.mlp_chunk_size
-        if self.chunk_size is None and dispatch.resolve_backend(self.backend, x) == "reference":
-            step = min(step, reference.auto_chunk_size(head))
-        out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x, head, src, tgt, num_targets,
-                                     step, csr, self.precision)
+        out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
+                                     self.kernel.head.structured(x.dtype), src, tgt, num_targets,
+                                     self.chunk_size, csr, self.precision, self.mlp_chunk_size)
         if self.aggr == "mean":
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from torch import Tensor
 
 from .aggregate import CSR
-from .reference import aggregate_messages, chunked_conv
+from .reference import aggregated_messages, auto_chunk_size, chunked_conv
 from .structured import StructuredHead
 
 __all__ = ["BACKENDS", "check_backend", "resolve_backend", "implicit_conv"]
@@ -44,7 +44,8 @@ def resolve_backend(backend: str, x: Tensor) -> str:
 
 def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_inputs: Sequence[Tensor | None],
                   x: Tensor, head: StructuredHead, src: Tensor, tgt: Tensor, num_targets: int,
-                  chunk_size: int, csr: CSR | None = None, precision: str = "ieee") -> Tensor:
+                  chunk_size: int | None = None, csr: CSR | None = None, precision: str = "ieee",
+                  max_chunk_size: int = 65536) -> Tensor:
     """(M, Dout): the whole implicit convolution, G-MLP included, chunk by chunk on the chosen backend.
 
     ``edge_features(*edge_inputs[chunk]) -> h̃ (chunk, K)`` evaluates the G-MLP of a chunk
@@ -52,15 +53,19 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
     the structured head + segment / scatter sum; triton: the fused kernels on the dense
     W̃).  In training each chunk is recomputed in backward (:func:`chunked_conv`), so no
     tensor of E × H elements is ever stored — only the per-edge inputs (r, attributes).
+    ``chunk_size`` None: ``max_chunk_size``, and on the reference backend at most
+    :func:`~fastik.ops.reference.auto_chunk_size` (≈ 2^24 floats of intermediates).
     """
     use_triton = resolve_backend(backend, x) == "triton"
     weight = head.dense(x.dtype) if use_triton else None
+    if chunk_size is None:
+        chunk_size = max_chunk_size if use_triton else min(max_chunk_size, auto_chunk_size(head))
 
     def contribution(*args: Tensor | None) -> Tensor:
         *inputs, src_c, tgt_c, rowptr_c = args
         h = edge_features(*inputs)
         if not use_triton:
-            return aggregate_messages(head.messages(h, x[src_c]), tgt_c, rowptr_c, num_targets)
+            return aggregated_messages(head, h, x, src_c, tgt_c, rowptr_c, num_targets)
         if rowptr_c is None:  # edge-wise fused kernel, atomic aggregation
             from .fused import implicit_message_passing_fused
 

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from .aggregate import CSR, scatter_sum, segment_sum
 from .structured import StructuredHead
 
-__all__ = ["implicit_message_passing_reference", "chunked_conv", "aggregate_messages", "auto_chunk_size"]
+__all__ = ["implicit_message_passing_reference", "chunked_conv", "aggregated_messages", "auto_chunk_size"]
 
 
 def implicit_message_passing_reference(
@@ -52,11 +52,8 @@ def implicit_message_passing_reference(
     """
     head = weight if isinstance(weight, StructuredHead) else StructuredHead.from_dense(weight)
     step = chunk_size or auto_chunk_size(head)
-
-    def contribution(h_chunk: Tensor, src_chunk: Tensor, tgt_chunk: Tensor, rowptr: Tensor | None) -> Tensor:
-        return aggregate_messages(head.messages(h_chunk, x[src_chunk]), tgt_chunk, rowptr, num_targets)
-
-    return chunked_conv(contribution, (h,), src, tgt, num_targets, step, csr)
+    return chunked_conv(lambda h_chunk, *graph: aggregated_messages(head, h_chunk, x, *graph, num_targets),
+                        (h,), src, tgt, num_targets, step, csr)
 
 
 def auto_chunk_size(head: StructuredHead) -> int:
@@ -64,8 +61,11 @@ def auto_chunk_size(head: StructuredHead) -> int:
     return max(1, (1 << 24) // head.work_per_edge())
 
 
-def aggregate_messages(msg: Tensor, tgt: Tensor, rowptr: Tensor | None, num_targets: int) -> Tensor:
-    """(e, D) messages of a chunk -> (num_targets, D): segment sum over the chunk's row pointer, else scatter."""
+def aggregated_messages(head: StructuredHead, h: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
+                        rowptr: Tensor | None, num_targets: int) -> Tensor:
+    """A chunk's messages ``W̃ · (h̃_e ⊗ x_src(e))`` summed per target: (num_targets, Dout); segment sum
+    over the chunk's row pointer, else scatter sum."""
+    msg = head.messages(h, x[src])
     return scatter_sum(msg, tgt, num_targets) if rowptr is None else segment_sum(msg, rowptr)
 
 
