@@ -19,4 +19,4 @@ $V/bin/python -c "import torch, triton; print('torch', torch.__version__, '| tri
 # the interpreter is on before anything imports triton whatever the test order. FASTIK_FORCE_FALLBACK:
 # never load the tree's fastik._C, built against the main venv's torch, into this torch
 TRITON_INTERPRET=1 FASTIK_FORCE_FALLBACK=1 PYTHONPATH=$PWD $V/bin/python -m pytest -q -p no:cacheprovider \
-  tests/test_fused.py tests/test_fused_segmented.py tests/test_layer_triton.py "$@"
+  tests/test_fused.py tests/test_fused_segmented.py tests/test_layer_triton.py tests/test_fused_gmlp.py "$@"

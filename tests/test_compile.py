@@ -12,8 +12,9 @@ from fastik.ops.fused import triton_available
 from conftest import relative_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BACKENDS = ["reference", pytest.param("triton", marks=pytest.mark.skipif(
-    not triton_available(torch.device(DEVICE)), reason="triton cannot run here (no CUDA and TRITON_INTERPRET unset)"))]
+_NO_TRITON = pytest.mark.skipif(not triton_available(torch.device(DEVICE)),
+                                reason="triton cannot run here (no CUDA and TRITON_INTERPRET unset)")
+BACKENDS = ["reference", pytest.param("triton", marks=_NO_TRITON), pytest.param("fused", marks=_NO_TRITON)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -7,9 +7,11 @@ from torch import Tensor, nn
 from ..groups import FieldType
 from ..ops import dispatch
 from ..ops.aggregate import CSR
+from ..ops.fused_gmlp import fused_gmlp_conv
 from ._checks import check_int
 from .kernel import ImplicitKernel, compact_repr
 from .linear import invariant_bias, reset_children
+from .packing import fusable, pack_gmlp
 
 __all__ = ["ImplicitPointConv"]
 
@@ -37,8 +39,12 @@ class ImplicitPointConv(nn.Module):
     Args:
         aggr: ``"sum"`` (default) or ``"mean"`` over incoming edges.
         backend: ``"reference"`` (plain torch, the paper's algorithm in chunks),
-            ``"triton"`` (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1) or
-            ``"auto"``.  A run-time choice: it changes no parameter or state_dict key.
+            ``"triton"`` (G-MLP in torch, messages and aggregation in fused kernels; CUDA, or CPU
+            under TRITON_INTERPRET=1), ``"fused"`` (the whole G-MLP inside one Triton op, recomputed
+            in backward: nothing of size E × H exists; float32 or float64; gate nonlinearity only —
+            with ``fourier_elu`` it runs as ``"triton"``; a ``csr`` is checked, edges are summed
+            with atomics) or ``"auto"`` (triton on CUDA, else reference).  A run-time choice: it
+            changes no parameter or state_dict key.
         avg_degree: expected number of incoming edges d; messages are scaled by 1/√d
             (sum) or √d (mean) so that outputs start with roughly unit variance.
         chunk_size: edges per chunk (None: ``mlp_chunk_size``, and on the reference
@@ -49,7 +55,7 @@ class ImplicitPointConv(nn.Module):
         mlp_chunk_size: the default chunk size (65536 edges).
         precision: matmul precision of the triton backend: ``"ieee"`` (fp32, default),
             ``"tf32"`` (TF32 tensor cores, ≈1e-3 relative error) or ``"tf32x3"``
-            (three TF32 passes, ≈fp32 accuracy).  float64 needs the reference backend.
+            (three TF32 passes, ≈fp32 accuracy).  float64 needs the reference or fused backend.
         bias: learn a bias on the G-invariant output channels.
         **kernel_kwargs: passed to :class:`ImplicitKernel` (nonlinearity, harmonics, norm, sigma).
     """
@@ -102,9 +108,15 @@ class ImplicitPointConv(nn.Module):
         if node_attr is not None:
             z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
         parts = (r, edge_attr, z_t, None if node_attr is None else node_attr[src])
-        out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
-                                     self.kernel.head.structured(x.dtype), src, tgt, num_targets,
-                                     self.chunk_size, csr, self.precision, self.mlp_chunk_size)
+        if dispatch.resolve_backend(self.backend, x) == "fused" and fusable(self.kernel):
+            if csr is not None:
+                csr.check(src.shape[0], num_targets, tgt)
+            out = fused_gmlp_conv(self.kernel.embed(*parts), self.kernel.envelope(r) * self.scale, x,
+                                  pack_gmlp(self.kernel, x.dtype), src, tgt, num_targets, self.precision)
+        else:
+            out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
+                                         self.kernel.head.structured(x.dtype), src, tgt, num_targets,
+                                         self.chunk_size, csr, self.precision, self.mlp_chunk_size)
         if self.aggr == "mean":
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]

@@ -12,7 +12,7 @@ from .structured import StructuredHead
 
 __all__ = ["BACKENDS", "check_backend", "resolve_backend", "implicit_conv"]
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "fused")
 
 
 def check_backend(backend: str) -> None:
@@ -29,14 +29,17 @@ def _triton_usable(x: Tensor) -> bool:
 
 
 def resolve_backend(backend: str, x: Tensor) -> str:
-    """The concrete backend for inputs like ``x``: "auto" picks triton on CUDA when available."""
+    """The concrete backend for inputs like ``x``: "auto" picks triton on CUDA when available.
+
+    "fused" (the whole G-MLP inside the Triton op, :mod:`fastik.ops.fused_gmlp`) needs what "triton" needs.
+    """
     check_backend(backend)
     if backend == "auto":
         return "triton" if x.is_cuda and _triton_usable(x) else "reference"
-    if backend == "triton" and not _triton_usable(x):
+    if backend in ("triton", "fused") and not _triton_usable(x):
         where = "CUDA tensors" if not x.is_cuda else "an importable triton"
         raise RuntimeError(
-            f"backend='triton' needs triton and {where} (or TRITON_INTERPRET=1 for CPU tensors; "
+            f"backend={backend!r} needs triton and {where} (or TRITON_INTERPRET=1 for CPU tensors; "
             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}); use backend='reference' or 'auto'"
         )
     return backend
@@ -56,7 +59,7 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
     ``chunk_size`` None: ``max_chunk_size``, and on the reference backend at most
     :func:`~fastik.ops.reference.auto_chunk_size` (≈ 2^24 floats of intermediates).
     """
-    use_triton = resolve_backend(backend, x) == "triton"
+    use_triton = resolve_backend(backend, x) in ("triton", "fused")
     weight = head.dense(x.dtype) if use_triton else None
     if chunk_size is None:
         chunk_size = max_chunk_size if use_triton else min(max_chunk_size, auto_chunk_size(head))

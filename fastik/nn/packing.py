@@ -1,0 +1,135 @@
+"""An ImplicitKernel's G-MLP as the padded dense tensors of the fully fused op (:class:`PackedGMLP`)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..groups import FieldType
+from ..ops.fused_gmlp import PackedGMLP
+from .linear import EquivariantLinear
+from .nonlinearities import _GATE_SCALE, _SILU_SCALE, GatedNonlinearity, _is_trivial
+from .norm import EquivariantNorm
+
+__all__ = ["pack_gmlp", "fusable"]
+
+
+def _pow2(n: int) -> int:
+    return max(16, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def _layers(mlp: nn.Sequential) -> list[tuple[EquivariantLinear, EquivariantNorm | None, GatedNonlinearity]]:
+    mods, out = list(mlp), []
+    while mods:
+        lin = mods.pop(0)
+        norm = mods.pop(0) if isinstance(mods[0], EquivariantNorm) else None
+        out.append((lin, norm, mods.pop(0)))
+    return out
+
+
+def fusable(kernel: nn.Module) -> bool:
+    """True when every hidden nonlinearity of ``kernel`` (an ImplicitKernel) is a gate (Fourier-ELU is not fused)."""
+    return all(isinstance(m, (EquivariantLinear, EquivariantNorm, GatedNonlinearity)) for m in kernel.mlp)
+
+
+def _components(field_type: FieldType) -> list[tuple[int, int, bool]]:
+    """(block, field, scalar) of every component of ``field_type``, in order."""
+    out, field = [], 0
+    for b, (m, r) in enumerate(field_type.blocks):
+        for _ in range(m):
+            out += [(b, field, _is_trivial(r))] * r.dim
+            field += 1
+    return out
+
+
+def _structure(kernel: nn.Module, size: int, nb: int, ng: int) -> dict[str, Tensor]:
+    """The constant matrices (float64, CPU) of every layer: mean, avg, expand, gate_pick, gate_expand, trivial."""
+    layers = max(len(_layers(kernel.mlp)), 1)
+    shapes = {"mean": (size, nb), "avg": (size, nb), "expand": (nb, size), "gate_pick": (size, ng),
+              "gate_expand": (ng, size), "trivial": (size,)}
+    t = {k: torch.zeros(layers, *shape, dtype=torch.float64) for k, shape in shapes.items()}
+    for l, (lin, _, gate) in enumerate(_layers(kernel.mlp)):
+        comps = _components(lin.out_type)
+        for i, (b, _, scalar) in enumerate(comps):
+            m, r = lin.out_type.blocks[b]
+            t["avg"][l, i, b] = 1.0 / (m * r.dim)
+            t["expand"][l, b, i] = 1.0
+            if scalar and m > 1:
+                t["mean"][l, i, b] = 1.0 / m
+        # the k-th non-scalar field of gate.out_type is scaled by sigmoid of column out_dim + k
+        fields = _components(gate.out_type)
+        gated = sorted({f for _, f, scalar in fields if not scalar})
+        for i, (_, f, scalar) in enumerate(fields):
+            if scalar:
+                t["trivial"][l, i] = _SILU_SCALE
+            else:
+                t["gate_expand"][l, gated.index(f), i] = _GATE_SCALE
+        for k in range(len(gated)):
+            t["gate_pick"][l, gate.out_type.dim + k, k] = 1.0
+    return t
+
+
+def _sizes(kernel: nn.Module) -> tuple[int, int, int]:
+    """P (widest activation, h̃ included), NB (most norm blocks), NG (most gates), each a power of two ≥ 16."""
+    layers = _layers(kernel.mlp)
+    widths = [kernel.input_type.dim, kernel.hidden_type.dim + 1] + [lin.out_type.dim for lin, _, _ in layers]
+    blocks = [len(lin.out_type.blocks) for lin, _, _ in layers]
+    gates = [gate.in_type.dim - gate.out_type.dim for _, _, gate in layers]
+    return _pow2(max(widths)), _pow2(max(blocks, default=1)), _pow2(max(gates, default=1))
+
+
+def _norm_vectors(norm: EquivariantNorm | None, field_type: FieldType, size: int, dtype: torch.dtype
+                  ) -> tuple[Tensor, Tensor]:
+    """Per-component scale and shift (size,) of a norm (ones / zeros without one); differentiable."""
+    comps = _components(field_type)
+    if norm is None:
+        return torch.ones(size, dtype=dtype), torch.zeros(size, dtype=dtype)
+    fields = sum(m for m, _ in field_type.blocks)
+    scalar_rank = {}
+    for _, f, scalar in comps:
+        if scalar and f not in scalar_rank:
+            scalar_rank[f] = len(scalar_rank)
+    scale_idx = torch.tensor([f for _, f, _ in comps] + [fields] * (size - len(comps)))
+    shift_idx = torch.tensor([scalar_rank.get(f, len(scalar_rank)) for _, f, _ in comps]
+                             + [len(scalar_rank)] * (size - len(comps)))
+    one, zero = norm.scale.new_ones(1), norm.bias.new_zeros(1)
+    return (torch.cat([norm.scale, one]).to(dtype)[scale_idx.to(one.device)],
+            torch.cat([norm.bias, zero]).to(dtype)[shift_idx.to(one.device)])
+
+
+def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
+    """``kernel`` (an :class:`~fastik.nn.ImplicitKernel` with gate nonlinearities) packed for the fused op.
+
+    Differentiable: gradients of the packed weight / bias / scale / shift / head flow back to the
+    kernel's parameters.  The constant structure matrices are built once per dtype and device.
+    """
+    if not fusable(kernel):
+        raise ValueError("only G-MLPs with gate nonlinearities can be packed for the fused op "
+                         f"(this one has nonlinearity={kernel.nonlinearity!r}); use backend='triton' or 'reference'")
+    head = kernel.head.weight(dtype)  # (Dout, H+1, Din)
+    device = head.device
+    size, nb, ng = _sizes(kernel)
+    cache = kernel.__dict__.setdefault("_packed_structure", {})
+    key = (dtype, device)
+    if key not in cache:
+        cache[key] = {k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()}
+    structure = cache[key]
+    weights, biases, scales, shifts = [], [], [], []
+    for lin, norm, _ in _layers(kernel.mlp):
+        w = lin.weight(dtype)  # (out, in)
+        weights.append(F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1])))
+        b = lin.bias.bias(dtype) if lin.bias is not None else w.new_zeros(w.shape[0])
+        biases.append(F.pad(b, (0, size - b.shape[0])))
+        s, t = _norm_vectors(norm, lin.out_type, size, dtype)
+        scales.append(s.to(device))
+        shifts.append(t.to(device))
+    if not weights:
+        weights, biases = [head.new_zeros(size, size)], [head.new_zeros(size)]
+        scales, shifts = [head.new_ones(size)], [head.new_zeros(size)]
+    dout, _, din = head.shape
+    head = F.pad(head.permute(2, 1, 0), (0, _pow2(dout) - dout, 0, size - head.shape[1]))
+    norms = [norm for _, norm, _ in _layers(kernel.mlp) if norm is not None]
+    return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
+                      structure["mean"], structure["avg"], structure["expand"], structure["gate_pick"],
+                      structure["gate_expand"], structure["trivial"], head, dout, kernel.hidden_type.dim,
+                      len(_layers(kernel.mlp)), bool(norms), norms[0].eps if norms else 0.0)

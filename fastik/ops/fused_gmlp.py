@@ -1,0 +1,207 @@
+"""The fully fused implicit convolution: G-MLP, head, contraction and aggregation in one op.
+
+    out[i, o] = Σ_{e: tgt[e]=i} Σ_{k,c} HEAD[c, k, o] · h̃_e[k] · x[src[e], c],
+    h̃_e = [MLP(z_e)[:H], 1] · env_e
+
+where ``MLP`` is a G-MLP packed as padded dense matrices (:class:`PackedGMLP`: layers of
+EquivariantLinear → per-block norm → gate, docs/design.md §5.3).  On the Triton backend
+(:mod:`fastik.triton_kernels.gmlp_conv`) every block of edges runs the whole MLP in
+registers; the backward recomputes it, so no tensor of E × H elements exists in forward,
+backward or inference — per edge only z (E, K0) and env (E,).
+
+Registered as ``torch.ops.fastik.gmlp_conv`` / ``torch.ops.fastik.gmlp_conv_backward`` with
+fake implementations (``torch.compile(fullgraph=True)`` traces through them) and autograd.
+Second derivatives (forces in the loss): when the backward itself is differentiated
+(``create_graph=True``), it is computed by :func:`packed_conv_reference` — the same
+function in torch, which does store E × P activations for that step.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._contract import PRECISIONS, check_indices, require_triton
+
+__all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference"]
+
+
+class PackedGMLP(NamedTuple):
+    """A G-MLP and kernel head as padded dense tensors (P, NB, NG powers of two ≥ 16).
+
+    Hidden layer l: ``a = u @ weight[l] + bias[l]``; with ``norm``, ``c = a - (a @ mean[l]) @ expand[l]``,
+    ``n = c · (rsqrt((c·c) @ avg[l] + eps) @ expand[l]) · scale[l] + shift[l]`` (else n = a); then
+    ``u = trivial[l] · silu(n) + n · (sigmoid(n @ gate_pick[l]) @ gate_expand[l])``.
+    Head: ``head[c, k, o]`` = W̃[o, k, c] for k < H, the bias at k = H; zero padding.
+    Tensors have max(layers, 1) leading entries (unused when ``layers`` is 0).
+    """
+    weight: Tensor       # (L, P, P)
+    bias: Tensor         # (L, P)
+    scale: Tensor        # (L, P)
+    shift: Tensor        # (L, P)
+    mean: Tensor         # (L, P, NB) constant
+    avg: Tensor          # (L, P, NB) constant
+    expand: Tensor       # (L, NB, P) constant
+    gate_pick: Tensor    # (L, P, NG) constant
+    gate_expand: Tensor  # (L, NG, P) constant
+    trivial: Tensor      # (L, P) constant
+    head: Tensor         # (Din, P, DOUT_P)
+    dout: int
+    hidden: int
+    layers: int
+    norm: bool
+    eps: float
+
+
+_TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
+
+
+def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
+                          num_targets: int) -> Tensor:
+    """The fused op in plain torch (any dtype, differentiable to any order): (num_targets, dout)."""
+    p = packed
+    size = p.weight.shape[1]
+    u = F.pad(z, (0, size - z.shape[1]))
+    for l in range(p.layers):
+        a = u @ p.weight[l] + p.bias[l]
+        n = a
+        if p.norm:
+            c = a - (a @ p.mean[l]) @ p.expand[l]
+            n = c * (torch.rsqrt((c * c) @ p.avg[l] + p.eps) @ p.expand[l]) * p.scale[l] + p.shift[l]
+        u = p.trivial[l] * F.silu(n) + n * (torch.sigmoid(n @ p.gate_pick[l]) @ p.gate_expand[l])
+    ht = torch.where(torch.arange(size, device=u.device) == p.hidden, 1.0, u) * env[:, None]
+    msg = torch.einsum("ek,ec,cko->eo", ht, x[src], p.head[..., :p.dout])
+    return msg.new_zeros(num_targets, p.dout).index_add_(0, tgt, msg)
+
+
+def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: Tensor, num_targets: int,
+           precision: str) -> None:
+    """Shapes, dtypes and devices (valid on fake tensors too)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"fused G-MLP convolution: x must be float32 or float64, got {x.dtype}")
+    e = z.shape[0]
+    size = p.weight.shape[1]
+    if z.dim() != 2 or z.shape[1] > size:
+        raise ValueError(f"z must be (E, K0) with K0 ≤ {size}, got {tuple(z.shape)}")
+    if env.shape != (e,):
+        raise ValueError(f"env must be (E,) = ({e},), got {tuple(env.shape)}")
+    if x.dim() != 2 or p.head.shape[0] != x.shape[1]:
+        raise ValueError(f"x must be (N, {p.head.shape[0]}), got {tuple(x.shape)}")
+    for name, t in (("src", src), ("tgt", tgt)):
+        if t.dtype != torch.int64 or t.shape != (e,):
+            raise ValueError(f"{name} must be int64 of shape (E,) = ({e},), got {t.dtype} {tuple(t.shape)}")
+    for name, t in [("z", z), ("env", env)] + [(k, getattr(p, k)) for k in p._fields[:11]]:
+        if t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"{name} is {t.dtype} on {t.device}, x is {x.dtype} on {x.device}: use one")
+    if num_targets < 0:
+        raise ValueError(f"num_targets must be ≥ 0, got {num_targets}")
+
+
+def _precision(x: Tensor, precision: str) -> str:
+    return precision if x.dtype == torch.float32 else "ieee"
+
+
+def _kernels():
+    from fastik.triton_kernels import gmlp_conv
+
+    return gmlp_conv
+
+
+def _packed(tensors: tuple, meta: tuple) -> PackedGMLP:
+    return PackedGMLP(*tensors, *meta)
+
+
+@torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
+def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
+            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
+            precision: str) -> Tensor:
+    p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
+    _check(z, env, x, p, src, tgt, num_targets, precision)
+    check_indices(x, src, tgt, num_targets)
+    require_triton(x)
+    c = [t.contiguous() for t in (z, env, x, src, tgt)]
+    return _kernels().gmlp_conv_fwd(*c, num_targets, dout, {k: v.contiguous() if isinstance(v, Tensor) else v
+                                                            for k, v in p._asdict().items()},
+                                    _precision(x, precision))
+
+
+@_fwd_op.register_fake
+def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision):
+    _check(z, env, x, _packed(tuple(tensors), (dout, hidden, layers, norm, eps)), src, tgt, num_targets, precision)
+    return x.new_empty(num_targets, dout)
+
+
+@torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
+def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
+            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
+            precision: str) -> list[Tensor]:
+    p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
+    _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
+    check_indices(x, src, tgt, grad_out.shape[0])
+    require_triton(x)
+    c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
+    return list(_kernels().gmlp_conv_bwd(*c, {k: v.contiguous() if isinstance(v, Tensor) else v
+                                              for k, v in p._asdict().items()}, _precision(x, precision)))
+
+
+@_bwd_op.register_fake
+def _bwd_fake(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision):
+    p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
+    return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
+                                                          for k in _TRAINED]
+
+
+def _setup(ctx, inputs, output) -> None:
+    z, env, x, src, tgt, num_targets, tensors, *meta = inputs
+    ctx.save_for_backward(z, env, x, src, tgt, *tensors)
+    ctx.meta, ctx.num_targets = tuple(meta), num_targets
+
+
+def _backward(ctx, grad_out: Tensor):
+    z, env, x, src, tgt, *tensors = ctx.saved_tensors
+    *meta, precision = ctx.meta
+    p = _packed(tuple(tensors), tuple(meta))
+    need_inputs = ctx.needs_input_grad[:3]
+    need_packed = ctx.needs_input_grad[6]
+    if torch.is_grad_enabled():  # create_graph: the backward is itself differentiated (forces in the loss)
+        wrt = [z, env, x] + [getattr(p, k) for k in _TRAINED]
+        mask = list(need_inputs) + [need_packed] * len(_TRAINED)
+        chosen = [t for t, m in zip(wrt, mask) if m and t.requires_grad]
+        found = iter(torch.autograd.grad(packed_conv_reference(z, env, x, p, src, tgt, ctx.num_targets), chosen,
+                                         grad_out, create_graph=True, allow_unused=True) if chosen else ())
+        grads = [next(found) if m and t.requires_grad else None for t, m in zip(wrt, mask)]
+    else:
+        grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, list(tensors), *meta,
+                                                         precision))
+    gz, genv, gx, *gp = grads
+    packed_grads = None
+    if need_packed:
+        by_name = dict(zip(_TRAINED, gp))
+        packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:11]]
+    return gz, genv, gx, None, None, None, packed_grads, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
+                    num_targets: int, precision: str = "ieee") -> Tensor:
+    """(num_targets, dout): the implicit convolution of a packed G-MLP, fully fused on Triton.
+
+    Args:
+        z: (E, K0) kernel inputs (the G-MLP's embedding of r and attributes), K0 ≤ P.
+        env: (E,) per-edge factor of h̃ (envelope × message scale).
+        x: (N, Din) source features, float32 (or float64: every dot IEEE).
+        packed: the G-MLP (:meth:`fastik.nn.ImplicitKernel.packed`).
+        src, tgt: (E,) int64 source / target of each edge (checked before any launch).
+        precision: dot precision of the weight matmuls: "ieee", "tf32" or "tf32x3" (float32 only).
+
+    Differentiable w.r.t. z, env, x and the packed parameters (weight, bias, scale, shift, head).
+    """
+    _check(z, env, x, packed, src, tgt, num_targets, precision)
+    return torch.ops.fastik.gmlp_conv(z, env, x, src, tgt, num_targets, list(packed[:11]), *packed[11:],
+                                      precision)

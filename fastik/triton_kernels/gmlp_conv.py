@@ -1,0 +1,265 @@
+"""The whole implicit convolution in one kernel (Triton): G-MLP, kernel head, contraction, scatter.
+
+Per block of BLOCK_E edges, in registers (docs/design.md §5.3)::
+
+    u0 = z[e]                                   (BLOCK_E, P)   kernel input (embedding), zero-padded
+    for l < L:                                  one hidden layer of the packed G-MLP
+        a  = u @ W[l] + b[l]                    EquivariantLinear (dense, padded)
+        c  = a - (a @ MEAN[l]) @ EXP[l]         norm: channel mean off scalar blocks
+        r  = rsqrt((c*c) @ AVG[l] + eps)        norm: 1 / rms per block      (BLOCK_E, NB)
+        n  = c * (r @ EXP[l]) * scale[l] + shift[l]
+        g  = sigmoid(n @ GPICK[l]) @ GEXP[l]    gate of every component       (gates: NG columns)
+        u  = TRIV[l] * silu(n) + n * g          SiLU on scalars, gated fields elsewhere
+    h̃  = [u[:, :H], 1] * env[e]                 envelope and head bias column
+    out[tgt[e]] += Σ_c x[src[e], c] · (h̃ @ HEAD[c])        (atomics)
+
+MEAN / AVG / EXP / GPICK / GEXP are constant 0/1 (or 1/m) structure matrices, so the
+per-field norm and the gate are small matmuls.  The backward kernel recomputes the
+layers of its block (layer l's input from z again: L(L+1)/2 layer evaluations),
+back-propagates through head and layers in registers, and accumulates the parameter
+gradients with atomics.  Nothing of size E × P is ever written to memory: per edge
+only z (E, K0), env (E,) and their gradients.
+
+All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
+MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P).
+float32 or float64 (then every dot is IEEE).  Validation lives in :mod:`fastik.ops.fused_gmlp`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._config import INTERPRET, device_ctx
+
+__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "block_e"]
+
+# One configuration (no autotuning yet: never run on a GPU). Registers: ≈ 8 live (BLOCK_E, P) tiles.
+INTERPRET_BLOCK_E = 16
+GPU_BLOCK_E, GPU_WARPS = 32, 8
+
+
+def block_e() -> int:
+    """Edges per program."""
+    return INTERPRET_BLOCK_E if INTERPRET else GPU_BLOCK_E
+
+
+@triton.jit
+def _mat(ptr, R: tl.constexpr, C: tl.constexpr, TRANS: tl.constexpr):
+    """(R, C) tile of a contiguous (R, C) matrix; with TRANS, the transpose of a contiguous (C, R) one."""
+    r = tl.arange(0, R)
+    c = tl.arange(0, C)
+    if TRANS:
+        return tl.load(ptr + c[None, :] * R + r[:, None])
+    return tl.load(ptr + r[:, None] * C + c[None, :])
+
+
+@triton.jit
+def _vec(ptr, N: tl.constexpr):
+    return tl.load(ptr + tl.arange(0, N))
+
+
+@triton.jit
+def _layer(u, l: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
+           gpick_ptr, gexp_ptr, triv_ptr, eps,
+           P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr):
+    """Hidden layer l on a (BLOCK_E, P) tile: (output, a, c, rinv, rf, n, sg, gf) — the output and
+    the intermediates its backward needs (without NORM: c = n = a, rinv = rf = 0)."""
+    a = tl.dot(u, _mat(w_ptr + l * P * P, P, P, False), input_precision=PRECISION)
+    a = a + _vec(b_ptr + l * P, P)[None, :]
+    if NORM:
+        mu = tl.dot(tl.dot(a, _mat(mean_ptr + l * P * NB, P, NB, False), input_precision="ieee"),
+                    _mat(exp_ptr + l * NB * P, NB, P, False), input_precision="ieee")
+        c = a - mu
+        rinv = tl.rsqrt(tl.dot(c * c, _mat(avg_ptr + l * P * NB, P, NB, False), input_precision="ieee") + eps)
+        rf = tl.dot(rinv, _mat(exp_ptr + l * NB * P, NB, P, False), input_precision="ieee")
+        n = c * rf * _vec(scale_ptr + l * P, P)[None, :] + _vec(shift_ptr + l * P, P)[None, :]
+    else:
+        c = a
+        n = a
+        rinv = tl.zeros((a.shape[0], NB), dtype=a.dtype)
+        rf = tl.zeros_like(a)
+    sg = tl.sigmoid(tl.dot(n, _mat(gpick_ptr + l * P * NG, P, NG, False), input_precision="ieee"))
+    gf = tl.dot(sg, _mat(gexp_ptr + l * NG * P, NG, P, False), input_precision="ieee")
+    y = _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
+    return y, a, c, rinv, rf, n, sg, gf
+
+
+@triton.jit
+def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
+         gexp_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
+         PRECISION: tl.constexpr):
+    """The first L hidden layers on z (BLOCK_E, P)."""
+    u = z
+    for l in tl.static_range(L):
+        u = _layer(u, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                   triv_ptr, eps, P, NB, NG, NORM, PRECISION)[0]
+    return u
+
+
+@triton.jit
+def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
+               gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
+               P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr):
+    """Gradient w.r.t. the input u of layer l from the gradient dy of its output; the parameter
+    gradients of the block are added to gw / gb / gscale / gshift (atomics)."""
+    offs = tl.arange(0, P)
+    s = tl.sigmoid(n)
+    dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) + gf)
+    dsg = tl.dot(dy * n, _mat(gexp_ptr + l * NG * P, P, NG, True), input_precision="ieee")
+    dn += tl.dot(dsg * sg * (1 - sg), _mat(gpick_ptr + l * P * NG, NG, P, True), input_precision="ieee")
+    if NORM:
+        scale = _vec(scale_ptr + l * P, P)[None, :]
+        tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
+        tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
+        dc = dn * scale * rf
+        drinv = tl.dot(dn * scale * c, _mat(exp_ptr + l * NB * P, P, NB, True), input_precision="ieee")
+        ds = -0.5 * drinv * rinv * rinv * rinv
+        dc += 2 * c * tl.dot(ds, _mat(avg_ptr + l * P * NB, NB, P, True), input_precision="ieee")
+        dmu = tl.dot(tl.dot(dc, _mat(exp_ptr + l * NB * P, P, NB, True), input_precision="ieee"),
+                     _mat(mean_ptr + l * P * NB, NB, P, True), input_precision="ieee")
+        da = dc - dmu
+    else:
+        da = dn
+    tl.atomic_add(gw_ptr + l * P * P + offs[:, None] * P + offs[None, :],
+                  tl.dot(tl.trans(u), da, input_precision=PRECISION), sem="relaxed")
+    tl.atomic_add(gb_ptr + l * P + offs, tl.sum(da, 0), sem="relaxed")
+    return tl.dot(da, _mat(w_ptr + l * P * P, P, P, True), input_precision=PRECISION)
+
+
+@triton.jit
+def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr, P: tl.constexpr):
+    """The block's edges: offsets, mask, z tile (BLOCK_E, P), env, src, tgt."""
+    offs_e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    offs_k = tl.arange(0, P)
+    z = tl.load(z_ptr + offs_e[:, None] * K0 + offs_k[None, :],
+                mask=mask_e[:, None] & (offs_k < K0)[None, :], other=0.0)
+    env = tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)
+    src = tl.load(src_ptr + offs_e, mask=mask_e, other=0)
+    tgt = tl.load(tgt_ptr + offs_e, mask=mask_e, other=0)
+    return offs_e, mask_e, z, env, src, tgt
+
+
+@triton.jit
+def _gmlp_conv_fwd_kernel(
+    z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
+    eps, E, K0, H, DIN, DOUT,
+    L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
+    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+):
+    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
+    h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+             triv_ptr, eps, P, NB, NG, NORM, PRECISION)
+    ht = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None]
+    acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
+    for c in range(DIN):
+        xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
+        acc += tl.dot(ht * xc[:, None], _mat(head_ptr + c * P * DOUT_P, P, DOUT_P, False),
+                      input_precision=PRECISION)  # (no acc= argument: Triton 3.6 wants it fp32)
+    offs_o = tl.arange(0, DOUT_P)
+    tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
+                  mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
+
+
+@triton.jit
+def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H, DIN,
+              P: tl.constexpr, DOUT_P: tl.constexpr, PRECISION: tl.constexpr):
+    """Head backward of a block: grad_x and grad_head (atomics), grad_env (stored); returns grad_h (BLOCK_E, P)."""
+    offs_k = tl.arange(0, P)
+    h1 = tl.where((offs_k == H)[None, :], 1.0, h)
+    ht = h1 * env[:, None]
+    dht = tl.zeros_like(ht)
+    offs_o = tl.arange(0, DOUT_P)
+    for c in range(DIN):
+        xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
+        t = tl.dot(gy, _mat(head_ptr + c * P * DOUT_P, DOUT_P, P, True), input_precision=PRECISION)
+        dht += t * xc[:, None]
+        tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * ht, 1), mask=mask_e, sem="relaxed")
+        tl.atomic_add(ghead_ptr + c * P * DOUT_P + offs_k[:, None] * DOUT_P + offs_o[None, :],
+                      tl.dot(tl.trans(ht * xc[:, None]), gy, input_precision=PRECISION), sem="relaxed")
+    tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
+    return tl.where((offs_k < H)[None, :], dht * env[:, None], 0.0)
+
+
+@triton.jit
+def _gmlp_conv_bwd_kernel(
+    gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
+    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ghead_ptr,
+    eps, E, K0, H, DIN, DOUT,
+    L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
+    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+):
+    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
+    offs_o = tl.arange(0, DOUT_P)
+    gy = tl.load(gout_ptr + tgt[:, None] * DOUT + offs_o[None, :],
+                 mask=mask_e[:, None] & (offs_o < DOUT)[None, :], other=0.0)
+    if L == 0:
+        dh = _head_bwd(z, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H, DIN,
+                       P, DOUT_P, PRECISION)
+    for i in tl.static_range(L):
+        l: tl.constexpr = L - 1 - i
+        u = _mlp(z, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                 triv_ptr, eps, P, NB, NG, NORM, PRECISION)
+        y, a, c, rinv, rf, n, sg, gf = _layer(u, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
+                                              exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM,
+                                              PRECISION)
+        if i == 0:
+            dh = _head_bwd(y, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H,
+                           DIN, P, DOUT_P, PRECISION)
+        dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, l, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
+                        gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
+                        P, NB, NG, NORM, PRECISION)
+    offs_k = tl.arange(0, P)
+    tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
+             mask=mask_e[:, None] & (offs_k < K0)[None, :])
+
+
+def _meta(packed: dict, precision: str) -> dict:
+    _, p, nb = packed["mean"].shape
+    return dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2],
+                DOUT_P=packed["head"].shape[2], NORM=packed["norm"], BLOCK_E=block_e(),
+                PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
+
+
+_PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pick", "gate_expand",
+           "trivial", "head")
+
+
+def _grid(e: int):
+    return (triton.cdiv(e, block_e()),)
+
+
+def _launch_kw() -> dict:
+    return {} if INTERPRET else dict(num_warps=GPU_WARPS, num_stages=1)
+
+
+def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
+    """(num_targets, dout): the convolution of the packed G-MLP (inputs validated and contiguous)."""
+    e, k0 = z.shape
+    out = torch.zeros(num_targets, dout, device=x.device, dtype=x.dtype)
+    if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
+        return out
+    with device_ctx(x):
+        _gmlp_conv_fwd_kernel[_grid(e)](
+            z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
+            packed["eps"], e, k0, packed["hidden"], x.shape[1], dout, **_meta(packed, precision), **_launch_kw())
+    return out
+
+
+def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str):
+    """Gradients of ⟨grad_out, forward⟩: (grad_z, grad_env, grad_x, then one per packed parameter:
+    weight, bias, scale, shift, head)."""
+    e, k0 = z.shape
+    grads = [torch.zeros_like(t) for t in (z, env, x)] + \
+            [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
+    if e == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
+        return tuple(grads)
+    with device_ctx(x):
+        _gmlp_conv_bwd_kernel[_grid(e)](
+            grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS), *grads,
+            packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1], **_meta(packed, precision),
+            **_launch_kw())
+    return tuple(grads)

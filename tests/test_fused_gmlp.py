@@ -1,0 +1,228 @@
+"""The fully fused op (backend="fused": G-MLP + head + contraction + scatter in one Triton op) against the
+float64 reference backend — forward, every gradient, double backward — on every group of the table, and its
+memory contract (CPU: Triton interpreter, in float64 so that the comparison is tight)."""
+import pytest
+import torch
+
+import fastik
+from fastik.nn.packing import fusable, pack_gmlp
+from fastik.ops._contract import triton_available
+from fastik.ops.fused_gmlp import fused_gmlp_conv, packed_conv_reference
+
+from conftest import FIELDS, LargestTensor, relative_error
+
+pytestmark = pytest.mark.skipif(not triton_available(torch.device("cpu")) and not torch.cuda.is_available(),
+                                reason="triton cannot run here (no CUDA and TRITON_INTERPRET unset)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL64 = 1e-10
+
+
+def twins(in_type, out_type, dtype=torch.float64, **kw):
+    """The same layer (same parameters, perturbed from their init) on the reference and fused backends."""
+    torch.manual_seed(0)
+    ref = fastik.ImplicitPointConv(in_type, out_type, backend="reference", **kw).to(DEVICE, dtype)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    fused = fastik.ImplicitPointConv(in_type, out_type, backend="fused", **kw).to(DEVICE, dtype)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def graph(n, e, dim, seed=0, isolated=2, self_loops=3, dtype=torch.float64):
+    """Random positions and edges with isolated nodes and a few self-loops."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(n, dim, generator=g, dtype=dtype)
+    ei = torch.randint(0, n - isolated, (2, e), generator=g)
+    ei[1, :self_loops] = ei[0, :self_loops]
+    return pos.to(DEVICE), ei.to(DEVICE)
+
+
+def outputs_and_grads(conv, inputs: dict, weight_seed=1):
+    """y and the gradients of a fixed random projection of y w.r.t. every float input and every parameter."""
+    inputs = {k: (v.detach().clone().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v)
+              for k, v in inputs.items()}
+    y = conv(**inputs)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(weight_seed), dtype=torch.float64)
+    w = w.to(y.device, y.dtype)
+    wrt = [v for v in inputs.values() if torch.is_tensor(v) and v.requires_grad] + list(conv.parameters())
+    return y, torch.autograd.grad((y * w).sum(), wrt, allow_unused=True)
+
+
+def assert_same_grads(g_fus, g_ref, n_inputs, tol):
+    """Each input's gradient, then all parameter gradients as one vector (a single tiny gradient, a difference
+    of large terms, has no meaningful relative error of its own)."""
+    assert [a is None for a in g_fus] == [b is None for b in g_ref]
+    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs if g is not None])
+    pairs = list(zip(g_fus[:n_inputs], g_ref[:n_inputs])) + [(flat(g_fus[n_inputs:]), flat(g_ref[n_inputs:]))]
+    for a, b in pairs:
+        assert relative_error(a, b) < tol, relative_error(a, b)
+
+
+def assert_same(ref, fused, inputs, tol=TOL64):
+    y_ref, g_ref = outputs_and_grads(ref, inputs)
+    y_fus, g_fus = outputs_and_grads(fused, inputs)
+    assert relative_error(y_fus, y_ref) < tol
+    n_inputs = sum(torch.is_tensor(v) and v.is_floating_point() for v in inputs.values())
+    assert_same_grads(g_fus, g_ref, n_inputs, tol)
+
+
+def test_any_group_matches_reference(any_group):
+    dim = any_group.dim
+    t = fastik.FieldType(any_group, FIELDS[dim])
+    ref, fused = twins(t, t, hidden_channels=1)
+    pos, ei = graph(9, 26, dim)
+    x = torch.randn(9, t.dim, dtype=torch.float64, device=DEVICE)
+    assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
+
+
+ATTR_CASES = {  # group, dim, in, out, edge attributes, node attributes
+    "so3-attrs": ("so3", 3, "2x0e + 1x1o", "1x0e + 1x1o + 1x2e", "2x0e + 1x1o", "1x0e + 1x1e"),
+    "Oh-edge": ("Oh", 3, "1x0e + 1x1o", "2x0e", "1x0e", None),
+    "D4-node": ("D4", 2, "2x0 + 1x1", "1x0- + 1x2", None, "1x0 + 1x1"),
+}
+
+
+@pytest.mark.parametrize("case", list(ATTR_CASES), ids=list(ATTR_CASES))
+@pytest.mark.parametrize("bipartite", [False, True])
+def test_attributes_and_bipartite(case, bipartite):
+    group, dim, t_in, t_out, t_edge, t_node = ATTR_CASES[case]
+    G = fastik.group(group, dim=dim)
+    ft = lambda s: None if s is None else fastik.FieldType(G, s)
+    a, b, ea, na = ft(t_in), ft(t_out), ft(t_edge), ft(t_node)
+    ref, fused = twins(a, b, edge_attr_type=ea, node_attr_type=na, hidden_channels=2)
+    n, m, e = 10, 7, 30
+    pos, ei = graph(n, e, dim, self_loops=0 if bipartite else 3)
+    g = torch.Generator().manual_seed(5)
+    rnd = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).to(DEVICE)
+    inputs = dict(x=rnd(n, a.dim), pos=pos, edge_index=ei)
+    if ea is not None:
+        inputs["edge_attr"] = rnd(e, ea.dim)
+    if na is not None:
+        inputs["node_attr"] = rnd(n, na.dim)
+    if bipartite:
+        inputs["edge_index"] = torch.stack([ei[0], ei[1] % m])
+        inputs["pos_target"] = rnd(m, dim)
+        if na is not None:
+            inputs["node_attr_target"] = rnd(m, na.dim)
+    assert_same(ref, fused, inputs)
+
+
+@pytest.mark.parametrize("kw", [dict(hidden_layers=0), dict(hidden_layers=1, norm=False),
+                                dict(hidden_layers=3, sigma=None), dict(aggr="mean")],
+                         ids=["no-hidden", "no-norm", "three-layers", "mean"])
+def test_mlp_shapes(kw):
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "2x0e + 1x1o")
+    ref, fused = twins(t, t, hidden_channels=2, **kw)
+    pos, ei = graph(8, 20, 3)
+    assert_same(ref, fused, dict(x=torch.randn(8, t.dim, dtype=torch.float64, device=DEVICE), pos=pos,
+                                 edge_index=ei))
+
+
+def test_no_edges_and_csr():
+    G = fastik.group("o3")
+    t = fastik.FieldType(G, "1x0e + 1x1o")
+    ref, fused = twins(t, t, hidden_channels=2)
+    x = torch.randn(5, t.dim, dtype=torch.float64, device=DEVICE)
+    pos = torch.randn(5, 3, dtype=torch.float64, device=DEVICE)
+    empty = torch.zeros(2, 0, dtype=torch.long, device=DEVICE)
+    assert_same(ref, fused, dict(x=x, pos=pos, edge_index=empty))
+    _, ei = graph(5, 12, 3, isolated=1)
+    csr = fastik.ops.build_csr(ei[1], 5)
+    assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei, csr=csr))
+    with pytest.raises(ValueError):  # a CSR of another graph is refused
+        fused(x, pos, ei, csr=fastik.ops.build_csr((ei[1] + 1) % 5, 5))
+
+
+def test_float32_within_fp32_round_off():
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "4x0e + 2x1o")
+    ref, fused = twins(t, t, hidden_channels=2)
+    pos, ei = graph(12, 60, 3)
+    x = torch.randn(12, t.dim, dtype=torch.float64, device=DEVICE)
+    y64, g64 = outputs_and_grads(ref, dict(x=x, pos=pos, edge_index=ei))
+    y32, g32 = outputs_and_grads(fused.float(), dict(x=x.float(), pos=pos.float(), edge_index=ei))
+    assert y32.dtype == torch.float32
+    assert relative_error(y32.double(), y64) < 1e-5
+    assert_same_grads([g.double() for g in g32], g64, 2, 1e-5)
+
+
+def test_forces_in_loss_double_backward():
+    """A loss on forces -∂E/∂pos: the second derivative through the fused op equals the reference's."""
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "2x0e + 1x1o")
+    ref, fused = twins(t, fastik.FieldType(G, "1x0e"), hidden_channels=2)
+    pos, ei = graph(8, 24, 3, self_loops=0)
+    ei = ei[:, ei[0] != ei[1]]
+    x = torch.randn(8, t.dim, dtype=torch.float64, device=DEVICE)
+
+    def force_loss_grads(conv):
+        p = pos.detach().clone().requires_grad_()
+        energy = conv(x, p, ei).sum()
+        forces = -torch.autograd.grad(energy, p, create_graph=True)[0]
+        return torch.autograd.grad(forces.pow(2).sum(), list(conv.parameters()), allow_unused=True)
+
+    assert_same_grads(force_loss_grads(fused), force_loss_grads(ref), 0, TOL64)
+
+
+def test_fourier_elu_runs_unfused():
+    G = fastik.group("so2", dim=2)
+    t = fastik.FieldType(G, "2x0 + 1x1")
+    ref, fused = twins(t, t, dtype=torch.float32, hidden_channels=2, nonlinearity="fourier_elu")
+    assert not fusable(fused.kernel)  # runs as backend="triton" (float32 only)
+    pos, ei = graph(8, 20, 2, dtype=torch.float32)
+    assert_same(ref, fused, dict(x=torch.randn(8, t.dim, device=DEVICE), pos=pos, edge_index=ei), tol=1e-5)
+    with pytest.raises(ValueError, match="gate"):
+        pack_gmlp(fused.kernel, torch.float64)
+
+
+def test_packed_reference_is_the_kernel_math():
+    """packed_conv_reference (the torch statement of the kernel) equals the layer's reference path."""
+    G = fastik.group("Ih")
+    t = fastik.FieldType(G, "2x0e + 1x1o")
+    ref, _ = twins(t, t, hidden_channels=2)
+    pos, ei = graph(8, 20, 3)
+    x = torch.randn(8, t.dim, dtype=torch.float64, device=DEVICE)
+    src, tgt = ei
+    r = pos[src] - pos[tgt]
+    k = ref.kernel
+    y = packed_conv_reference(k.embed(r), k.envelope(r) * ref.scale, x, pack_gmlp(k, torch.float64), src, tgt, 8)
+    y_ref = ref(x, pos, ei)
+    assert relative_error(ref.bias(y) if ref.bias is not None else y, y_ref) < 1e-13
+
+
+def test_no_edge_times_width_tensor():
+    """Forward + backward of the fused path create nothing of ≥ 16·E elements (inputs: E·(dim + attr dim))."""
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "2x0e + 2x1o")
+    conv = fastik.ImplicitPointConv(ft, ft, edge_attr_type=fastik.FieldType(G, "1x0e"), hidden_channels=2,
+                                    backend="fused").to(DEVICE)
+    assert conv.kernel.hidden_type.dim + 1 > 16 and ft.dim * ft.dim > 16 and conv.kernel.input_type.dim < 16
+    n, e = 100, 1600
+    pos = torch.randn(n, 3, device=DEVICE)
+    x = torch.randn(n, ft.dim, device=DEVICE, requires_grad=True)
+    ei = torch.randint(0, n, (2, e), device=DEVICE)
+    with LargestTensor() as mode:
+        y = conv(x, pos, ei, edge_attr=torch.randn(e, 1, device=DEVICE))
+        y.pow(2).sum().backward()
+    assert mode.numel < 16 * e, f"{mode.op} created a tensor of {mode.numel} elements (E = {e})"
+    assert x.grad is not None and all(p.grad is not None for p in conv.kernel.parameters())
+
+
+def test_op_input_errors():
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "1x0e + 1x1o")
+    conv = fastik.ImplicitPointConv(t, t, hidden_channels=1, backend="fused").double()
+    p = pack_gmlp(conv.kernel, torch.float64)
+    z, env = torch.randn(4, conv.kernel.input_type.dim, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    x = torch.randn(3, t.dim, dtype=torch.float64)
+    idx = torch.tensor([0, 1, 2, 0])
+    with pytest.raises(IndexError):
+        fused_gmlp_conv(z, env, x, p, idx, idx + 1, 3)
+    with pytest.raises(ValueError, match="env"):
+        fused_gmlp_conv(z, env[:3], x, p, idx, idx, 3)
+    with pytest.raises(ValueError, match="float32"):
+        fused_gmlp_conv(z.float(), env, x, p, idx, idx, 3)
+    with pytest.raises(ValueError, match="precision"):
+        fused_gmlp_conv(z, env, x, p, idx, idx, 3, precision="fp16")
