@@ -36,7 +36,6 @@ import collections
 import datetime as _dt
 import importlib
 import importlib.metadata
-import importlib.util
 import json
 import math
 import os
@@ -648,10 +647,8 @@ def stage_split(ctx: Context) -> None:
         item(f"{name} (Triton)", fn, *model[name])
         r["configs"] = kernel_configs()
         ctx.save()
-    if importlib.util.find_spec("fastik.ops.implicit_conv") is None:
-        r["fully_fused"] = "fastik.ops.implicit_conv not present: its layer is timed in stage c when registered"
-    else:
-        r["fully_fused"] = "timed as a layer in stage c (fastik-fused* rows); no kernel entry point is split here"
+    r["fully_fused"] = ("backend='fused' (fastik.ops.fused_gmlp) is timed as a layer in stage c "
+                        "(fastik-fused* rows); its one kernel per pass has no split here")
     configs = r["configs"]
     r["autotune_without_size_key"] = sorted(name for name, c in configs.items()
                                             if c["mode"] == "autotuned" and not c["size_in_key"])

@@ -10,7 +10,7 @@ from torch import nn
 from ..workload import LayerSpec
 from .base import Impl, Unavailable
 
-__all__ = ["FastikReference", "FastikReferenceH64", "FastikTriton", "FastikTritonCSR"]
+__all__ = ["FastikReference", "FastikReferenceH64", "FastikTriton", "FastikTritonCSR", "FastikFused", "FastikFusedH64"]
 
 #: hidden_channels giving a G-MLP width matched to the anchors (escnn / e3nn radial MLPs of width 64):
 #: 5 copies of 0e, 1o, 1e, 2e → H = 60, H + 1 = 61 for the standard fields
@@ -69,6 +69,7 @@ class FastikTriton(Impl):
     requires = ("fastik", "triton")
     precisions = ("ieee", "tf32x3", "tf32")
     use_csr = False
+    backend = "triton"
 
     def check(self, spec: LayerSpec) -> str | None:
         reason = super().check(spec)
@@ -86,7 +87,7 @@ class FastikTriton(Impl):
             raise Unavailable(f"fastik.ops.fused: {type(exc).__name__}: {exc}") from exc
         if not triton_available(torch.device(spec.device)):
             raise Unavailable(f"fastik.ops.fused.triton_available({spec.device!r}) is False")
-        return _FastikLayer(spec, "triton", use_csr=self.use_csr).to(device=spec.device, dtype=spec.dtype)
+        return _FastikLayer(spec, self.backend, use_csr=self.use_csr).to(device=spec.device, dtype=spec.dtype)
 
 
 class FastikTritonCSR(FastikTriton):
@@ -94,3 +95,19 @@ class FastikTritonCSR(FastikTriton):
     summary = ("fastik ImplicitPointConv, backend='triton' with a CSR: aggregate-first kernels "
                "(T_i = Σ h_e ⊗ x_j per target, then one GEMM per target), deterministic")
     use_csr = True
+
+
+class FastikFused(FastikTriton):
+    name = "fastik-fused"
+    summary = ("fastik ImplicitPointConv, backend='fused': the whole G-MLP, head, contraction and scatter in one "
+               "Triton op per edge block, recomputed in backward (nothing of size E·H stored)")
+    backend = "fused"
+
+
+class FastikFusedH64(FastikFused):
+    name = "fastik-fused-h64"
+    hidden_channels = ANCHOR_HIDDEN_CHANNELS
+    summary = f"fastik-fused at the anchors' MLP width (hidden_channels={ANCHOR_HIDDEN_CHANNELS}, H + 1 = 61)"
+
+    def build(self, spec: LayerSpec) -> nn.Module:
+        return super().build(dataclasses.replace(spec, hidden_channels=ANCHOR_HIDDEN_CHANNELS))

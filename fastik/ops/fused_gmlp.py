@@ -55,6 +55,10 @@ class PackedGMLP(NamedTuple):
     eps: float
 
 
+#: Widest padded activation P the CUDA kernels take: the (P, P) weight operand of a layer dot is staged in
+#: shared memory (80 KiB at P = 128, 289 KiB at P = 256 > the H100's 227 KiB; ptxas, sm_90a).
+CUDA_MAX_WIDTH = 128
+
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
 
 
@@ -99,6 +103,11 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
             raise ValueError(f"{name} is {t.dtype} on {t.device}, x is {x.dtype} on {x.device}: use one")
     if num_targets < 0:
         raise ValueError(f"num_targets must be ≥ 0, got {num_targets}")
+    if x.is_cuda and size > CUDA_MAX_WIDTH:
+        raise NotImplementedError(
+            f"backend='fused' on CUDA holds a ({size} x {size}) layer weight per dot; above {CUDA_MAX_WIDTH} it "
+            f"needs more shared memory than an H100 has (bench/NOTES.md). This G-MLP's widest activation pads to "
+            f"{size}: use fewer hidden_channels, or backend='triton' (MLP in torch, in chunks)")
 
 
 def _precision(x: Tensor, precision: str) -> str:

@@ -199,17 +199,16 @@ def _gmlp_conv_bwd_kernel(
     if L == 0:
         dh = _head_bwd(z, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H, DIN,
                        P, DOUT_P, PRECISION)
-    for i in tl.static_range(L):
-        l: tl.constexpr = L - 1 - i
-        u = _mlp(z, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+    for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
+        u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
                  triv_ptr, eps, P, NB, NG, NORM, PRECISION)
-        y, a, c, rinv, rf, n, sg, gf = _layer(u, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
+        y, a, c, rinv, rf, n, sg, gf = _layer(u, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
                                               exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM,
                                               PRECISION)
         if i == 0:
             dh = _head_bwd(y, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H,
                            DIN, P, DOUT_P, PRECISION)
-        dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, l, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
+        dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, L - 1 - i, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
                         gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
                         P, NB, NG, NORM, PRECISION)
     offs_k = tl.arange(0, P)
