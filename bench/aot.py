@@ -8,8 +8,10 @@ catches a kernel that no longer compiles under the Triton version of the GPU mac
     python -m bench.aot                      # the GPU default configuration of each kernel, 3 precisions
     python -m bench.aot --all                # every autotune configuration too
     python -m bench.aot --json out.json      # also write the rows
+    python -m bench.aot --fused              # only the fully fused G-MLP kernels (slow: minutes per compile)
 
-Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64.
+Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64; the fully fused kernels at the
+anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16), the widest they take on CUDA.
 """
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ KERNELS = (
     ("segmented_bwd", "_segmented_bwd_kernel", "_configs", "GPU_CONFIG"),
 )
 
+#: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
+FUSED_KERNELS = ("_gmlp_conv_fwd_kernel", "_gmlp_conv_bwd_kernel")
+FUSED_SIZES = {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True}
+
 
 @dataclass
 class Row:
@@ -67,6 +73,8 @@ def _signature(fn, constexprs: dict) -> dict:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = "*i64" if name in INDEX_POINTERS else "*fp32"
+        elif name == "eps":
+            sig[name] = "fp32"
         else:
             sig[name] = "i32"
     return sig
@@ -90,15 +98,16 @@ def _ptxas(ptx: str) -> tuple[int, int, int]:
     return regs, int(spills.group(1)), int(spills.group(2))
 
 
-def compile_row(fn, name: str, config: dict, precision: str) -> Row:
-    """Compile one configuration of ``fn`` for sm_90a and read its resources."""
+def compile_row(fn, name: str, config: dict, precision: str, sizes: dict | None = None) -> Row:
+    """Compile one configuration of ``fn`` for sm_90a and read its resources (``sizes``: the size
+    constexprs, default DIN_P = DOUT_P = 64)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
     label = ",".join(f"{k}={v}" for k, v in sorted(config.items()))
-    constexprs = {**meta, "DIN_P": 64, "DOUT_P": 64, "PRECISION": precision,
+    constexprs = {**meta, **(sizes or {"DIN_P": 64, "DOUT_P": 64}), "PRECISION": precision,
                   **{k: v for k, v in FLAGS_TRUE.items() if k in fn.arg_names}}
     row = Row(name, label, precision)
     try:
@@ -133,6 +142,15 @@ def rows(all_configs: bool, only: list[str] | None = None) -> list[Row]:
     return out
 
 
+def fused_rows(precisions: tuple[str, ...] = ("ieee", "tf32")) -> list[Row]:
+    """The fully fused kernels at their GPU configuration (FUSED_SIZES)."""
+    from fastik.triton_kernels import gmlp_conv as g
+
+    config = {"BLOCK_E": g.GPU_BLOCK_E, "num_warps": g.GPU_WARPS, "num_stages": 1}
+    return [compile_row(_jit_function(getattr(g, kernel)), kernel, config, precision, FUSED_SIZES)
+            for kernel in FUSED_KERNELS for precision in precisions]
+
+
 def markdown(result: list[Row], triton_version: str) -> str:
     lines = [f"sm_90a, Triton {triton_version}, DIN = DOUT = 64 (ptxas -v; first row per kernel and precision: "
              "the GPU default configuration)", "",
@@ -151,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all", action="store_true", help="every autotune configuration, not only the GPU defaults")
     p.add_argument("--json", help="also write the rows as JSON to this path")
     p.add_argument("--kernels", help="comma-separated kernel names (default: all), e.g. _message_fwd_kernel")
+    p.add_argument("--fused", action="store_true",
+                   help=f"only the fully fused kernels at {FUSED_SIZES} (ieee and tf32; minutes per compile)")
     args = p.parse_args(argv)
     import triton
 
     t0 = time.perf_counter()
-    result = rows(args.all, args.kernels.split(",") if args.kernels else None)
+    result = fused_rows() if args.fused else rows(args.all, args.kernels.split(",") if args.kernels else None)
     print(markdown(result, triton.__version__))
     print(f"\n{len(result)} compiles in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.json:

@@ -15,6 +15,7 @@ from ._compat import CoefficientModule
 from .linear import EquivariantLinear, normal_coefficients_, reset_children
 from .nonlinearities import FourierELU, GatedNonlinearity
 from .norm import EquivariantNorm
+from .packing import PackedGMLP, fusable, pack_gmlp
 
 __all__ = ["ImplicitKernel", "KernelHead", "kernel_irreps"]
 
@@ -185,6 +186,16 @@ class ImplicitKernel(nn.Module):
             if extra is not None:
                 t = t + extra
         return t
+
+    @property
+    def fusable(self) -> bool:
+        """Whether :meth:`packed` applies: every hidden nonlinearity is a gate."""
+        return fusable(self)
+
+    def packed(self, dtype: torch.dtype) -> PackedGMLP:
+        """The G-MLP and head as the padded dense tensors of the fully fused op (backend="fused");
+        differentiable w.r.t. the parameters.  Gate nonlinearity only."""
+        return pack_gmlp(self, dtype)
 
     def embed(self, r: Tensor, edge_attr: Tensor | None = None, node_attr_target: Tensor | None = None,
               node_attr_source: Tensor | None = None) -> Tensor:

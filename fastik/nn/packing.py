@@ -11,7 +11,7 @@ from .linear import EquivariantLinear
 from .nonlinearities import _GATE_SCALE, _SILU_SCALE, GatedNonlinearity, _is_trivial
 from .norm import EquivariantNorm
 
-__all__ = ["pack_gmlp", "fusable"]
+__all__ = ["PackedGMLP", "pack_gmlp", "fusable"]
 
 
 def _pow2(n: int) -> int:

@@ -11,7 +11,6 @@ from ..ops.fused_gmlp import fused_gmlp_conv
 from ._checks import check_int
 from .kernel import ImplicitKernel, compact_repr
 from .linear import invariant_bias, reset_children
-from .packing import fusable, pack_gmlp
 
 __all__ = ["ImplicitPointConv"]
 
@@ -108,11 +107,11 @@ class ImplicitPointConv(nn.Module):
         if node_attr is not None:
             z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
         parts = (r, edge_attr, z_t, None if node_attr is None else node_attr[src])
-        if dispatch.resolve_backend(self.backend, x) == "fused" and fusable(self.kernel):
+        if dispatch.resolve_backend(self.backend, x) == "fused" and self.kernel.fusable:
             if csr is not None:
                 csr.check(src.shape[0], num_targets, tgt)
             out = fused_gmlp_conv(self.kernel.embed(*parts), self.kernel.envelope(r) * self.scale, x,
-                                  pack_gmlp(self.kernel, x.dtype), src, tgt, num_targets, self.precision)
+                                  self.kernel.packed(x.dtype), src, tgt, num_targets, self.precision)
         else:
             out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
                                          self.kernel.head.structured(x.dtype), src, tgt, num_targets,

@@ -34,9 +34,10 @@ from ._config import INTERPRET, device_ctx
 
 __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "block_e"]
 
-# One configuration (no autotuning yet: never run on a GPU). Registers: ≈ 8 live (BLOCK_E, P) tiles.
+# One configuration (no autotuning: never run on a GPU). The (P, P) layer weight is a dot operand, so
+# registers and shared memory grow with P²: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`.
 INTERPRET_BLOCK_E = 16
-GPU_BLOCK_E, GPU_WARPS = 32, 8
+GPU_BLOCK_E, GPU_WARPS = 16, 8
 
 
 def block_e() -> int:
