@@ -46,13 +46,63 @@ def block_e() -> int:
 
 
 @triton.jit
-def _mat(ptr, R: tl.constexpr, C: tl.constexpr, TRANS: tl.constexpr):
-    """(R, C) tile of a contiguous (R, C) matrix; with TRANS, the transpose of a contiguous (C, R) one."""
+def _tile(ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr):
+    """(R, C) block at ``ptr`` of a row-major matrix with leading dimension LD; with TRANS, the transpose of
+    the (C, R) block stored there."""
     r = tl.arange(0, R)
     c = tl.arange(0, C)
     if TRANS:
-        return tl.load(ptr + c[None, :] * R + r[:, None])
-    return tl.load(ptr + r[:, None] * C + c[None, :])
+        return tl.load(ptr + c[None, :] * LD + r[:, None])
+    return tl.load(ptr + r[:, None] * LD + c[None, :])
+
+
+@triton.jit
+def _halves(u, P: tl.constexpr):
+    """(R, P) -> its left and right (R, P/2) halves."""
+    return tl.split(tl.permute(tl.reshape(u, (u.shape[0], 2, P // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _join(a, b, P: tl.constexpr):
+    """Two (R, P/2) halves -> (R, P)."""
+    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (a.shape[0], P))
+
+
+@triton.jit
+def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr):
+    """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), as 2 × 2 half-size dots: the
+    (K, N) operand never lives in registers whole."""
+    u0, u1 = _halves(u, K)
+    hk: tl.constexpr = K // 2
+    hn: tl.constexpr = N // 2
+    if TRANS:  # block (k, n) of M is the transpose of stored block (n, k)
+        step_n = hn * LD
+        step_k = hk
+    else:
+        step_n = hn
+        step_k = hk * LD
+    m01 = m_ptr + step_n
+    m10 = m_ptr + step_k
+    m11 = m_ptr + step_k + step_n
+    a0 = tl.dot(u0, _tile(m_ptr, hk, hn, LD, TRANS), input_precision=PRECISION) + \
+        tl.dot(u1, _tile(m10, hk, hn, LD, TRANS), input_precision=PRECISION)
+    a1 = tl.dot(u0, _tile(m01, hk, hn, LD, TRANS), input_precision=PRECISION) + \
+        tl.dot(u1, _tile(m11, hk, hn, LD, TRANS), input_precision=PRECISION)
+    return _join(a0, a1, N)
+
+
+@triton.jit
+def _outer_add(g_ptr, a, b, K: tl.constexpr, N: tl.constexpr, PRECISION: tl.constexpr):
+    """G (K, N) row-major at g_ptr += aᵀ b for a (R, K), b (R, N): 2 × 2 half-size dots and atomics."""
+    a0, a1 = _halves(a, K)
+    b0, b1 = _halves(b, N)
+    hk: tl.constexpr = K // 2
+    hn: tl.constexpr = N // 2
+    offs = tl.arange(0, hk)[:, None] * N + tl.arange(0, hn)[None, :]
+    tl.atomic_add(g_ptr + offs, tl.dot(tl.trans(a0), b0, input_precision=PRECISION), sem="relaxed")
+    tl.atomic_add(g_ptr + hn + offs, tl.dot(tl.trans(a0), b1, input_precision=PRECISION), sem="relaxed")
+    tl.atomic_add(g_ptr + hk * N + offs, tl.dot(tl.trans(a1), b0, input_precision=PRECISION), sem="relaxed")
+    tl.atomic_add(g_ptr + hk * N + hn + offs, tl.dot(tl.trans(a1), b1, input_precision=PRECISION), sem="relaxed")
 
 
 @triton.jit
@@ -66,22 +116,23 @@ def _layer(u, l: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg
            P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr):
     """Hidden layer l on a (BLOCK_E, P) tile: (output, a, c, rinv, rf, n, sg, gf) — the output and
     the intermediates its backward needs (without NORM: c = n = a, rinv = rf = 0)."""
-    a = tl.dot(u, _mat(w_ptr + l * P * P, P, P, False), input_precision=PRECISION)
+    a = _mm(u, w_ptr + l * P * P, P, P, P, False, PRECISION)
     a = a + _vec(b_ptr + l * P, P)[None, :]
     if NORM:
-        mu = tl.dot(tl.dot(a, _mat(mean_ptr + l * P * NB, P, NB, False), input_precision="ieee"),
-                    _mat(exp_ptr + l * NB * P, NB, P, False), input_precision="ieee")
+        mu = tl.dot(tl.dot(a, _tile(mean_ptr + l * P * NB, P, NB, NB, False), input_precision="ieee"),
+                    _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision="ieee")
         c = a - mu
-        rinv = tl.rsqrt(tl.dot(c * c, _mat(avg_ptr + l * P * NB, P, NB, False), input_precision="ieee") + eps)
-        rf = tl.dot(rinv, _mat(exp_ptr + l * NB * P, NB, P, False), input_precision="ieee")
+        s = tl.dot(c * c, _tile(avg_ptr + l * P * NB, P, NB, NB, False), input_precision="ieee")
+        rinv = tl.rsqrt(s + eps)
+        rf = tl.dot(rinv, _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision="ieee")
         n = c * rf * _vec(scale_ptr + l * P, P)[None, :] + _vec(shift_ptr + l * P, P)[None, :]
     else:
         c = a
         n = a
         rinv = tl.zeros((a.shape[0], NB), dtype=a.dtype)
         rf = tl.zeros_like(a)
-    sg = tl.sigmoid(tl.dot(n, _mat(gpick_ptr + l * P * NG, P, NG, False), input_precision="ieee"))
-    gf = tl.dot(sg, _mat(gexp_ptr + l * NG * P, NG, P, False), input_precision="ieee")
+    sg = tl.sigmoid(tl.dot(n, _tile(gpick_ptr + l * P * NG, P, NG, NG, False), input_precision="ieee"))
+    gf = tl.dot(sg, _tile(gexp_ptr + l * NG * P, NG, P, P, False), input_precision="ieee")
     y = _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
     return y, a, c, rinv, rf, n, sg, gf
 
@@ -107,25 +158,24 @@ def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_p
     offs = tl.arange(0, P)
     s = tl.sigmoid(n)
     dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) + gf)
-    dsg = tl.dot(dy * n, _mat(gexp_ptr + l * NG * P, P, NG, True), input_precision="ieee")
-    dn += tl.dot(dsg * sg * (1 - sg), _mat(gpick_ptr + l * P * NG, NG, P, True), input_precision="ieee")
+    dsg = tl.dot(dy * n, _tile(gexp_ptr + l * NG * P, P, NG, P, True), input_precision="ieee")
+    dn += tl.dot(dsg * sg * (1 - sg), _tile(gpick_ptr + l * P * NG, NG, P, NG, True), input_precision="ieee")
     if NORM:
         scale = _vec(scale_ptr + l * P, P)[None, :]
         tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
         tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
         dc = dn * scale * rf
-        drinv = tl.dot(dn * scale * c, _mat(exp_ptr + l * NB * P, P, NB, True), input_precision="ieee")
+        drinv = tl.dot(dn * scale * c, _tile(exp_ptr + l * NB * P, P, NB, P, True), input_precision="ieee")
         ds = -0.5 * drinv * rinv * rinv * rinv
-        dc += 2 * c * tl.dot(ds, _mat(avg_ptr + l * P * NB, NB, P, True), input_precision="ieee")
-        dmu = tl.dot(tl.dot(dc, _mat(exp_ptr + l * NB * P, P, NB, True), input_precision="ieee"),
-                     _mat(mean_ptr + l * P * NB, NB, P, True), input_precision="ieee")
+        dc += 2 * c * tl.dot(ds, _tile(avg_ptr + l * P * NB, NB, P, NB, True), input_precision="ieee")
+        dmu = tl.dot(tl.dot(dc, _tile(exp_ptr + l * NB * P, P, NB, P, True), input_precision="ieee"),
+                     _tile(mean_ptr + l * P * NB, NB, P, NB, True), input_precision="ieee")
         da = dc - dmu
     else:
         da = dn
-    tl.atomic_add(gw_ptr + l * P * P + offs[:, None] * P + offs[None, :],
-                  tl.dot(tl.trans(u), da, input_precision=PRECISION), sem="relaxed")
+    _outer_add(gw_ptr + l * P * P, u, da, P, P, PRECISION)
     tl.atomic_add(gb_ptr + l * P + offs, tl.sum(da, 0), sem="relaxed")
-    return tl.dot(da, _mat(w_ptr + l * P * P, P, P, True), input_precision=PRECISION)
+    return _mm(da, w_ptr + l * P * P, P, P, P, True, PRECISION)
 
 
 @triton.jit
@@ -157,8 +207,7 @@ def _gmlp_conv_fwd_kernel(
     acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        acc += tl.dot(ht * xc[:, None], _mat(head_ptr + c * P * DOUT_P, P, DOUT_P, False),
-                      input_precision=PRECISION)  # (no acc= argument: Triton 3.6 wants it fp32)
+        acc += _mm(ht * xc[:, None], head_ptr + c * P * DOUT_P, P, DOUT_P, DOUT_P, False, PRECISION)
     offs_o = tl.arange(0, DOUT_P)
     tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
                   mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
@@ -175,11 +224,10 @@ def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_
     offs_o = tl.arange(0, DOUT_P)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        t = tl.dot(gy, _mat(head_ptr + c * P * DOUT_P, DOUT_P, P, True), input_precision=PRECISION)
+        t = _mm(gy, head_ptr + c * P * DOUT_P, DOUT_P, P, DOUT_P, True, PRECISION)
         dht += t * xc[:, None]
         tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * ht, 1), mask=mask_e, sem="relaxed")
-        tl.atomic_add(ghead_ptr + c * P * DOUT_P + offs_k[:, None] * DOUT_P + offs_o[None, :],
-                      tl.dot(tl.trans(ht * xc[:, None]), gy, input_precision=PRECISION), sem="relaxed")
+        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, P, DOUT_P, PRECISION)
     tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
     return tl.where((offs_k < H)[None, :], dht * env[:, None], 0.0)
 
