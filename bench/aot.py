@@ -11,7 +11,7 @@ catches a kernel that no longer compiles under the Triton version of the GPU mac
     python -m bench.aot --fused              # only the fully fused G-MLP kernels (slow: minutes per compile)
 
 Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64; the fully fused kernels at the
-anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16), the widest they take on CUDA.
+anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16).
 """
 from __future__ import annotations
 

@@ -55,9 +55,10 @@ class PackedGMLP(NamedTuple):
     eps: float
 
 
-#: Widest padded activation P the CUDA kernels take: the (P, P) weight operand of a layer dot is staged in
-#: shared memory (80 KiB at P = 128, 289 KiB at P = 256 > the H100's 227 KiB; ptxas, sm_90a).
-CUDA_MAX_WIDTH = 128
+#: Widest padded activation P the CUDA kernels take: the (P/2, P/2) blocks of a layer weight are staged in
+#: shared memory (≤ 41 KiB at P = 128, ≤ 96 KiB at P = 256; P = 512 would exceed the H100's 227 KiB;
+#: ptxas, sm_90a, bench/NOTES.md).
+CUDA_MAX_WIDTH = 256
 
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
 
@@ -105,9 +106,10 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
         raise ValueError(f"num_targets must be ≥ 0, got {num_targets}")
     if x.is_cuda and size > CUDA_MAX_WIDTH:
         raise NotImplementedError(
-            f"backend='fused' on CUDA holds a ({size} x {size}) layer weight per dot; above {CUDA_MAX_WIDTH} it "
-            f"needs more shared memory than an H100 has (bench/NOTES.md). This G-MLP's widest activation pads to "
-            f"{size}: use fewer hidden_channels, or backend='triton' (MLP in torch, in chunks)")
+            f"backend='fused' on CUDA stages ({size // 2} x {size // 2}) blocks of each layer weight in shared "
+            f"memory; above P = {CUDA_MAX_WIDTH} that needs more than an H100 has (bench/NOTES.md). This G-MLP's "
+            f"widest activation pads to P = {size}: use fewer hidden_channels, or backend='triton' (MLP in torch, "
+            "in chunks)")
 
 
 def _precision(x: Tensor, precision: str) -> str:
