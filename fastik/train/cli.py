@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..ops.dispatch import BACKENDS
 from .loop import TrainConfig, seed_everything, train
 
 __all__ = ["add_commands"]
@@ -31,8 +32,9 @@ def _common(p: argparse.ArgumentParser, task: str, out: str) -> None:
     p.add_argument("--lr-step", type=int, default=None, help="halve the learning rate every this many epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton"],
-                   help="ImplicitPointConv backend (auto: triton on CUDA, else reference)")
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                   help="ImplicitPointConv backend (auto: triton on CUDA, else reference; fused: the whole "
+                        "G-MLP in one Triton op)")
     p.add_argument("--quick", action="store_true", help="tiny data and model: a smoke test in seconds")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt (bit-identical on CPU)")
     p.add_argument("--val-every", type=int, default=1)
