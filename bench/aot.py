@@ -42,7 +42,7 @@ KERNELS = (
 )
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
-FUSED_KERNELS = ("_gmlp_conv_fwd_kernel", "_gmlp_conv_bwd_kernel")
+FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_grad_kernel": "head_grad"}
 FUSED_SIZES = {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True}
 
 
@@ -146,9 +146,9 @@ def fused_rows(precisions: tuple[str, ...] = ("ieee", "tf32")) -> list[Row]:
     """The fully fused kernels at their GPU configuration (FUSED_SIZES)."""
     from fastik.triton_kernels import gmlp_conv as g
 
-    config = {"BLOCK_E": g.GPU_BLOCK_E, "num_warps": g.GPU_WARPS, "num_stages": 1}
-    return [compile_row(_jit_function(getattr(g, kernel)), kernel, config, precision, FUSED_SIZES)
-            for kernel in FUSED_KERNELS for precision in precisions]
+    config = lambda name: {"BLOCK_E": g.BLOCK_E[name][1], "num_warps": g.GPU_WARPS, "num_stages": 1}  # noqa: E731
+    return [compile_row(_jit_function(getattr(g, kernel)), kernel, config(name), precision, FUSED_SIZES)
+            for kernel, name in FUSED_KERNELS.items() for precision in precisions]
 
 
 def markdown(result: list[Row], triton_version: str) -> str:

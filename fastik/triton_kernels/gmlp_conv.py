@@ -32,17 +32,18 @@ import triton.language as tl
 
 from ._config import INTERPRET, device_ctx
 
-__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "block_e"]
+__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "BLOCK_E"]
 
-# One configuration (no autotuning: never run on a GPU). The (P, P) layer weight is a dot operand, so
-# registers and shared memory grow with P²: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`.
-INTERPRET_BLOCK_E = 16
-GPU_BLOCK_E, GPU_WARPS = 16, 8
+# One configuration per kernel (no autotuning: never run on a GPU): edges per program, (interpreter, GPU).
+# Registers and shared memory grow with P and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md,
+# `python -m bench.aot --fused`. The head-gradient kernel holds few tiles, so it takes larger blocks (its
+# atomics per edge fall as 1 / BLOCK_E); the interpreter uses another size than the others to test masks.
+BLOCK_E = {"fwd": (16, 16), "bwd": (16, 16), "head_grad": (32, 64)}
+GPU_WARPS = 8
 
 
-def block_e() -> int:
-    """Edges per program."""
-    return INTERPRET_BLOCK_E if INTERPRET else GPU_BLOCK_E
+def _block_e(kernel: str) -> int:
+    return BLOCK_E[kernel][0 if INTERPRET else 1]
 
 
 @triton.jit
@@ -193,6 +194,26 @@ def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr,
 
 
 @triton.jit
+def _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
+                  gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
+                  NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, BLOCK_E: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """The block's edges and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
+    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
+    h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+             triv_ptr, eps, P, NB, NG, NORM, PRECISION)
+    return offs_e, mask_e, tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None], src, tgt
+
+
+@triton.jit
+def _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P: tl.constexpr):
+    """grad_out[tgt] of the block (BLOCK_E, DOUT_P), zero in padding."""
+    offs_o = tl.arange(0, DOUT_P)
+    return tl.load(gout_ptr + tgt[:, None] * DOUT + offs_o[None, :],
+                   mask=mask_e[:, None] & (offs_o < DOUT)[None, :], other=0.0)
+
+
+@triton.jit
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
@@ -200,10 +221,9 @@ def _gmlp_conv_fwd_kernel(
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
-    h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-             triv_ptr, eps, P, NB, NG, NORM, PRECISION)
-    ht = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None]
+    offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
+                                                 shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, BLOCK_E, PRECISION)
     acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
@@ -214,20 +234,38 @@ def _gmlp_conv_fwd_kernel(
 
 
 @triton.jit
-def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H, DIN,
+def _gmlp_head_grad_kernel(
+    gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, ghead_ptr,
+    eps, E, K0, H, DIN, DOUT,
+    L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
+    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """grad_head[c] += (h̃ · x[src, c])ᵀ grad_out[tgt] per block: its own kernel, so that its P·DOUT_P·DIN atomics per
+    block are amortised over a larger BLOCK_E than the register-heavy layer backward can take."""
+    offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
+                                                 shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, BLOCK_E, PRECISION)
+    gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
+    for c in range(DIN):
+        xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
+        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, P, DOUT_P, PRECISION)
+
+
+@triton.jit
+def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
               P: tl.constexpr, DOUT_P: tl.constexpr, PRECISION: tl.constexpr):
-    """Head backward of a block: grad_x and grad_head (atomics), grad_env (stored); returns grad_h (BLOCK_E, P)."""
+    """Head backward of a block but the head's own gradient: grad_x (atomics), grad_env (stored); returns
+    grad_h (BLOCK_E, P)."""
     offs_k = tl.arange(0, P)
     h1 = tl.where((offs_k == H)[None, :], 1.0, h)
     ht = h1 * env[:, None]
     dht = tl.zeros_like(ht)
-    offs_o = tl.arange(0, DOUT_P)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
         t = _mm(gy, head_ptr + c * P * DOUT_P, DOUT_P, P, DOUT_P, True, PRECISION)
         dht += t * xc[:, None]
         tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * ht, 1), mask=mask_e, sem="relaxed")
-        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, P, DOUT_P, PRECISION)
     tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
     return tl.where((offs_k < H)[None, :], dht * env[:, None], 0.0)
 
@@ -236,17 +274,15 @@ def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_
 def _gmlp_conv_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ghead_ptr,
+    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
-    offs_o = tl.arange(0, DOUT_P)
-    gy = tl.load(gout_ptr + tgt[:, None] * DOUT + offs_o[None, :],
-                 mask=mask_e[:, None] & (offs_o < DOUT)[None, :], other=0.0)
+    gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
     if L == 0:
-        dh = _head_bwd(z, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H, DIN,
+        dh = _head_bwd(z, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
                        P, DOUT_P, PRECISION)
     for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
         u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
@@ -255,7 +291,7 @@ def _gmlp_conv_bwd_kernel(
                                               exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM,
                                               PRECISION)
         if i == 0:
-            dh = _head_bwd(y, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, ghead_ptr, genv_ptr, offs_e, H,
+            dh = _head_bwd(y, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H,
                            DIN, P, DOUT_P, PRECISION)
         dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, L - 1 - i, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
                         gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
@@ -265,23 +301,19 @@ def _gmlp_conv_bwd_kernel(
              mask=mask_e[:, None] & (offs_k < K0)[None, :])
 
 
-def _meta(packed: dict, precision: str) -> dict:
-    _, p, nb = packed["mean"].shape
-    return dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2],
-                DOUT_P=packed["head"].shape[2], NORM=packed["norm"], BLOCK_E=block_e(),
-                PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
-
-
 _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pick", "gate_expand",
            "trivial", "head")
 
 
-def _grid(e: int):
-    return (triton.cdiv(e, block_e()),)
-
-
-def _launch_kw() -> dict:
-    return {} if INTERPRET else dict(num_warps=GPU_WARPS, num_stages=1)
+def _launch(kernel, name: str, e: int, args: tuple, packed: dict, precision: str) -> None:
+    """One program per ``BLOCK_E[name]`` edges; the packed sizes as constexprs."""
+    _, p, nb = packed["mean"].shape
+    block = _block_e(name)
+    meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
+                NORM=packed["norm"], BLOCK_E=block,
+                PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
+    kw = {} if INTERPRET else dict(num_warps=GPU_WARPS, num_stages=1)
+    kernel[(triton.cdiv(e, block),)](*args, **meta, **kw)
 
 
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
@@ -291,9 +323,9 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
         return out
     with device_ctx(x):
-        _gmlp_conv_fwd_kernel[_grid(e)](
-            z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
-            packed["eps"], e, k0, packed["hidden"], x.shape[1], dout, **_meta(packed, precision), **_launch_kw())
+        _launch(_gmlp_conv_fwd_kernel, "fwd", e, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
+                                                  packed["eps"], e, k0, packed["hidden"], x.shape[1], dout),
+                packed, precision)
     return out
 
 
@@ -305,9 +337,9 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str):
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
     if e == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
+    sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
+    inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))
     with device_ctx(x):
-        _gmlp_conv_bwd_kernel[_grid(e)](
-            grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS), *grads,
-            packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1], **_meta(packed, precision),
-            **_launch_kw())
+        _launch(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1], *sizes), packed, precision)
+        _launch(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, grads[-1], *sizes), packed, precision)
     return tuple(grads)
