@@ -146,8 +146,7 @@ def fused_rows(precisions: tuple[str, ...] = ("ieee", "tf32")) -> list[Row]:
     """The fully fused kernels at their GPU configuration (FUSED_SIZES)."""
     from fastik.triton_kernels import gmlp_conv as g
 
-    config = lambda name: {"BLOCK_E": g.BLOCK_E[name][1], "num_warps": g.GPU_WARPS, "num_stages": 1}  # noqa: E731
-    return [compile_row(_jit_function(getattr(g, kernel)), kernel, config(name), precision, FUSED_SIZES)
+    return [compile_row(_jit_function(getattr(g, kernel)), kernel, g.GPU_CONFIG[name], precision, FUSED_SIZES)
             for kernel, name in FUSED_KERNELS.items() for precision in precisions]
 
 

@@ -533,6 +533,21 @@ def _model(e: int, n: int, k: int, din: int, dout: int) -> dict[str, tuple[float
     }
 
 
+def _fused_model(e: int, n: int, packed, din: int) -> dict[str, tuple[float, float]]:
+    """(FLOPs, bytes) of the fully fused kernels as written (dense padded weights, bench/NOTES.md): per hidden
+    layer 2P² + 8P·NB + 4P·NG forward, 4P² + 8P·NB + 4P·NG backward; head Din·2P·Dout_p each way."""
+    size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
+    dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
+    layer_fwd = 2.0 * size * size + 8.0 * size * nb + 4.0 * size * ng
+    layer_bwd = layer_fwd + 2.0 * size * size
+    head = 2.0 * din * size * dout_p
+    mlp = layers * layer_fwd
+    io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
+    return {"fwd": (e * (mlp + head), io + e * dout_p * f4),
+            "bwd": (e * (layers * (layers + 1) / 2 * layer_fwd + head + layers * layer_bwd + mlp + head),
+                    2 * io + 2 * e * dout_p * f4 + e * din * f4)}
+
+
 def stage_split(ctx: Context) -> None:
     """d: per-kernel times at E = 1e6 with model FLOP/s and GB/s, and each kernel's configuration."""
     import torch
@@ -647,8 +662,24 @@ def stage_split(ctx: Context) -> None:
         item(f"{name} (Triton)", fn, *model[name])
         r["configs"] = kernel_configs()
         ctx.save()
-    r["fully_fused"] = ("backend='fused' (fastik.ops.fused_gmlp) is timed as a layer in stage c "
-                        "(fastik-fused* rows); its one kernel per pass has no split here")
+    from fastik.triton_kernels import gmlp_conv as gc
+
+    for label, channels in s.widths:  # the fully fused kernels (backend="fused"), both widths
+        fconv = fastik.ImplicitPointConv(ft, ft, hidden_channels=channels, backend="fused").to(dev)
+        with torch.no_grad():
+            packed = fconv.kernel.packed(torch.float32)
+            z = fconv.kernel.embed(r_vec).contiguous()
+            env = (fconv.kernel.envelope(r_vec) * fconv.scale).contiguous()
+        pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
+        fmodel = _fused_model(e, n, packed, din)
+        size = packed.weight.shape[1]
+        for precision in ("tf32x3", "ieee"):
+            item(f"gmlp_conv fwd ({label}, P={size}, {precision})",
+                 lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
+            item(f"gmlp_conv bwd, 2 kernels ({label}, P={size}, {precision})",
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
+    r["fully_fused"] = ("backend='fused' kernels timed above (gmlp_conv fwd / bwd at both widths) and as layers "
+                        "in stage c (fastik-fused* rows)")
     configs = r["configs"]
     r["autotune_without_size_key"] = sorted(name for name, c in configs.items()
                                             if c["mode"] == "autotuned" and not c["size_in_key"])

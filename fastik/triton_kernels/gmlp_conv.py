@@ -32,18 +32,15 @@ import triton.language as tl
 
 from ._config import INTERPRET, device_ctx
 
-__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "BLOCK_E"]
+__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG"]
 
-# One configuration per kernel (no autotuning: never run on a GPU): edges per program, (interpreter, GPU).
-# Registers and shared memory grow with P and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md,
-# `python -m bench.aot --fused`. The head-gradient kernel holds few tiles, so it takes larger blocks (its
-# atomics per edge fall as 1 / BLOCK_E); the interpreter uses another size than the others to test masks.
-BLOCK_E = {"fwd": (16, 16), "bwd": (16, 16), "head_grad": (32, 64)}
-GPU_WARPS = 8
-
-
-def _block_e(kernel: str) -> int:
-    return BLOCK_E[kernel][0 if INTERPRET else 1]
+# One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
+# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The head-gradient
+# kernel holds few tiles, so it takes larger blocks (its atomics per edge fall as 1 / BLOCK_E); in the
+# interpreter it uses another block size than the others, so that masks differ between the kernels.
+INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16), "head_grad": dict(BLOCK_E=32)}
+GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1), "bwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
+              "head_grad": dict(BLOCK_E=64, num_warps=8, num_stages=1)}
 
 
 @triton.jit
@@ -306,14 +303,12 @@ _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pi
 
 
 def _launch(kernel, name: str, e: int, args: tuple, packed: dict, precision: str) -> None:
-    """One program per ``BLOCK_E[name]`` edges; the packed sizes as constexprs."""
+    """One program per BLOCK_E edges (the configuration of kernel ``name``); the packed sizes as constexprs."""
     _, p, nb = packed["mean"].shape
-    block = _block_e(name)
+    config = (INTERPRET_CONFIG if INTERPRET else GPU_CONFIG)[name]
     meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
-                NORM=packed["norm"], BLOCK_E=block,
-                PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
-    kw = {} if INTERPRET else dict(num_warps=GPU_WARPS, num_stages=1)
-    kernel[(triton.cdiv(e, block),)](*args, **meta, **kw)
+                NORM=packed["norm"], PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
+    kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config)
 
 
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
