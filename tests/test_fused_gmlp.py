@@ -226,3 +226,21 @@ def test_op_input_errors():
         fused_gmlp_conv(z.float(), env, x, p, idx, idx, 3)
     with pytest.raises(ValueError, match="precision"):
         fused_gmlp_conv(z, env, x, p, idx, idx, 3, precision="fp16")
+
+
+def test_frozen_parameters_forces_only():
+    """Forces of a frozen model (MD inference): only ∂/∂pos is asked for; the parameter gradients are skipped
+    (no head-gradient kernel) and the forces equal the reference's."""
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "2x0e + 1x1o")
+    ref, fused = twins(t, fastik.FieldType(G, "1x0e"), hidden_channels=2)
+    for conv in (ref, fused):
+        conv.requires_grad_(False)
+    pos, ei = graph(8, 24, 3)
+    x = torch.randn(8, t.dim, dtype=torch.float64, device=DEVICE)
+    forces = []
+    for conv in (fused, ref):
+        p = pos.detach().clone().requires_grad_()
+        forces.append(-torch.autograd.grad(conv(x, p, ei).sum(), p)[0])
+    assert relative_error(forces[0], forces[1]) < TOL64
+    assert all(q.grad is None for q in fused.parameters())

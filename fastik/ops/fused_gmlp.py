@@ -149,18 +149,19 @@ def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, n
 @torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
             tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str) -> list[Tensor]:
+            precision: str, need_params: bool) -> list[Tensor]:
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
     check_indices(x, src, tgt, grad_out.shape[0])
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, {k: v.contiguous() if isinstance(v, Tensor) else v
-                                              for k, v in p._asdict().items()}, _precision(x, precision)))
+                                              for k, v in p._asdict().items()}, _precision(x, precision),
+                                         need_params))
 
 
 @_bwd_op.register_fake
-def _bwd_fake(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision):
+def _bwd_fake(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision, need_params):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
                                                           for k in _TRAINED]
@@ -176,23 +177,21 @@ def _backward(ctx, grad_out: Tensor):
     z, env, x, src, tgt, *tensors = ctx.saved_tensors
     *meta, precision = ctx.meta
     p = _packed(tuple(tensors), tuple(meta))
-    need_inputs = ctx.needs_input_grad[:3]
-    need_packed = ctx.needs_input_grad[6]
+    need_packed = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[6]))  # the list input: one flag per tensor
+    mask = list(ctx.needs_input_grad[:3]) + [need_packed[k] for k in _TRAINED]
     if torch.is_grad_enabled():  # create_graph: the backward is itself differentiated (forces in the loss)
         wrt = [z, env, x] + [getattr(p, k) for k in _TRAINED]
-        mask = list(need_inputs) + [need_packed] * len(_TRAINED)
-        chosen = [t for t, m in zip(wrt, mask) if m and t.requires_grad]
+        chosen = [t for t, m in zip(wrt, mask) if m]
         found = iter(torch.autograd.grad(packed_conv_reference(z, env, x, p, src, tgt, ctx.num_targets), chosen,
                                          grad_out, create_graph=True, allow_unused=True) if chosen else ())
-        grads = [next(found) if m and t.requires_grad else None for t, m in zip(wrt, mask)]
+        grads = [next(found) if m else None for m in mask]
     else:
         grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, list(tensors), *meta,
-                                                         precision))
+                                                         precision, any(mask[3:])))
+        grads = [g if m else None for g, m in zip(grads, mask)]
     gz, genv, gx, *gp = grads
-    packed_grads = None
-    if need_packed:
-        by_name = dict(zip(_TRAINED, gp))
-        packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:11]]
+    by_name = dict(zip(_TRAINED, gp))
+    packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:11]]  # a list input takes a list, Nones included
     return gz, genv, gx, None, None, None, packed_grads, None, None, None, None, None, None
 
 

@@ -150,9 +150,10 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
 @triton.jit
 def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
                gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
-               P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr):
-    """Gradient w.r.t. the input u of layer l from the gradient dy of its output; the parameter
-    gradients of the block are added to gw / gb / gscale / gshift (atomics)."""
+               P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr,
+               NEED_PARAMS: tl.constexpr):
+    """Gradient w.r.t. the input u of layer l from the gradient dy of its output; with NEED_PARAMS the
+    parameter gradients of the block are added to gw / gb / gscale / gshift (atomics)."""
     offs = tl.arange(0, P)
     s = tl.sigmoid(n)
     dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) + gf)
@@ -160,8 +161,9 @@ def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_p
     dn += tl.dot(dsg * sg * (1 - sg), _tile(gpick_ptr + l * P * NG, NG, P, NG, True), input_precision="ieee")
     if NORM:
         scale = _vec(scale_ptr + l * P, P)[None, :]
-        tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
-        tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
+        if NEED_PARAMS:
+            tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
+            tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
         dc = dn * scale * rf
         drinv = tl.dot(dn * scale * c, _tile(exp_ptr + l * NB * P, P, NB, P, True), input_precision="ieee")
         ds = -0.5 * drinv * rinv * rinv * rinv
@@ -171,8 +173,9 @@ def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_p
         da = dc - dmu
     else:
         da = dn
-    _outer_add(gw_ptr + l * P * P, u, da, P, P, PRECISION)
-    tl.atomic_add(gb_ptr + l * P + offs, tl.sum(da, 0), sem="relaxed")
+    if NEED_PARAMS:
+        _outer_add(gw_ptr + l * P * P, u, da, P, P, PRECISION)
+        tl.atomic_add(gb_ptr + l * P + offs, tl.sum(da, 0), sem="relaxed")
     return _mm(da, w_ptr + l * P * P, P, P, P, True, PRECISION)
 
 
@@ -274,7 +277,7 @@ def _gmlp_conv_bwd_kernel(
     gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr,
 ):
     offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
@@ -292,7 +295,7 @@ def _gmlp_conv_bwd_kernel(
                            DIN, P, DOUT_P, PRECISION)
         dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, L - 1 - i, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
                         gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
-                        P, NB, NG, NORM, PRECISION)
+                        P, NB, NG, NORM, PRECISION, NEED_PARAMS)
     offs_k = tl.arange(0, P)
     tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
              mask=mask_e[:, None] & (offs_k < K0)[None, :])
@@ -302,13 +305,13 @@ _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pi
            "trivial", "head")
 
 
-def _launch(kernel, name: str, e: int, args: tuple, packed: dict, precision: str) -> None:
+def _launch(kernel, name: str, e: int, args: tuple, packed: dict, precision: str, **flags) -> None:
     """One program per BLOCK_E edges (the configuration of kernel ``name``); the packed sizes as constexprs."""
     _, p, nb = packed["mean"].shape
     config = (INTERPRET_CONFIG if INTERPRET else GPU_CONFIG)[name]
     meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
                 NORM=packed["norm"], PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
-    kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config)
+    kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config, **flags)
 
 
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
@@ -324,9 +327,9 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     return out
 
 
-def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str):
+def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True):
     """Gradients of ⟨grad_out, forward⟩: (grad_z, grad_env, grad_x, then one per packed parameter:
-    weight, bias, scale, shift, head)."""
+    weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``)."""
     e, k0 = z.shape
     grads = [torch.zeros_like(t) for t in (z, env, x)] + \
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
@@ -335,6 +338,8 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str):
     sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
     inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))
     with device_ctx(x):
-        _launch(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1], *sizes), packed, precision)
-        _launch(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, grads[-1], *sizes), packed, precision)
+        _launch(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1], *sizes), packed, precision,
+                NEED_PARAMS=need_params)
+        if need_params:
+            _launch(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, grads[-1], *sizes), packed, precision)
     return tuple(grads)
