@@ -9,6 +9,8 @@ catches a kernel that no longer compiles under the Triton version of the GPU mac
     python -m bench.aot --all                # every autotune configuration too
     python -m bench.aot --json out.json      # also write the rows
     python -m bench.aot --fused              # only the fully fused G-MLP kernels (slow: minutes per compile)
+    python -m bench.aot --all --spill-table fastik/triton_kernels/spills_sm90a.json
+                                             # record which configurations spill under this Triton version
 
 Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64; the fully fused kernels at the
 anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16).
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not for the interpreter
 
@@ -105,8 +108,10 @@ def compile_row(fn, name: str, config: dict, precision: str, sizes: dict | None 
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from fastik.triton_kernels._config import config_key
+
     meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
-    label = ",".join(f"{k}={v}" for k, v in sorted(config.items()))
+    label = config_key(config, precision).split("|")[0]
     constexprs = {**meta, **(sizes or {"DIN_P": 64, "DOUT_P": 64}), "PRECISION": precision,
                   **{k: v for k, v in FLAGS_TRUE.items() if k in fn.arg_names}}
     row = Row(name, label, precision)
@@ -150,6 +155,15 @@ def fused_rows(precisions: tuple[str, ...] = ("ieee", "tf32")) -> list[Row]:
             for kernel, name in FUSED_KERNELS.items() for precision in precisions]
 
 
+def spill_table(result: list[Row]) -> dict[str, list[str]]:
+    """{kernel: sorted ``config|precision`` keys that spill or fail to compile} (the autotune prune's table)."""
+    out: dict[str, set[str]] = {}
+    for r in result:
+        if r.error or r.spill_stores:
+            out.setdefault(r.kernel, set()).add(f"{r.config}|{r.precision}")
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
 def markdown(result: list[Row], triton_version: str) -> str:
     lines = [f"sm_90a, Triton {triton_version}, DIN = DOUT = 64 (ptxas -v; first row per kernel and precision: "
              "the GPU default configuration)", "",
@@ -170,13 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernels", help="comma-separated kernel names (default: all), e.g. _message_fwd_kernel")
     p.add_argument("--fused", action="store_true",
                    help=f"only the fully fused kernels at {FUSED_SIZES} (ieee and tf32; minutes per compile)")
+    p.add_argument("--spill-table", help="with --all: merge this Triton version's spilling configurations into "
+                   "this JSON file (fastik/triton_kernels/spills_sm90a.json is the one the autotune prune reads)")
     args = p.parse_args(argv)
+    if args.spill_table and (not args.all or args.fused or args.kernels):
+        p.error("--spill-table needs --all over every kernel")
     import triton
 
     t0 = time.perf_counter()
     result = fused_rows() if args.fused else rows(args.all, args.kernels.split(",") if args.kernels else None)
     print(markdown(result, triton.__version__))
     print(f"\n{len(result)} compiles in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if args.spill_table:
+        path = Path(args.spill_table)
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table[".".join(triton.__version__.split(".")[:2])] = spill_table(result)
+        path.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"triton": triton.__version__, "target": "sm_90a", "rows": [asdict(r) for r in result]}, f,

@@ -37,3 +37,36 @@ def test_autotuning_is_bucketed_by_edge_count():
     assert buckets.for_size(10_000) is buckets.for_size(16_384)
     assert buckets.for_size(1_000_000) is not buckets.for_size(10_000)
     assert sorted(buckets.tuners) == [16_384, 1_048_576] and len(made) == 2
+
+
+def test_measured_spill_table_prunes_what_spills():
+    """At D = 64 the autotune prune drops exactly the configurations ptxas measured spilling under the running
+    Triton version (fastik/triton_kernels/spills_sm90a.json), keeps the clean ones, and never returns nothing."""
+    triton = pytest.importorskip("triton")
+    from fastik.triton_kernels import _config, message_bwd, message_fwd
+
+    version = ".".join(triton.__version__.split(".")[:2])
+    table = json.loads(_config.SPILL_TABLE.read_text())
+    assert {"3.6", "3.8"} <= set(table), "measure both the GPU machines' Triton and the development one"
+    if version not in table:
+        pytest.skip(f"Triton {version} not in the table")
+    kernels = {"_message_fwd_kernel": (message_fwd._fwd_configs, "fwd"),
+               "_message_fwd_segmented_kernel": (message_fwd._seg_configs, "fwd"),
+               "_message_bwd_dxdh_kernel": (message_bwd._dxdh_configs, "dxdh"),
+               "_message_bwd_dw_kernel": (message_bwd._dw_configs, "dw")}
+    spills = _config.measured_spills()
+    dropped = 0
+    for kernel, (configs, kind) in kernels.items():
+        for precision in ("ieee", "tf32", "tf32x3"):
+            all_cfgs = configs()
+            kept = _config.fits_registers(all_cfgs, 64, 64, precision, kind, kernel)
+            keys = [_config.config_key({**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}, precision)
+                    for c in all_cfgs]
+            clean = [c for c, k in zip(all_cfgs, keys) if k not in spills.get(kernel, ())]
+            assert kept == (clean or all_cfgs[:1]), (kernel, precision)
+            dropped += len(all_cfgs) - len(kept)
+    assert dropped > 0  # the table is consulted (every listed Triton version has spilling configurations)
+    # other sizes: the register rule (here it drops BLOCK_E = 256 at D = 128)
+    big = [c for c in message_fwd._fwd_configs() if c.kwargs["BLOCK_E"] == 256]
+    assert _config.fits_registers(big + message_fwd._fwd_configs()[:1], 128, 128, "ieee", "fwd",
+                                  "_message_fwd_kernel") == message_fwd._fwd_configs()[:1]

@@ -12,7 +12,10 @@ Three launch modes, fixed when the kernel modules are imported:
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+from pathlib import Path
 
 import torch
 import triton
@@ -33,32 +36,58 @@ def device_ctx(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def fits_registers(configs, din_p: int, dout_p: int, precision: str, kind: str):
+#: ptxas -v (sm_90a) at DIN = DOUT = 64 per Triton version: the configurations that spill
+#: (written by ``python -m bench.aot --all --spill-table``; bench/NOTES.md)
+SPILL_TABLE = Path(__file__).with_name("spills_sm90a.json")
+
+
+def config_key(config: dict, precision: str) -> str:
+    """``"BLOCK_E=64,BLOCK_K=2,num_stages=2,num_warps=8|ieee"``: meta-parameters, warps and stages, sorted."""
+    return ",".join(f"{k}={v}" for k, v in sorted(config.items())) + f"|{precision}"
+
+
+@functools.cache
+def measured_spills(version: str | None = None) -> dict[str, frozenset[str]]:
+    """{kernel name: keys (:func:`config_key`) of configurations that spill} for Triton ``version``
+    ("major.minor"; default the running one); empty when that version was not measured."""
+    version = version or ".".join(triton.__version__.split(".")[:2])
+    table = json.loads(SPILL_TABLE.read_text()).get(version, {}) if SPILL_TABLE.exists() else {}
+    return {kernel: frozenset(keys) for kernel, keys in table.items()}
+
+
+def fits_registers(configs, din_p: int, dout_p: int, precision: str, kind: str, kernel: str | None = None):
     """Drop configurations that spill registers.
 
-    Rules read off ``ptxas -v`` for sm_90a at DIN_P = DOUT_P = 64 (see
-    bench/NOTES.md): register tiles up to 8192 fp32 per program are spill-free at
-    8 warps; IEEE (FMA) dots hold their operands in registers, so for the backward
-    kernels only BLOCK_K = 1 (and, for grad-weight, BLOCK_E ≤ 64) stays clean.
+    At DIN_P = DOUT_P = 64 (the standard workload) the measured table of the running Triton
+    version decides, when there is one (:func:`measured_spills`: spills are not monotonic in
+    the block sizes and differ between Triton versions). Otherwise rules read off ``ptxas -v``
+    for sm_90a (bench/NOTES.md): register tiles up to 8192 fp32 per program are spill-free at
+    8 warps; IEEE (FMA) dots hold their operands in registers, so for the backward kernels only
+    BLOCK_K = 1 (and, for grad-weight, BLOCK_E ≤ 64) stays clean. One configuration is always kept.
     """
+    spills = measured_spills().get(kernel) if (din_p, dout_p) == (64, 64) else None
     kept = []
     for cfg in configs:
-        be, bk = cfg.kwargs["BLOCK_E"], cfg.kwargs["BLOCK_K"]
-        ok = be * bk * din_p <= 8192 and be * dout_p <= 16384
-        if kind == "dw":
-            ok = ok and bk * din_p * dout_p <= 16384
-        if precision == "ieee" and kind in ("dxdh", "dw"):
-            ok = ok and bk == 1 and (kind != "dw" or be <= 64)
+        if spills is not None:
+            full = {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            ok = config_key(full, precision) not in spills
+        else:
+            be, bk = cfg.kwargs["BLOCK_E"], cfg.kwargs["BLOCK_K"]
+            ok = be * bk * din_p <= 8192 and be * dout_p <= 16384
+            if kind == "dw":
+                ok = ok and bk * din_p * dout_p <= 16384
+            if precision == "ieee" and kind in ("dxdh", "dw"):
+                ok = ok and bk == 1 and (kind != "dw" or be <= 64)
         if ok:
             kept.append(cfg)
     return kept or list(configs[:1])
 
 
-def register_prune(kind: str):
-    """``early_config_prune`` hook: :func:`fits_registers` of ``kind`` at the launch's
-    DIN_P / DOUT_P / PRECISION."""
+def register_prune(kind: str, kernel: str):
+    """``early_config_prune`` hook of ``kernel`` (its name): :func:`fits_registers` of ``kind`` at the
+    launch's DIN_P / DOUT_P / PRECISION."""
     def prune(configs, named_args, **kwargs):
-        return fits_registers(configs, kwargs["DIN_P"], kwargs["DOUT_P"], kwargs["PRECISION"], kind)
+        return fits_registers(configs, kwargs["DIN_P"], kwargs["DOUT_P"], kwargs["PRECISION"], kind, kernel)
     return prune
 
 

@@ -167,9 +167,9 @@ def _dw_configs():
 
 _dxdh_kernel = autotuned(_message_bwd_dxdh_kernel, _dxdh_configs,
                          ["K", "DIN_P", "DOUT_P", "NEED_DH", "NEED_DX", "PRECISION"],
-                         register_prune("dxdh"), reset_to_zero=["grad_x_ptr"])
+                         register_prune("dxdh", "_message_bwd_dxdh_kernel"), reset_to_zero=["grad_x_ptr"])
 _dw_kernel = autotuned(_message_bwd_dw_kernel, _dw_configs, ["K", "DIN_P", "DOUT_P", "PRECISION"],
-                       register_prune("dw"))
+                       register_prune("dw", "_message_bwd_dw_kernel"))
 
 
 def num_weight_splits(num_edges: int, k: int, din: int, dout: int, device: torch.device) -> int:

@@ -183,9 +183,9 @@ def _seg_configs():
 
 
 _fwd_kernel = autotuned(_message_fwd_kernel, _fwd_configs, ["K", "DIN_P", "DOUT_P", "PRECISION"],
-                        register_prune("fwd"), reset_to_zero=["out_ptr"])
+                        register_prune("fwd", "_message_fwd_kernel"), reset_to_zero=["out_ptr"])
 _seg_kernel = autotuned(_message_fwd_segmented_kernel, _seg_configs,
-                        ["K", "DIN_P", "DOUT_P", "PRECISION"], register_prune("fwd"))
+                        ["K", "DIN_P", "DOUT_P", "PRECISION"], register_prune("fwd", "_message_fwd_segmented_kernel"))
 
 
 # ----------------------------------------------------------------------------
