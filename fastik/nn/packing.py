@@ -14,8 +14,9 @@ from .norm import EquivariantNorm
 __all__ = ["PackedGMLP", "pack_gmlp", "fusable"]
 
 
-def _pow2(n: int) -> int:
-    return max(16, 1 << max(int(n) - 1, 0).bit_length())
+def _pow2(n: int, least: int = 16) -> int:
+    """Smallest power of two ≥ max(n, least)."""
+    return max(least, 1 << max(int(n) - 1, 0).bit_length())
 
 
 def _layers(mlp: nn.Sequential) -> list[tuple[EquivariantLinear, EquivariantNorm | None, GatedNonlinearity]]:
@@ -70,12 +71,13 @@ def _structure(kernel: nn.Module, size: int, nb: int, ng: int) -> dict[str, Tens
 
 
 def _sizes(kernel: nn.Module) -> tuple[int, int, int]:
-    """P (widest activation, h̃ included), NB (most norm blocks), NG (most gates), each a power of two ≥ 16."""
+    """P (widest activation, h̃ included), NB (most norm blocks), NG (most gates): powers of two, ≥ 16 (tl.dot's
+    least size), P ≥ 32 (the kernels split (P × P) dots into halves)."""
     layers = _layers(kernel.mlp)
     widths = [kernel.input_type.dim, kernel.hidden_type.dim + 1] + [lin.out_type.dim for lin, _, _ in layers]
     blocks = [len(lin.out_type.blocks) for lin, _, _ in layers]
     gates = [gate.in_type.dim - gate.out_type.dim for _, _, gate in layers]
-    return _pow2(max(widths)), _pow2(max(blocks, default=1)), _pow2(max(gates, default=1))
+    return _pow2(max(widths), 32), _pow2(max(blocks, default=1)), _pow2(max(gates, default=1))
 
 
 def _norm_vectors(norm: EquivariantNorm | None, field_type: FieldType, size: int, dtype: torch.dtype
@@ -127,7 +129,7 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
         weights, biases = [head.new_zeros(size, size)], [head.new_zeros(size)]
         scales, shifts = [head.new_ones(size)], [head.new_zeros(size)]
     dout, _, din = head.shape
-    head = F.pad(head.permute(2, 1, 0), (0, _pow2(dout) - dout, 0, size - head.shape[1]))
+    head = F.pad(head.permute(2, 1, 0), (0, _pow2(dout, 32) - dout, 0, size - head.shape[1]))  # Dout split too
     norms = [norm for _, norm, _ in _layers(kernel.mlp) if norm is not None]
     return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
                       structure["mean"], structure["avg"], structure["expand"], structure["gate_pick"],

@@ -90,6 +90,9 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
         raise TypeError(f"fused G-MLP convolution: x must be float32 or float64, got {x.dtype}")
     e = z.shape[0]
     size = p.weight.shape[1]
+    for name, n in (("P", size), ("DOUT_P", p.head.shape[2])):
+        if n < 32 or n & (n - 1):
+            raise ValueError(f"packed {name} = {n}: must be a power of two ≥ 32 (build it with ImplicitKernel.packed)")
     if z.dim() != 2 or z.shape[1] > size:
         raise ValueError(f"z must be (E, K0) with K0 ≤ {size}, got {tuple(z.shape)}")
     if env.shape != (e,):

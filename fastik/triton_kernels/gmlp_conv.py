@@ -14,15 +14,18 @@ Per block of BLOCK_E edges, in registers (docs/design.md §5.3)::
     out[tgt[e]] += Σ_c x[src[e], c] · (h̃ @ HEAD[c])        (atomics)
 
 MEAN / AVG / EXP / GPICK / GEXP are constant 0/1 (or 1/m) structure matrices, so the
-per-field norm and the gate are small matmuls.  The backward kernel recomputes the
-layers of its block (layer l's input from z again: L(L+1)/2 layer evaluations),
-back-propagates through head and layers in registers, and accumulates the parameter
-gradients with atomics.  Nothing of size E × P is ever written to memory: per edge
-only z (E, K0), env (E,) and their gradients.
+per-field norm and the gate are small matmuls; (P × P) and (P × DOUT_P) operands are split
+into 2 × 2 half-size dots (`_mm`, `_outer_add`), so no whole weight sits in registers or
+shared memory.  The backward kernel recomputes the layers of its block (layer l's input from
+z again: L(L+1)/2 layer evaluations), back-propagates through head and layers in registers,
+and adds the layers' parameter gradients with atomics; the head's own gradient, P·DOUT_P·DIN
+atomics per block, has a kernel of its own with larger blocks.  Nothing of size E × P is
+ever written to memory: per edge only z (E, K0), env (E,) and their gradients.
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
-MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P).
-float32 or float64 (then every dot is IEEE).  Validation lives in :mod:`fastik.ops.fused_gmlp`.
+MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
+P and DOUT_P ≥ 32, NB and NG ≥ 16 (powers of two).  float32 or float64 (then every dot is
+IEEE).  Validation lives in :mod:`fastik.ops.fused_gmlp`.
 """
 from __future__ import annotations
 
