@@ -244,3 +244,23 @@ def test_frozen_parameters_forces_only():
         forces.append(-torch.autograd.grad(conv(x, p, ei).sum(), p)[0])
     assert relative_error(forces[0], forces[1]) < TOL64
     assert all(q.grad is None for q in fused.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("hidden_channels", [5, 16], ids=["P128", "P256"])
+@pytest.mark.parametrize("precision", ["tf32x3", "ieee"])
+def test_cuda_standard_workload_against_float64(hidden_channels, precision):
+    """The compiled kernels at the standard fields (P = 128 and 256): fp32 output and every gradient within
+    fp32 round-off of the float64 reference, 20 000 edges."""
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "16x0e + 16x1o")
+    ref, fused = twins(t, t, hidden_channels=hidden_channels)
+    fused = fused.float()
+    fused.precision = precision
+    pos, ei = graph(1250, 20_000, 3)
+    x = torch.randn(1250, t.dim, dtype=torch.float64, device=DEVICE)
+    y64, g64 = outputs_and_grads(ref, dict(x=x, pos=pos, edge_index=ei))
+    y32, g32 = outputs_and_grads(fused, dict(x=x.float(), pos=pos.float(), edge_index=ei))
+    assert relative_error(y32.double(), y64) < 1e-5
+    assert_same_grads([g.double() for g in g32], g64, 2, 1e-4)
