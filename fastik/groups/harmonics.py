@@ -72,3 +72,16 @@ def circular_harmonics(k: int, v: Tensor) -> Tensor:
     for _ in range(k - 1):
         re, im = re * x - im * y, re * y + im * x
     return torch.stack([re, im], dim=-1)
+
+
+def sphere_points(dim: int, n: int) -> Tensor:
+    """n well-spread unit vectors (n, dim), float64, the domain of the harmonics: a Fibonacci sphere (dim 3)
+    or equispaced angles (dim 2), both offset off every symmetry plane / axis of the point groups."""
+    i = torch.arange(n, dtype=torch.float64)
+    if dim == 2:
+        theta = (i + 0.3183) * (2 * math.pi / n)
+        return torch.stack([torch.cos(theta), torch.sin(theta)], -1)
+    z = 1 - 2 * (i + 0.5) / n
+    phi = math.pi * (1 + math.sqrt(5)) * (i + 0.5) + 0.1234
+    rho = torch.sqrt(1 - z * z)
+    return torch.stack([rho * torch.cos(phi), rho * torch.sin(phi), z], -1)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..groups import FieldType, Group, harmonic_irrep, harmonics, trivial_irrep
+from ..groups.harmonics import sphere_points
 from ._buffers import constant, register_constant
 from ._checks import check_field_type, check_int
 
@@ -78,23 +79,10 @@ class GatedNonlinearity(nn.Module):
         return torch.cat(parts, -1)
 
 
-def _fibonacci_sphere(n: int) -> Tensor:
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1 - 2 * i / n
-    phi = math.pi * (1 + math.sqrt(5)) * i + 0.1234  # offset keeps points off symmetry planes
-    rho = torch.sqrt(1 - z * z)
-    return torch.stack([rho * torch.cos(phi), rho * torch.sin(phi), z], -1)
-
-
 def sampling_grid(group: Group, n_points: int) -> Tensor:
     """Unit vectors (S, dim): orbits of ``≈ n_points/|cosets|`` generic points under G's finite part."""
     cosets = group.cosets
-    n_base = max(1, math.ceil(n_points / len(cosets)))
-    if group.dim == 3:
-        base = _fibonacci_sphere(n_base)
-    else:
-        theta = (torch.arange(n_base, dtype=torch.float64) + 0.3183) * (2 * math.pi / n_base)
-        base = torch.stack([torch.cos(theta), torch.sin(theta)], -1)
+    base = sphere_points(group.dim, max(1, math.ceil(n_points / len(cosets))))
     return (base @ cosets.transpose(1, 2)).reshape(-1, group.dim)
 
 
