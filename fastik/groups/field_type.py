@@ -50,6 +50,11 @@ class RegularRep:
         n = self.dim
         return min(6, math.ceil(math.sqrt(n)) - 1) if self.group.dim == 3 else n // 2
 
+    @property
+    def is_trivial(self) -> bool:
+        """False: never the trivial irrep object (even when one-dimensional)."""
+        return False
+
     def tensor_irreps(self, other: "Rep") -> list["Rep"]:
         """``[reg]``: reg ⊗ ρ is dim(ρ) copies of the regular representation."""
         return [self]
@@ -82,6 +87,11 @@ class TensorProductRep:
     def degree(self) -> int:
         """Largest harmonic degree among the irreps of a ⊗ b (for irreps: a.degree + b.degree)."""
         return max(r.degree for r in self.a.tensor_irreps(self.b))
+
+    @property
+    def is_trivial(self) -> bool:
+        """False: never the trivial irrep object (even when one-dimensional)."""
+        return False
 
     def tensor_irreps(self, other: "Rep") -> list["Rep"]:
         """Distinct irreps (or regular reps) of (a ⊗ b) ⊗ other, in order of first appearance."""

@@ -70,6 +70,11 @@ class O3Irrep:
         """Harmonic degree l: the smallest band limit of functions on the sphere carrying this irrep."""
         return self.l
 
+    @property
+    def is_trivial(self) -> bool:
+        """``0e``: every element acts as 1 (invariant scalars)."""
+        return self.l == 0 and self.p == 1
+
     def tensor_irreps(self, other: object) -> list:
         """Irreps of ``self ⊗ other`` (Clebsch–Gordan: |l₁ - l₂| ≤ l ≤ l₁ + l₂, parity p₁p₂), each once, by l.
 
@@ -126,6 +131,11 @@ class O2Irrep:
     def degree(self) -> int:
         """Harmonic degree (frequency) k."""
         return self.k
+
+    @property
+    def is_trivial(self) -> bool:
+        """``0``: every element acts as 1 (invariant scalars)."""
+        return self.k == 0 and self.s == 1
 
     def tensor_irreps(self, other: object) -> list:
         """Irreps of ``self ⊗ other``: k₁ ⊗ k₂ = |k₁ - k₂| ⊕ (k₁ + k₂), where |k₁ - k₂| = 0 means ``0 ⊕ 0-``;

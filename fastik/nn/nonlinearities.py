@@ -42,10 +42,6 @@ _SILU_SCALE = _second_moment(F.silu) ** -0.5
 _GATE_SCALE = _second_moment(torch.sigmoid) ** -0.5  # E[(x σ(g))²] = E[σ(g)²] for independent x, g
 
 
-def _is_trivial(rep: object) -> bool:
-    return rep in (trivial_irrep(3), trivial_irrep(2))
-
-
 class GatedNonlinearity(nn.Module):
     """Gate: ``in_type = field_type + n×(trivial)`` gates -> ``field_type``.
 
@@ -56,7 +52,7 @@ class GatedNonlinearity(nn.Module):
         super().__init__()
         check_field_type(field_type, "field_type")
         self.out_type = field_type
-        self._trivial = [_is_trivial(r) for _, r in field_type.blocks]
+        self._trivial = [r.is_trivial for _, r in field_type.blocks]
         n_gates = sum(m for (m, _), trivial in zip(field_type.blocks, self._trivial) if not trivial)
         self.in_type = field_type + FieldType(field_type.group, [(n_gates, trivial_irrep(field_type.group.dim))])
 

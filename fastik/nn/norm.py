@@ -6,7 +6,6 @@ from torch import Tensor, nn
 
 from ..groups import FieldType
 from ._checks import check_field_type
-from .nonlinearities import _is_trivial
 
 __all__ = ["EquivariantNorm"]
 
@@ -31,7 +30,7 @@ class EquivariantNorm(nn.Module):
         self.field_type, self.eps = field_type, eps
         n_fields = sum(m for m, _ in field_type.blocks)
         self.scale = nn.Parameter(torch.ones(n_fields))
-        scalar = [_is_trivial(r) for _, r in field_type.blocks]
+        scalar = [r.is_trivial for _, r in field_type.blocks]
         self.bias = nn.Parameter(torch.zeros(sum(m for (m, _), s in zip(field_type.blocks, scalar) if s)))
         self._scalar = scalar
 

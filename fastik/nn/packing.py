@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..groups import FieldType
 from ..ops.fused_gmlp import PackedGMLP
 from .linear import EquivariantLinear
-from .nonlinearities import _GATE_SCALE, _SILU_SCALE, GatedNonlinearity, _is_trivial
+from .nonlinearities import _GATE_SCALE, _SILU_SCALE, GatedNonlinearity
 from .norm import EquivariantNorm
 
 __all__ = ["PackedGMLP", "pack_gmlp", "fusable"]
@@ -38,7 +38,7 @@ def _components(field_type: FieldType) -> list[tuple[int, int, bool]]:
     out, field = [], 0
     for b, (m, r) in enumerate(field_type.blocks):
         for _ in range(m):
-            out += [(b, field, _is_trivial(r))] * r.dim
+            out += [(b, field, r.is_trivial)] * r.dim
             field += 1
     return out
 
