@@ -274,3 +274,11 @@ def test_harmonics_transform_by_their_harmonic_irrep(name, dim):
         for degree in range(4):
             d = fastik.FieldType(G, [(1, harmonic_irrep(dim, degree))]).representation(g)
             assert torch.allclose(harmonics(degree, v @ g.T), harmonics(degree, v) @ d.T, atol=1e-10)
+
+
+def test_is_trivial_only_for_the_invariant_scalar_irreps():
+    assert O3Irrep(0, 1).is_trivial and O2Irrep(0, 1).is_trivial
+    assert not any(r.is_trivial for r in (O3Irrep(0, -1), O3Irrep(1, -1), O2Irrep(0, -1), O2Irrep(1)))
+    c4 = fastik.group("C4")
+    assert not RegularRep(c4).is_trivial
+    assert not TensorProductRep(O3Irrep(0, 1), O3Irrep(0, 1)).is_trivial
