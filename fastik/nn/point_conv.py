@@ -173,11 +173,11 @@ class ImplicitPointConv(nn.Module):
         # Index values need a host sync; under torch.compile they are left to the custom ops,
         # which check them inside their (opaque) bodies before any kernel touches memory.
         if e and not torch.compiler.is_compiling():
-            src, tgt = edge_index[0], edge_index[1]
-            if int(src.min()) < 0 or int(src.max()) >= x.shape[0]:
-                raise IndexError(f"edge_index[0] (sources) must be in [0, {x.shape[0]}), got range [{int(src.min())}, {int(src.max())}]")
-            if int(tgt.min()) < 0 or int(tgt.max()) >= num_targets:
-                raise IndexError(f"edge_index[1] (targets) must be in [0, {num_targets}), got range [{int(tgt.min())}, {int(tgt.max())}]")
+            (smin, tmin), (smax, tmax) = torch.stack(torch.aminmax(edge_index, dim=1)).tolist()  # one host sync
+            if smin < 0 or smax >= x.shape[0]:
+                raise IndexError(f"edge_index[0] (sources) must be in [0, {x.shape[0]}), got range [{smin}, {smax}]")
+            if tmin < 0 or tmax >= num_targets:
+                raise IndexError(f"edge_index[1] (targets) must be in [0, {num_targets}), got range [{tmin}, {tmax}]")
         self._check_attr("edge_attr", edge_attr, self.edge_attr_type, e)
         self._check_attr("node_attr", node_attr, self.node_attr_type, x.shape[0])
         if pos_target is not None and node_attr is not None:
