@@ -80,58 +80,66 @@ def _sizes(kernel: nn.Module) -> tuple[int, int, int]:
     return _pow2(max(widths), 32), _pow2(max(blocks, default=1)), _pow2(max(gates, default=1))
 
 
-def _norm_vectors(norm: EquivariantNorm | None, field_type: FieldType, size: int, dtype: torch.dtype
-                  ) -> tuple[Tensor, Tensor]:
-    """Per-component scale and shift (size,) of a norm (ones / zeros without one); differentiable."""
+def _norm_index(field_type: FieldType, size: int) -> tuple[Tensor, Tensor]:
+    """Per component of ``field_type`` (padded to ``size``): its field, into [scale; 1], and its rank among the
+    scalar fields, into [bias; 0] (padding and non-scalar components take the appended 1 / 0)."""
     comps = _components(field_type)
-    if norm is None:
-        return torch.ones(size, dtype=dtype), torch.zeros(size, dtype=dtype)
     fields = sum(m for m, _ in field_type.blocks)
-    scalar_rank = {}
+    scalar_rank: dict[int, int] = {}
     for _, f, scalar in comps:
         if scalar and f not in scalar_rank:
             scalar_rank[f] = len(scalar_rank)
-    scale_idx = torch.tensor([f for _, f, _ in comps] + [fields] * (size - len(comps)))
-    shift_idx = torch.tensor([scalar_rank.get(f, len(scalar_rank)) for _, f, _ in comps]
-                             + [len(scalar_rank)] * (size - len(comps)))
-    one, zero = norm.scale.new_ones(1), norm.bias.new_zeros(1)
-    return (torch.cat([norm.scale, one]).to(dtype)[scale_idx.to(one.device)],
-            torch.cat([norm.bias, zero]).to(dtype)[shift_idx.to(one.device)])
+    pad = size - len(comps)
+    return (torch.tensor([f for _, f, _ in comps] + [fields] * pad),
+            torch.tensor([scalar_rank.get(f, len(scalar_rank)) for _, f, _ in comps] + [len(scalar_rank)] * pad))
+
+
+def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> dict:
+    """What packing needs besides the parameters, built once per dtype and device: the sizes (P, NB, NG), the
+    layers, the structure matrices and the norms' component indices."""
+    cache = kernel.__dict__.setdefault("_packed_structure", {})
+    key = (dtype, device)
+    if key not in cache:
+        size, nb, ng = _sizes(kernel)
+        layers = _layers(kernel.mlp)
+        cache[key] = {"sizes": (size, nb, ng), "layers": layers,
+                      **{k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()},
+                      "norm_index": [tuple(i.to(device) for i in _norm_index(lin.out_type, size))
+                                     for lin, _, _ in layers]}
+    return cache[key]
 
 
 def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     """``kernel`` (an :class:`~fastik.nn.ImplicitKernel` with gate nonlinearities) packed for the fused op.
 
     Differentiable: gradients of the packed weight / bias / scale / shift / head flow back to the
-    kernel's parameters.  The constant structure matrices are built once per dtype and device.
+    kernel's parameters.  Everything else is built once per dtype and device (:func:`_constants`).
     """
     if not fusable(kernel):
         raise ValueError("only G-MLPs with gate nonlinearities can be packed for the fused op "
                          f"(this one has nonlinearity={kernel.nonlinearity!r}); use backend='triton' or 'reference'")
     head = kernel.head.weight(dtype)  # (Dout, H+1, Din)
-    device = head.device
-    size, nb, ng = _sizes(kernel)
-    cache = kernel.__dict__.setdefault("_packed_structure", {})
-    key = (dtype, device)
-    if key not in cache:
-        cache[key] = {k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()}
-    structure = cache[key]
+    const = _constants(kernel, dtype, head.device)
+    size = const["sizes"][0]
     weights, biases, scales, shifts = [], [], [], []
-    for lin, norm, _ in _layers(kernel.mlp):
+    for (lin, norm, _), (scale_idx, shift_idx) in zip(const["layers"], const["norm_index"]):
         w = lin.weight(dtype)  # (out, in)
         weights.append(F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1])))
         b = lin.bias.bias(dtype) if lin.bias is not None else w.new_zeros(w.shape[0])
         biases.append(F.pad(b, (0, size - b.shape[0])))
-        s, t = _norm_vectors(norm, lin.out_type, size, dtype)
-        scales.append(s.to(device))
-        shifts.append(t.to(device))
+        if norm is None:
+            scales.append(head.new_ones(size))
+            shifts.append(head.new_zeros(size))
+        else:
+            scales.append(torch.cat([norm.scale, norm.scale.new_ones(1)]).to(dtype)[scale_idx])
+            shifts.append(torch.cat([norm.bias, norm.bias.new_zeros(1)]).to(dtype)[shift_idx])
     if not weights:
         weights, biases = [head.new_zeros(size, size)], [head.new_zeros(size)]
         scales, shifts = [head.new_ones(size)], [head.new_zeros(size)]
     dout, _, din = head.shape
     head = F.pad(head.permute(2, 1, 0), (0, _pow2(dout, 32) - dout, 0, size - head.shape[1]))  # Dout split too
-    norms = [norm for _, norm, _ in _layers(kernel.mlp) if norm is not None]
+    norms = [norm for _, norm, _ in const["layers"] if norm is not None]
     return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
-                      structure["mean"], structure["avg"], structure["expand"], structure["gate_pick"],
-                      structure["gate_expand"], structure["trivial"], head, dout, kernel.hidden_type.dim,
-                      len(_layers(kernel.mlp)), bool(norms), norms[0].eps if norms else 0.0)
+                      const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
+                      const["trivial"], head, dout, kernel.hidden_type.dim, len(const["layers"]), bool(norms),
+                      norms[0].eps if norms else 0.0)

@@ -13,7 +13,7 @@ Registered as ``torch.ops.fastik.gmlp_conv`` / ``torch.ops.fastik.gmlp_conv_back
 fake implementations (``torch.compile(fullgraph=True)`` traces through them) and autograd.
 Second derivatives (forces in the loss): when the backward itself is differentiated
 (``create_graph=True``), it is computed by :func:`packed_conv_reference` — the same
-function in torch, which does store E × P activations for that step.
+function in torch, which stores per-edge kernel matrices (E × Din × Dout) for that step.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ __all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference"]
 
 
 class PackedGMLP(NamedTuple):
-    """A G-MLP and kernel head as padded dense tensors (P, NB, NG powers of two ≥ 16).
+    """A G-MLP and kernel head as padded dense tensors (powers of two: P and DOUT_P ≥ 32, NB and NG ≥ 16).
 
     Hidden layer l: ``a = u @ weight[l] + bias[l]``; with ``norm``, ``c = a - (a @ mean[l]) @ expand[l]``,
     ``n = c · (rsqrt((c·c) @ avg[l] + eps) @ expand[l]) · scale[l] + shift[l]`` (else n = a); then
@@ -65,7 +65,10 @@ _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors th
 
 def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
                           num_targets: int) -> Tensor:
-    """The fused op in plain torch (any dtype, differentiable to any order): (num_targets, dout)."""
+    """The fused op in plain torch (any dtype, differentiable to any order): (num_targets, dout).
+
+    Forms the activations (E, P) and the per-edge kernel matrices (E, Din, Dout): for tests and
+    second derivatives, not for scale."""
     p = packed
     size = p.weight.shape[1]
     u = F.pad(z, (0, size - z.shape[1]))
@@ -77,7 +80,9 @@ def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP,
             n = c * (torch.rsqrt((c * c) @ p.avg[l] + p.eps) @ p.expand[l]) * p.scale[l] + p.shift[l]
         u = p.trivial[l] * F.silu(n) + n * (torch.sigmoid(n @ p.gate_pick[l]) @ p.gate_expand[l])
     ht = torch.where(torch.arange(size, device=u.device) == p.hidden, 1.0, u) * env[:, None]
-    msg = torch.einsum("ek,ec,cko->eo", ht, x[src], p.head[..., :p.dout])
+    din = p.head.shape[0]
+    kernels = (ht @ p.head[..., :p.dout].transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
+    msg = (kernels * x[src][:, :, None]).sum(1)
     return msg.new_zeros(num_targets, p.dout).index_add_(0, tgt, msg)
 
 
@@ -129,6 +134,11 @@ def _packed(tensors: tuple, meta: tuple) -> PackedGMLP:
     return PackedGMLP(*tensors, *meta)
 
 
+def _kernel_args(p: PackedGMLP) -> dict:
+    """The packed G-MLP as the launchers take it: a dict, tensors contiguous."""
+    return {k: v.contiguous() if isinstance(v, Tensor) else v for k, v in p._asdict().items()}
+
+
 @torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
 def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
             tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
@@ -138,9 +148,7 @@ def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_tar
     check_indices(x, src, tgt, num_targets)
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
-    return _kernels().gmlp_conv_fwd(*c, num_targets, dout, {k: v.contiguous() if isinstance(v, Tensor) else v
-                                                            for k, v in p._asdict().items()},
-                                    _precision(x, precision))
+    return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision))
 
 
 @_fwd_op.register_fake
@@ -158,9 +166,7 @@ def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tg
     check_indices(x, src, tgt, grad_out.shape[0])
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
-    return list(_kernels().gmlp_conv_bwd(*c, {k: v.contiguous() if isinstance(v, Tensor) else v
-                                              for k, v in p._asdict().items()}, _precision(x, precision),
-                                         need_params))
+    return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params))
 
 
 @_bwd_op.register_fake
