@@ -72,6 +72,54 @@ def test_norm_is_equivariant_and_per_sample(any_group):
     assert torch.allclose(norm(x[:1]), norm(x)[:1])
 
 
+def _norm_per_block(norm: EquivariantNorm, x: torch.Tensor) -> torch.Tensor:
+    """EquivariantNorm's definition, block by block (the module computes all blocks at once)."""
+    parts, f0, b0 = [], 0, 0
+    for (m, r), sl in zip(norm.field_type.blocks, norm.field_type.slices()):
+        v = x[:, sl].reshape(-1, m, r.dim)
+        if r.is_trivial and m > 1:
+            v = v - v.mean(1, keepdim=True)
+        v = v * v.pow(2).mean((1, 2)).add(norm.eps).rsqrt()[:, None, None] * norm.scale[f0:f0 + m, None]
+        if r.is_trivial:
+            v, b0 = v + norm.bias[b0:b0 + m, None], b0 + m
+        parts.append(v.reshape(len(x), -1))
+        f0 += m
+    return torch.cat(parts, 1)
+
+
+def _gate_per_block(gate: GatedNonlinearity, x: torch.Tensor) -> torch.Tensor:
+    """GatedNonlinearity's definition, block by block: SiLU on scalars, the k-th other field times σ(gate k)."""
+    from fastik.nn.nonlinearities import _GATE_SCALE, _SILU_SCALE
+    gates, parts, g0 = torch.sigmoid(x[:, gate.out_type.dim:]) * _GATE_SCALE, [], 0
+    for (m, r), sl in zip(gate.out_type.blocks, gate.out_type.slices()):
+        if r.is_trivial:
+            parts.append(torch.nn.functional.silu(x[:, sl]) * _SILU_SCALE)
+        else:
+            parts.append((x[:, sl].reshape(-1, m, r.dim) * gates[:, g0:g0 + m, None]).reshape(len(x), -1))
+            g0 += m
+    return torch.cat(parts, 1)
+
+
+@pytest.mark.parametrize("fields", [None, {3: "3x1o + 2x0e + 1x2e + 1x0e", 2: "3x1 + 2x0 + 1x2 + 1x0"},
+                                    {3: "3x0e", 2: "3x0"}], ids=["table", "interleaved", "no-gates"])
+def test_norm_and_gate_match_their_per_block_definition(any_group, fields):
+    """Float64, forward and every gradient, with trained-looking scale and bias."""
+    ft = field(any_group) if fields is None else fastik.FieldType(any_group, fields[any_group.dim])
+    norm, gate = EquivariantNorm(ft).double(), GatedNonlinearity(ft)
+    with torch.no_grad():
+        norm.scale.normal_()
+        norm.bias.normal_()
+    for module, reference, width in ((norm, _norm_per_block, ft.dim), (gate, _gate_per_block, gate.in_type.dim)):
+        x = (torch.randn(7, width, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+        got, want = module(x), reference(module, x)
+        assert torch.allclose(got, want, atol=1e-12, rtol=1e-10)
+        g = torch.randn_like(want)
+        inputs = [x, *module.parameters()]
+        for a, b in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g)):
+            assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
+        assert module(x[:, None].expand(7, 2, width)).shape[:2] == (7, 2)  # any leading shape
+
+
 @pytest.mark.parametrize("nonlinearity", ["gate", "fourier_elu"])
 def test_implicit_kernel_equivariance(any_group, nonlinearity):
     G = any_group

@@ -18,10 +18,10 @@ def _randomise(module: torch.nn.Module) -> None:
             p.normal_()
 
 
-@pytest.mark.parametrize("op_overhead", [0, 10 ** 12], ids=["factored", "dense-blocks"])
-def test_head_messages_match_dense_forward_and_backward(any_group, op_overhead, monkeypatch):
-    # the per-op overhead decides factored vs dense-block contraction: exercise both
-    monkeypatch.setattr(structured, "OP_OVERHEAD", op_overhead)
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "dense-blocks"])
+def test_head_messages_match_dense_forward_and_backward(any_group, factored, monkeypatch):
+    # the cost model picks factored or dense-block contraction per block: exercise both everywhere
+    monkeypatch.setattr(structured, "_head_factored_is_cheaper", lambda term: factored)
     ft = fastik.FieldType(any_group, FIELDS[any_group.dim])
     kernel = ImplicitKernel(ft, ft, hidden_channels=2, hidden_layers=1).double()
     _randomise(kernel)
@@ -40,7 +40,11 @@ def test_head_messages_match_dense_forward_and_backward(any_group, op_overhead, 
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
 
 
-def test_linear_structured_matches_dense(any_group):
+@pytest.mark.parametrize("whole_dense", [False, True], ids=["blocks", "whole-dense"])
+def test_linear_structured_matches_dense(any_group, whole_dense, monkeypatch):
+    # the cost model picks blocks or the whole dense matrix: exercise both everywhere
+    monkeypatch.setattr(structured, "GEMM_ADVANTAGE", 10 ** 6 if whole_dense else 0)
+    monkeypatch.setattr(structured, "BLOCK_OVERHEAD", 0)
     t_in = fastik.FieldType(any_group, FIELDS[any_group.dim])
     lin = EquivariantLinear(t_in, t_in + t_in).double()
     _randomise(lin)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..groups import FieldType, Rep, TensorProductRep, harmonic_irrep, harmonics, intertwiner_basis, trivial_irrep
-from ..ops.structured import HeadTerm, StructuredHead, basis_nonzeros
+from ..ops.structured import HeadTerm, StructuredHead
 from ._buffers import constant, register_constant
 from ._checks import check_field_type, check_int, check_sigma
 from ._compat import CoefficientModule
@@ -58,7 +58,6 @@ class KernelHead(CoefficientModule):
         self.hidden_type, self.in_type, self.out_type = hidden_type, in_type, out_type
         self.weights = nn.ParameterDict()
         self._triples: list[tuple[int, int, int]] = []
-        self._nonzeros: dict[str, tuple] = {}
         self._init_std: dict[str, float] = {}
         for o, (mo, ro) in enumerate(out_type.blocks):
             fan_in, names = 0.0, []
@@ -72,7 +71,6 @@ class KernelHead(CoefficientModule):
                     name = f"{o}_{i}_{h}"
                     basis = basis.reshape(len(basis), ro.dim, ri.dim, rh.dim)
                     register_constant(self, f"basis_{name}", basis)
-                    self._nonzeros[name] = basis_nonzeros(basis)
                     self.weights[name] = nn.Parameter(torch.empty(mo, mi, mh, len(basis)))
                     self._triples.append((o, i, h))
                     names.append(name)
@@ -89,7 +87,7 @@ class KernelHead(CoefficientModule):
         """W̃ as blocks (coefficients × intertwiner basis of ρh -> ρout ⊗ ρin), no structural zeros."""
         so, si, sh = self._slices
         terms = [HeadTerm(so[o], si[i], sh[h], self.weights[f"{o}_{i}_{h}"],
-                          constant(self, f"basis_{o}_{i}_{h}", dtype), self._nonzeros[f"{o}_{i}_{h}"])
+                          constant(self, f"basis_{o}_{i}_{h}", dtype))
                  for o, i, h in self._triples]
         return StructuredHead(self.out_type.dim, self.hidden_type.dim + 1, self.in_type.dim, terms)
 

@@ -52,9 +52,17 @@ class GatedNonlinearity(nn.Module):
         super().__init__()
         check_field_type(field_type, "field_type")
         self.out_type = field_type
-        self._trivial = [r.is_trivial for _, r in field_type.blocks]
-        n_gates = sum(m for (m, _), trivial in zip(field_type.blocks, self._trivial) if not trivial)
+        trivial = [r.is_trivial for m, r in field_type.blocks for _ in range(m * r.dim)]  # SiLU, else gated
+        n_gates = sum(m for m, r in field_type.blocks if not r.is_trivial)
         self.in_type = field_type + FieldType(field_type.group, [(n_gates, trivial_irrep(field_type.group.dim))])
+        spread = torch.zeros(n_gates, field_type.dim, dtype=torch.float64)  # gate k -> its field's components
+        k = 0
+        for (m, r), sl in zip(field_type.blocks, field_type.slices()):
+            for u in range(0 if r.is_trivial else m):
+                spread[k, sl.start + u * r.dim: sl.start + (u + 1) * r.dim] = _GATE_SCALE
+                k += 1
+        register_constant(self, "gate_spread", spread)
+        self.register_buffer("_trivial", torch.tensor(trivial), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in_type.dim) -> (..., out_type.dim); the gates are the last ``in_type.dim - out_type.dim`` columns."""
@@ -63,16 +71,10 @@ class GatedNonlinearity(nn.Module):
                              f"components of {self.out_type} followed by {self.in_type.dim - self.out_type.dim} gate "
                              f"scalars (produce them with e.g. EquivariantLinear(..., gate.in_type)), "
                              f"got {tuple(x.shape)}")
-        gates = torch.sigmoid(x[..., self.out_type.dim:]) * _GATE_SCALE
-        parts, g0 = [], 0
-        for (m, r), sl, trivial in zip(self.out_type.blocks, self.out_type.slices(), self._trivial):
-            if trivial:
-                parts.append(F.silu(x[..., sl]) * _SILU_SCALE)
-            else:
-                v = x[..., sl].unflatten(-1, (m, r.dim)) * gates[..., g0:g0 + m, None]
-                parts.append(v.flatten(-2))
-                g0 += m
-        return torch.cat(parts, -1)
+        d = self.out_type.dim
+        y = x[..., :d]
+        gates = torch.sigmoid(x[..., d:]) @ constant(self, "gate_spread", x.dtype)
+        return torch.where(self._trivial, F.silu(y) * _SILU_SCALE, y * gates)
 
 
 def sampling_grid(group: Group, n_points: int) -> Tensor:

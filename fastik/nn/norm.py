@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..groups import FieldType
+from ._buffers import constant, register_constant
 from ._checks import check_field_type
 
 __all__ = ["EquivariantNorm"]
@@ -32,7 +33,25 @@ class EquivariantNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(n_fields))
         scalar = [r.is_trivial for _, r in field_type.blocks]
         self.bias = nn.Parameter(torch.zeros(sum(m for (m, _), s in zip(field_type.blocks, scalar) if s)))
-        self._scalar = scalar
+        # per component: its field (into scale) and its rank among scalar fields (into [bias; 0]); per block:
+        # the averaging weights of its mean (scalar blocks with m > 1) and mean square, and its 0/1 spread
+        field, shift, n_fields, n_scalar = [], [], 0, 0
+        mean = torch.zeros(field_type.dim, len(field_type.blocks), dtype=torch.float64)
+        square, expand = torch.zeros_like(mean), torch.zeros_like(mean.T)
+        for b, ((m, r), sl, s) in enumerate(zip(field_type.blocks, field_type.slices(), scalar)):
+            expand[b, sl] = 1.0
+            field += [n_fields + u for u in range(m) for _ in range(r.dim)]
+            shift += [n_scalar + u if s else self.bias.numel() for u in range(m) for _ in range(r.dim)]
+            n_fields, n_scalar = n_fields + m, n_scalar + (m if s else 0)
+            square[sl, b] = 1.0 / (m * r.dim)
+            if s and m > 1:
+                mean[sl, b] = 1.0 / m
+        self._centre = bool(mean.any())
+        register_constant(self, "block_mean", mean)
+        register_constant(self, "block_square", square)
+        register_constant(self, "block_expand", expand)
+        for name, index in (("_field", field), ("_shift", shift)):
+            self.register_buffer(name, torch.tensor(index, dtype=torch.long), persistent=False)
 
     def reset_parameters(self) -> None:
         """Scales back to one, biases to zero (their values at construction)."""
@@ -41,20 +60,18 @@ class EquivariantNorm(nn.Module):
             self.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (..., field_type.dim) -> normalised x, same shape."""
+        """x (..., field_type.dim) -> normalised x, same shape.
+
+        Block statistics as small matmuls with constant (dim, blocks) averaging and (blocks, dim) 0/1
+        spreading matrices: a fixed handful of ops whatever the number of blocks.
+        """
         if x.shape[-1] != self.field_type.dim:
             raise ValueError(f"EquivariantNorm expects (..., {self.field_type.dim}) inputs ({self.field_type}), "
                              f"got {tuple(x.shape)}")
-        parts, f0, b0 = [], 0, 0
-        for (m, r), sl, scalar in zip(self.field_type.blocks, self.field_type.slices(), self._scalar):
-            v = x[..., sl].reshape(*x.shape[:-1], m, r.dim)
-            if scalar and m > 1:
-                v = v - v.mean(dim=-2, keepdim=True)
-            rms = v.pow(2).mean((-1, -2))[..., None].add(self.eps).rsqrt()
-            v = v * (rms * self.scale[f0:f0 + m])[..., None]
-            if scalar:
-                v = v + self.bias[b0:b0 + m, None]
-                b0 += m
-            f0 += m
-            parts.append(v.reshape(*x.shape[:-1], m * r.dim))
-        return torch.cat(parts, -1)
+        flat = x.reshape(-1, x.shape[-1])
+        expand = constant(self, "block_expand", x.dtype)
+        c = torch.addmm(flat, flat @ constant(self, "block_mean", x.dtype), expand, alpha=-1) if self._centre else flat
+        ms = (c * c) @ constant(self, "block_square", x.dtype)
+        gain = (ms + self.eps).rsqrt() @ (expand * self.scale.to(x.dtype)[self._field])
+        shift = torch.cat([self.bias, self.bias.new_zeros(1)]).to(x.dtype)[self._shift]
+        return torch.addcmul(shift, c, gain).reshape(x.shape)

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["LinearTerm", "HeadTerm", "StructuredLinear", "StructuredHead", "basis_nonzeros", "linear_term_costs",
-           "head_term_costs"]
+__all__ = ["LinearTerm", "HeadTerm", "StructuredLinear", "StructuredHead", "linear_term_costs", "head_term_costs"]
 
 
 @dataclass(frozen=True)
@@ -45,19 +44,6 @@ class HeadTerm:
     hid: slice
     coef: Tensor   # (mo, mi, mh, t)
     basis: Tensor  # (t, ra, rb, rc)
-    nonzeros: tuple = ()  # nonzeros[t][a]: ((b, c, basis[t,a,b,c]), …) — :func:`basis_nonzeros`
-
-
-def basis_nonzeros(basis: Tensor) -> tuple:
-    """The non-zero entries of a (t, ra, rb, rc) basis as nested tuples ``[t][a] -> ((b, c, value), …)``.
-
-    Computed once per basis (on the host) so that contractions loop over structural
-    non-zeros only; the bases are cleaned so that round-off entries are exactly zero.
-    """
-    nt, ra = basis.shape[:2]
-    b64 = basis.detach().to("cpu", torch.float64)
-    return tuple(tuple(tuple((int(b), int(c), float(b64[t, a, b, c])) for b, c in b64[t, a].nonzero().tolist())
-                       for a in range(ra)) for t in range(nt))
 
 
 def _project(xb: Tensor, basis: Tensor) -> Tensor:
@@ -93,27 +79,25 @@ def linear_term_costs(term: LinearTerm) -> tuple[int, int]:
     return 2 * mi * rb * nt * ra + 2 * ra * mi * nt * mo, 2 * mo * ra * mi * rb
 
 
-def _nnz(term: HeadTerm) -> int:
-    return sum(len(entries) for per_t in term.nonzeros for entries in per_t)
-
-
 def head_term_costs(term: HeadTerm) -> tuple[int, int]:
-    """FLOPs per edge of one block: (factored: one outer product per basis non-zero + channel mix,
+    """FLOPs per edge of one block: (factored: basis contraction of h, batched product with x, channel mix;
     dense: the block's full outer product x ⊗ h and its dense matrix)."""
     (mo, mi, mh, nt), (_, ra, rb, rc) = term.coef.shape, term.basis.shape
-    return 2 * _nnz(term) * mi * mh + 2 * ra * mi * mh * nt * mo, 2 * mi * rb * mh * rc * (1 + mo * ra)
+    return 2 * ra * nt * mh * (rc * rb + rb * mi + mi * mo), 2 * mi * rb * mh * rc * (1 + mo * ra)
 
 
-#: cost of launching one small torch op, in FLOP-equivalents (≈ 10 µs of a CPU core): the factored
-#: contraction issues ≈ 3 ops per basis non-zero, which dominates for blocks with many non-zeros and
-#: few edges (e.g. high-degree irreps on small clouds)
-OP_OVERHEAD = 50_000
-
-
-def _head_factored_is_cheaper(term: HeadTerm, edges: int) -> bool:
+def _head_factored_is_cheaper(term: HeadTerm) -> bool:
     factored, dense = head_term_costs(term)
-    ops = 3 * _nnz(term) + 2 * term.basis.shape[1]
-    return factored * edges + ops * OP_OVERHEAD <= dense * edges + 4 * OP_OVERHEAD
+    return factored <= dense
+
+
+#: FLOPs of one dense GEMM per FLOP of the factored path's small, memory-bound ops at equal time, and what the
+#: ≈ 12 row-sized ops (forward and backward) of one factored block cost beyond their FLOPs, in dense FLOPs (≈ 0.2 ms
+#: of a CPU core).  Measured on CPU for the so3 standard workload's hidden layers (bench/NOTES.md): the whole dense
+#: matrix wins up to ≈ 8× the factored FLOPs, i.e. down to a density of ≈ 1/8 — which hidden layers (11–45 %) rarely
+#: go below.
+GEMM_ADVANTAGE = 8
+BLOCK_OVERHEAD = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -123,6 +107,8 @@ class StructuredLinear:
     Each block is contracted factored (project x on the basis, then one GEMM over
     (mi, t)) or, where that costs more (e.g. reducible irreps of small groups with
     many basis elements), as its dense sub-matrix — whichever :func:`linear_term_costs` says is cheaper.
+    The whole dense matrix is used instead when it costs at most ``GEMM_ADVANTAGE`` × the factored FLOPs (plus
+    ``BLOCK_OVERHEAD`` per block over the rows): one efficient GEMM beats many small memory-bound ops.
     """
 
     dout: int
@@ -131,6 +117,8 @@ class StructuredLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         n = x.shape[0]
+        if n * (2 * self.dout * self.din - GEMM_ADVANTAGE * self.flops_per_row()) <= len(self.terms) * BLOCK_OVERHEAD:
+            return x @ self.dense(x.dtype).T
         blocks: dict[tuple[int, int], Tensor] = {}
         for term in self.terms:
             (mo, mi, nt), (_, ra, rb) = term.coef.shape, term.basis.shape
@@ -170,12 +158,13 @@ class StructuredHead:
     def messages(self, h: Tensor, xj: Tensor) -> Tensor:
         """h (e, k), xj (e, din) -> messages (e, dout); nothing of size e·dout·din is formed.
 
-        Factored blocks: per output component a, ``P_a[e,v,w,t] = Σ_{b,c} basis[t,a,b,c] x[e,v,b] h[e,w,c]``
-        as one outer product (e, mi, mh) per non-zero basis entry, then the channel mix
-        ``m[e,u,a] = P_a · coef[u]`` as one GEMM over (v, w, t).  Blocks whose basis is
-        dense (small groups: reducible irreps, many basis elements) use their dense
-        sub-matrix on the outer product x_block ⊗ h_block instead (:func:`head_term_costs`, plus a
-        per-op overhead, so that for few edges blocks with many non-zeros go dense too).
+        Factored blocks contract the small fixed basis first:
+        ``G[e,a,t,w,b] = Σ_c basis[t,a,b,c] h[e,w,c]`` (one GEMM), then
+        ``P[e,a,t,w,v] = Σ_b G[e,a,t,w,b] x[e,v,b]`` (one batched product; a broadcast multiply when
+        ρin is one-dimensional), then the channel mix ``m[e,u,a] = Σ_{t,w,v} P[e,a,t,w,v] coef[u,v,w,t]``
+        as one GEMM over (t, w, v).  Blocks whose basis is dense (small groups: reducible irreps, many
+        basis elements) use their dense sub-matrix on the outer product x_block ⊗ h_block instead,
+        whichever :func:`head_term_costs` says is cheaper.
         """
         e = h.shape[0]
         dtype = torch.promote_types(h.dtype, xj.dtype)
@@ -184,27 +173,17 @@ class StructuredHead:
         for term in self.terms:
             mo, mi, mh, nt = term.coef.shape
             _, ra, rb, rc = term.basis.shape
-            coef = term.coef.to(dtype)
-            if _head_factored_is_cheaper(term, e):
-                # component-major copies: xs[b] (e, mi) and hs[c] (e, mh) contiguous, for fast outer products
-                xs = xj[:, term.inp].reshape(e, mi, rb).permute(2, 0, 1).contiguous()
-                hs = h[:, term.hid].reshape(e, mh, rc).permute(2, 0, 1).contiguous()
-                mix = coef.permute(1, 2, 3, 0).reshape(mi * mh * nt, mo)
-                comps = []
-                for a in range(ra):
-                    per_t = []
-                    for t in range(nt):
-                        p = None
-                        for b, c, value in term.nonzeros[t][a]:
-                            outer = (xs[b] * value)[:, :, None] * hs[c][:, None, :]
-                            p = outer if p is None else p + outer
-                        per_t.append(h.new_zeros(e, mi, mh) if p is None else p)
-                    pa = per_t[0][..., None] if nt == 1 else torch.stack(per_t, -1)
-                    comps.append(pa.reshape(e, mi * mh * nt) @ mix)
-                m = torch.stack(comps, -1).reshape(e, mo * ra)
+            coef, basis = term.coef.to(dtype), term.basis.to(dtype)
+            if _head_factored_is_cheaper(term):
+                g = h[:, term.hid].reshape(e * mh, rc) @ basis.permute(3, 2, 1, 0).reshape(rc, rb * ra * nt)
+                g = g.reshape(e, mh, rb, ra * nt).permute(0, 3, 1, 2).reshape(e, ra * nt * mh, rb)
+                xb = xj[:, term.inp].reshape(e, mi, rb)
+                p = g * xb.reshape(e, 1, mi) if rb == 1 else torch.bmm(g, xb.transpose(1, 2))  # (e, ra·nt·mh, mi)
+                mix = coef.permute(3, 2, 1, 0).reshape(nt * mh * mi, mo)
+                m = (p.reshape(e * ra, nt * mh * mi) @ mix).reshape(e, ra, mo).transpose(1, 2).reshape(e, mo * ra)
             else:
                 outer = xj[:, term.inp][:, :, None] * h[:, term.hid][:, None, :]  # (e, mi·rb, mh·rc)
-                wb = torch.einsum("uvwt,tabc->vbwcua", coef, term.basis.to(dtype))
+                wb = torch.einsum("uvwt,tabc->vbwcua", coef, basis)
                 m = outer.reshape(e, mi * rb * mh * rc) @ wb.reshape(mi * rb * mh * rc, mo * ra)
             _accumulate(blocks, term.out, m)
         return _assemble(blocks, e, self.dout, h)
@@ -220,7 +199,8 @@ class StructuredHead:
 
     def work_per_edge(self) -> int:
         """Floats per edge of the largest intermediate of :meth:`messages` (sizes its edge chunks)."""
-        sizes = [max(t.coef[0].numel() * t.basis.shape[1], (t.inp.stop - t.inp.start) * (t.hid.stop - t.hid.start))
+        sizes = [t.basis.shape[0] * t.basis.shape[1] * t.coef.shape[1] * t.coef.shape[2]
+                 if _head_factored_is_cheaper(t) else (t.inp.stop - t.inp.start) * (t.hid.stop - t.hid.start)
                  for t in self.terms]
         return max([1] + sizes)
 
@@ -233,8 +213,7 @@ class StructuredHead:
         """A dense (dout, k, din) weight as a single block (no structure to exploit)."""
         dout, k, din = weight.shape
         one = torch.ones(1, 1, 1, 1, dtype=weight.dtype, device=weight.device)
-        term = HeadTerm(slice(0, dout), slice(0, din), slice(0, k), weight.permute(0, 2, 1)[..., None], one,
-                        (((((0, 0, 1.0),),),)))
+        term = HeadTerm(slice(0, dout), slice(0, din), slice(0, k), weight.permute(0, 2, 1)[..., None], one)
         return StructuredHead(dout, k, din, [term])
 
 
