@@ -5,7 +5,8 @@ connection.  Stored densely it is 80–90 % zeros (the kernel head of the standa
 workload, ``so3``, ``16x0e + 16x1o``, is 20 % dense; hidden linear layers ≈ 12 %).
 Here each non-zero block is kept factorised: a learned coefficient tensor over
 multiplicities (the channel mix) times a fixed basis over components, and contracted
-in that order.  This module knows nothing about groups: blocks are slices, coefficient
+factor by factor — or assembled into a dense matrix where the cost rules below say one GEMM
+is faster.  This module knows nothing about groups: blocks are slices, coefficient
 tensors and basis tensors.
 
 Layouts (row-major, multiplicity-major inside a block: component ``u·r + a`` is
