@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..groups import FieldType
 from ..ops.fused_gmlp import PackedGMLP
+from ._buffers import constant
 from .linear import EquivariantLinear
-from .nonlinearities import _GATE_SCALE, _SILU_SCALE, GatedNonlinearity
+from .nonlinearities import _SILU_SCALE, GatedNonlinearity
 from .norm import EquivariantNorm
 
 __all__ = ["PackedGMLP", "pack_gmlp", "fusable"]
@@ -33,40 +33,24 @@ def fusable(kernel: nn.Module) -> bool:
     return all(isinstance(m, (EquivariantLinear, EquivariantNorm, GatedNonlinearity)) for m in kernel.mlp)
 
 
-def _components(field_type: FieldType) -> list[tuple[int, int, bool]]:
-    """(block, field, scalar) of every component of ``field_type``, in order."""
-    out, field = [], 0
-    for b, (m, r) in enumerate(field_type.blocks):
-        for _ in range(m):
-            out += [(b, field, r.is_trivial)] * r.dim
-            field += 1
-    return out
-
-
 def _structure(kernel: nn.Module, size: int, nb: int, ng: int) -> dict[str, Tensor]:
-    """The constant matrices (float64, CPU) of every layer: mean, avg, expand, gate_pick, gate_expand, trivial."""
+    """The constant matrices (float64, CPU) of every layer, zero-padded: mean, avg, expand (the norm's own
+    block matrices), gate_pick (input column out_dim + k -> gate k), gate_expand (the gate's spread) and
+    trivial (the SiLU scale on scalar components)."""
     layers = max(len(_layers(kernel.mlp)), 1)
     shapes = {"mean": (size, nb), "avg": (size, nb), "expand": (nb, size), "gate_pick": (size, ng),
               "gate_expand": (ng, size), "trivial": (size,)}
     t = {k: torch.zeros(layers, *shape, dtype=torch.float64) for k, shape in shapes.items()}
-    for l, (lin, _, gate) in enumerate(_layers(kernel.mlp)):
-        comps = _components(lin.out_type)
-        for i, (b, _, scalar) in enumerate(comps):
-            m, r = lin.out_type.blocks[b]
-            t["avg"][l, i, b] = 1.0 / (m * r.dim)
-            t["expand"][l, b, i] = 1.0
-            if scalar and m > 1:
-                t["mean"][l, i, b] = 1.0 / m
-        # the k-th non-scalar field of gate.out_type is scaled by sigmoid of column out_dim + k
-        fields = _components(gate.out_type)
-        gated = sorted({f for _, f, scalar in fields if not scalar})
-        for i, (_, f, scalar) in enumerate(fields):
-            if scalar:
-                t["trivial"][l, i] = _SILU_SCALE
-            else:
-                t["gate_expand"][l, gated.index(f), i] = _GATE_SCALE
-        for k in range(len(gated)):
-            t["gate_pick"][l, gate.out_type.dim + k, k] = 1.0
+    for l, (_, norm, gate) in enumerate(_layers(kernel.mlp)):
+        if norm is not None:
+            for key, name in (("mean", "block_mean"), ("avg", "block_square"), ("expand", "block_expand")):
+                m = constant(norm, name, torch.float64).cpu()
+                t[key][l, :m.shape[0], :m.shape[1]] = m
+        spread = constant(gate, "gate_spread", torch.float64).cpu()  # (gates, out_dim)
+        gates, dim = spread.shape
+        t["gate_expand"][l, :gates, :dim] = spread
+        t["gate_pick"][l, dim + torch.arange(gates), torch.arange(gates)] = 1.0
+        t["trivial"][l, :dim] = gate._trivial.cpu().double() * _SILU_SCALE
     return t
 
 
@@ -80,18 +64,14 @@ def _sizes(kernel: nn.Module) -> tuple[int, int, int]:
     return _pow2(max(widths), 32), _pow2(max(blocks, default=1)), _pow2(max(gates, default=1))
 
 
-def _norm_index(field_type: FieldType, size: int) -> tuple[Tensor, Tensor]:
-    """Per component of ``field_type`` (padded to ``size``): its field, into [scale; 1], and its rank among the
-    scalar fields, into [bias; 0] (padding and non-scalar components take the appended 1 / 0)."""
-    comps = _components(field_type)
-    fields = sum(m for m, _ in field_type.blocks)
-    scalar_rank: dict[int, int] = {}
-    for _, f, scalar in comps:
-        if scalar and f not in scalar_rank:
-            scalar_rank[f] = len(scalar_rank)
-    pad = size - len(comps)
-    return (torch.tensor([f for _, f, _ in comps] + [fields] * pad),
-            torch.tensor([scalar_rank.get(f, len(scalar_rank)) for _, f, _ in comps] + [len(scalar_rank)] * pad))
+def _norm_index(norm: EquivariantNorm | None, size: int) -> tuple[Tensor, Tensor] | None:
+    """Per component (padded to ``size``): its field, into [scale; 1], and its rank among the scalar fields,
+    into [bias; 0] (padding takes the appended 1 / 0) — the norm's own indices, padded."""
+    if norm is None:
+        return None
+    pad = size - norm.field_type.dim
+    return (F.pad(norm._field, (0, pad), value=norm.scale.numel()),
+            F.pad(norm._shift, (0, pad), value=norm.bias.numel()))
 
 
 def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> dict:
@@ -104,8 +84,7 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         layers = _layers(kernel.mlp)
         cache[key] = {"sizes": (size, nb, ng), "layers": layers,
                       **{k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()},
-                      "norm_index": [tuple(i.to(device) for i in _norm_index(lin.out_type, size))
-                                     for lin, _, _ in layers]}
+                      "norm_index": [_norm_index(norm, size) for _, norm, _ in layers]}
     return cache[key]
 
 
@@ -122,7 +101,7 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     const = _constants(kernel, dtype, head.device)
     size = const["sizes"][0]
     weights, biases, scales, shifts = [], [], [], []
-    for (lin, norm, _), (scale_idx, shift_idx) in zip(const["layers"], const["norm_index"]):
+    for (lin, norm, _), index in zip(const["layers"], const["norm_index"]):
         w = lin.weight(dtype)  # (out, in)
         weights.append(F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1])))
         b = lin.bias.bias(dtype) if lin.bias is not None else w.new_zeros(w.shape[0])
@@ -131,8 +110,8 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
             scales.append(head.new_ones(size))
             shifts.append(head.new_zeros(size))
         else:
-            scales.append(torch.cat([norm.scale, norm.scale.new_ones(1)]).to(dtype)[scale_idx])
-            shifts.append(torch.cat([norm.bias, norm.bias.new_zeros(1)]).to(dtype)[shift_idx])
+            scales.append(torch.cat([norm.scale, norm.scale.new_ones(1)]).to(dtype)[index[0]])
+            shifts.append(torch.cat([norm.bias, norm.bias.new_zeros(1)]).to(dtype)[index[1]])
     if not weights:
         weights, biases = [head.new_zeros(size, size)], [head.new_zeros(size)]
         scales, shifts = [head.new_ones(size)], [head.new_zeros(size)]
