@@ -26,6 +26,11 @@ All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV 
 MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
 P and DOUT_P ≥ 32, NB and NG ≥ 16 (powers of two).  float32 or float64 (then every dot is
 IEEE).  Validation lives in :mod:`fastik.ops.fused_gmlp`.
+
+HEAD_K (P or P/2): the rows of HEAD the head reads.  When h̃ fits in the lower half of P
+(H + 1 ≤ P/2, e.g. the anchors' width: H + 1 = 61, P = 128 for the gate's wider layer output),
+the upper half of every HEAD[c] is zero padding, and the head's dots, its backward and its
+gradient (with half of its atomics) skip it.
 """
 from __future__ import annotations
 
@@ -222,15 +227,16 @@ def _gmlp_conv_fwd_kernel(
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
                                                  shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
                                                  triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, BLOCK_E, PRECISION)
+    ht = _head_rows(ht, P, HEAD_K)
     acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        acc += _mm(ht * xc[:, None], head_ptr + c * P * DOUT_P, P, DOUT_P, DOUT_P, False, PRECISION)
+        acc += _mm(ht * xc[:, None], head_ptr + c * P * DOUT_P, HEAD_K, DOUT_P, DOUT_P, False, PRECISION)
     offs_o = tl.arange(0, DOUT_P)
     tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
                   mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
@@ -242,7 +248,7 @@ def _gmlp_head_grad_kernel(
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, ghead_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """grad_head[c] += (h̃ · x[src, c])ᵀ grad_out[tgt] per block: its own kernel, so that its P·DOUT_P·DIN atomics per
     block are amortised over a larger BLOCK_E than the register-heavy layer backward can take."""
@@ -250,27 +256,38 @@ def _gmlp_head_grad_kernel(
                                                  shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
                                                  triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, BLOCK_E, PRECISION)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
+    ht = _head_rows(ht, P, HEAD_K)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, P, DOUT_P, PRECISION)
+        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, HEAD_K, DOUT_P, PRECISION)
 
 
 @triton.jit
 def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-              P: tl.constexpr, DOUT_P: tl.constexpr, PRECISION: tl.constexpr):
+              P: tl.constexpr, DOUT_P: tl.constexpr, HEAD_K: tl.constexpr, PRECISION: tl.constexpr):
     """Head backward of a block but the head's own gradient: grad_x (atomics), grad_env (stored); returns
     grad_h (BLOCK_E, P)."""
     offs_k = tl.arange(0, P)
-    h1 = tl.where((offs_k == H)[None, :], 1.0, h)
+    h1 = _head_rows(tl.where((offs_k == H)[None, :], 1.0, h), P, HEAD_K)
     ht = h1 * env[:, None]
     dht = tl.zeros_like(ht)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        t = _mm(gy, head_ptr + c * P * DOUT_P, DOUT_P, P, DOUT_P, True, PRECISION)
+        t = _mm(gy, head_ptr + c * P * DOUT_P, DOUT_P, HEAD_K, DOUT_P, True, PRECISION)
         dht += t * xc[:, None]
         tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * ht, 1), mask=mask_e, sem="relaxed")
     tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
+    if HEAD_K < P:
+        dht = _join(dht, tl.zeros_like(dht), P)
     return tl.where((offs_k < H)[None, :], dht * env[:, None], 0.0)
+
+
+@triton.jit
+def _head_rows(ht, P: tl.constexpr, HEAD_K: tl.constexpr):
+    """The first HEAD_K columns of a (BLOCK_E, P) tile (HEAD_K = P or P/2)."""
+    if HEAD_K < P:  # a compile-time branch: one return statement (Triton types every return alike)
+        ht = _halves(ht, P)[0]
+    return ht
 
 
 @triton.jit
@@ -280,13 +297,14 @@ def _gmlp_conv_bwd_kernel(
     gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr,
+    NORM: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NEED_PARAMS: tl.constexpr,
 ):
     offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
     if L == 0:
         dh = _head_bwd(z, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-                       P, DOUT_P, PRECISION)
+                       P, DOUT_P, HEAD_K, PRECISION)
     for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
         u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
                  triv_ptr, eps, P, NB, NG, NORM, PRECISION)
@@ -295,7 +313,7 @@ def _gmlp_conv_bwd_kernel(
                                               PRECISION)
         if i == 0:
             dh = _head_bwd(y, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H,
-                           DIN, P, DOUT_P, PRECISION)
+                           DIN, P, DOUT_P, HEAD_K, PRECISION)
         dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, L - 1 - i, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
                         gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
                         P, NB, NG, NORM, PRECISION, NEED_PARAMS)
@@ -313,8 +331,15 @@ def _launch(kernel, name: str, e: int, args: tuple, packed: dict, precision: str
     _, p, nb = packed["mean"].shape
     config = (INTERPRET_CONFIG if INTERPRET else GPU_CONFIG)[name]
     meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
-                NORM=packed["norm"], PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
+                NORM=packed["norm"], HEAD_K=head_rows(p, packed["hidden"]),
+                PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
     kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config, **flags)
+
+
+def head_rows(p: int, hidden: int) -> int:
+    """HEAD_K: P/2 when h̃ (hidden + 1 columns) fits in the lower half of P (and the half still splits into
+    two dot operands of ≥ 16), else P."""
+    return p // 2 if hidden + 1 <= p // 2 and p >= 64 else p
 
 
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
