@@ -13,7 +13,7 @@ catches a kernel that no longer compiles under the Triton version of the GPU mac
                                              # record which configurations spill under this Triton version
 
 Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64; the fully fused kernels at the
-anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16, the head on P/2 = 64 rows).
+anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16, dot inputs on P/2 = 64 columns).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ KERNELS = (
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
 FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_grad_kernel": "head_grad"}
-FUSED_SIZES = {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "HEAD_K": 64}  # H + 1 = 61 ≤ P/2
+FUSED_SIZES = {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64}  # K0 = 9, H + 1 = 61 ≤ P/2
 
 
 @dataclass

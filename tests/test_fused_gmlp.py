@@ -121,15 +121,16 @@ def test_mlp_shapes(kw):
 
 
 def test_head_on_half_of_the_padded_width():
-    """h̃ (H + 1 = 28) fits in the lower half of P = 64 (set by the gate's wider layer output, 33): the head,
-    its backward and its gradient read HEAD_K = 32 rows only; the other tests run HEAD_K = P."""
-    from fastik.triton_kernels.gmlp_conv import head_rows
+    """z (K0 = 9), the layers' inputs (H = 27) and h̃ (H + 1 = 28) fit in the lower half of P = 64 (set by the
+    gate's wider layer output, 33): the layers, the head and their backward read IN_K = 32 columns only; the
+    other tests run IN_K = P."""
+    from fastik.triton_kernels.gmlp_conv import used_columns
     G = fastik.group("so3")
     t = fastik.FieldType(G, "2x1o")
     ref, fused = twins(t, t, hidden_channels=3)
     packed = fused.kernel.packed(torch.float64)
     p = packed.weight.shape[1]
-    assert (p, packed.hidden + 1, head_rows(p, packed.hidden)) == (64, 28, 32)
+    assert (p, packed.hidden + 1, used_columns(p, fused.kernel.input_type.dim, packed.hidden)) == (64, 28, 32)
     pos, ei = graph(8, 20, 3)
     assert_same(ref, fused, dict(x=torch.randn(8, t.dim, dtype=torch.float64, device=DEVICE), pos=pos,
                                  edge_index=ei))

@@ -27,10 +27,12 @@ MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (
 P and DOUT_P ≥ 32, NB and NG ≥ 16 (powers of two).  float32 or float64 (then every dot is
 IEEE).  Validation lives in :mod:`fastik.ops.fused_gmlp`.
 
-HEAD_K (P or P/2): the rows of HEAD the head reads.  When h̃ fits in the lower half of P
-(H + 1 ≤ P/2, e.g. the anchors' width: H + 1 = 61, P = 128 for the gate's wider layer output),
-the upper half of every HEAD[c] is zero padding, and the head's dots, its backward and its
-gradient (with half of its atomics) skip it.
+IN_K (P or P/2): the columns of a dot's input that can be non-zero.  P is set by the widest
+activation, a layer output with its gate scalars; the inputs of the dots — z (K0 columns), every
+layer's input (H) and h̃ (H + 1) — are often narrower.  When they all fit in half of P (e.g. the
+anchors' width: K0 = 9, H + 1 = 61, P = 128 for a 75-wide layer output), the upper half of every
+layer weight's rows and of every HEAD[c] is zero padding: the layers', the head's and their
+backward's dots skip it, and so do their gradients (with half of their atomics).
 """
 from __future__ import annotations
 
@@ -119,10 +121,11 @@ def _vec(ptr, N: tl.constexpr):
 @triton.jit
 def _layer(u, l: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
            gpick_ptr, gexp_ptr, triv_ptr, eps,
-           P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr):
+           P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
+           PRECISION: tl.constexpr):
     """Hidden layer l on a (BLOCK_E, P) tile: (output, a, c, rinv, rf, n, sg, gf) — the output and
     the intermediates its backward needs (without NORM: c = n = a, rinv = rf = 0)."""
-    a = _mm(u, w_ptr + l * P * P, P, P, P, False, PRECISION)
+    a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION)
     a = a + _vec(b_ptr + l * P, P)[None, :]
     if NORM:
         mu = tl.dot(tl.dot(a, _tile(mean_ptr + l * P * NB, P, NB, NB, False), input_precision="ieee"),
@@ -146,20 +149,20 @@ def _layer(u, l: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg
 @triton.jit
 def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
          gexp_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-         PRECISION: tl.constexpr):
+         IN_K: tl.constexpr, PRECISION: tl.constexpr):
     """The first L hidden layers on z (BLOCK_E, P)."""
     u = z
     for l in tl.static_range(L):
         u = _layer(u, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                   triv_ptr, eps, P, NB, NG, NORM, PRECISION)[0]
+                   triv_ptr, eps, P, NB, NG, NORM, IN_K, PRECISION)[0]
     return u
 
 
 @triton.jit
 def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
                gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
-               P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PRECISION: tl.constexpr,
-               NEED_PARAMS: tl.constexpr):
+               P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
+               PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr):
     """Gradient w.r.t. the input u of layer l from the gradient dy of its output; with NEED_PARAMS the
     parameter gradients of the block are added to gw / gb / gscale / gshift (atomics)."""
     offs = tl.arange(0, P)
@@ -182,9 +185,12 @@ def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_p
     else:
         da = dn
     if NEED_PARAMS:
-        _outer_add(gw_ptr + l * P * P, u, da, P, P, PRECISION)
+        _outer_add(gw_ptr + l * P * P, _used_cols(u, P, IN_K), da, IN_K, P, PRECISION)
         tl.atomic_add(gb_ptr + l * P + offs, tl.sum(da, 0), sem="relaxed")
-    return _mm(da, w_ptr + l * P * P, P, P, P, True, PRECISION)
+    du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION)
+    if IN_K < P:  # the input's padding columns meet zero weight rows
+        du = _join(du, tl.zeros_like(du), P)
+    return du
 
 
 @triton.jit
@@ -204,12 +210,12 @@ def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr,
 @triton.jit
 def _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
                   gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
-                  NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, BLOCK_E: tl.constexpr,
+                  NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr,
                   PRECISION: tl.constexpr):
     """The block's edges and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
     offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
     h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-             triv_ptr, eps, P, NB, NG, NORM, PRECISION)
+             triv_ptr, eps, P, NB, NG, NORM, IN_K, PRECISION)
     return offs_e, mask_e, tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None], src, tgt
 
 
@@ -227,16 +233,17 @@ def _gmlp_conv_fwd_kernel(
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
                                                  shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, BLOCK_E, PRECISION)
-    ht = _head_rows(ht, P, HEAD_K)
+                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, BLOCK_E,
+                                                 PRECISION)
+    ht = _used_cols(ht, P, IN_K)
     acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        acc += _mm(ht * xc[:, None], head_ptr + c * P * DOUT_P, HEAD_K, DOUT_P, DOUT_P, False, PRECISION)
+        acc += _mm(ht * xc[:, None], head_ptr + c * P * DOUT_P, IN_K, DOUT_P, DOUT_P, False, PRECISION)
     offs_o = tl.arange(0, DOUT_P)
     tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
                   mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
@@ -248,44 +255,45 @@ def _gmlp_head_grad_kernel(
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, ghead_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """grad_head[c] += (h̃ · x[src, c])ᵀ grad_out[tgt] per block: its own kernel, so that its P·DOUT_P·DIN atomics per
     block are amortised over a larger BLOCK_E than the register-heavy layer backward can take."""
     offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
                                                  shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, BLOCK_E, PRECISION)
+                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, BLOCK_E,
+                                                 PRECISION)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
-    ht = _head_rows(ht, P, HEAD_K)
+    ht = _used_cols(ht, P, IN_K)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, HEAD_K, DOUT_P, PRECISION)
+        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, IN_K, DOUT_P, PRECISION)
 
 
 @triton.jit
 def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-              P: tl.constexpr, DOUT_P: tl.constexpr, HEAD_K: tl.constexpr, PRECISION: tl.constexpr):
+              P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, PRECISION: tl.constexpr):
     """Head backward of a block but the head's own gradient: grad_x (atomics), grad_env (stored); returns
     grad_h (BLOCK_E, P)."""
     offs_k = tl.arange(0, P)
-    h1 = _head_rows(tl.where((offs_k == H)[None, :], 1.0, h), P, HEAD_K)
+    h1 = _used_cols(tl.where((offs_k == H)[None, :], 1.0, h), P, IN_K)
     ht = h1 * env[:, None]
     dht = tl.zeros_like(ht)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        t = _mm(gy, head_ptr + c * P * DOUT_P, DOUT_P, HEAD_K, DOUT_P, True, PRECISION)
+        t = _mm(gy, head_ptr + c * P * DOUT_P, DOUT_P, IN_K, DOUT_P, True, PRECISION)
         dht += t * xc[:, None]
         tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * ht, 1), mask=mask_e, sem="relaxed")
     tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
-    if HEAD_K < P:
+    if IN_K < P:
         dht = _join(dht, tl.zeros_like(dht), P)
     return tl.where((offs_k < H)[None, :], dht * env[:, None], 0.0)
 
 
 @triton.jit
-def _head_rows(ht, P: tl.constexpr, HEAD_K: tl.constexpr):
-    """The first HEAD_K columns of a (BLOCK_E, P) tile (HEAD_K = P or P/2)."""
-    if HEAD_K < P:  # a compile-time branch: one return statement (Triton types every return alike)
+def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
+    """The first IN_K columns of a (BLOCK_E, P) tile (IN_K = P or P/2)."""
+    if IN_K < P:  # a compile-time branch: one return statement (Triton types every return alike)
         ht = _halves(ht, P)[0]
     return ht
 
@@ -297,26 +305,26 @@ def _gmlp_conv_bwd_kernel(
     gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, HEAD_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_PARAMS: tl.constexpr,
 ):
     offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
     if L == 0:
         dh = _head_bwd(z, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-                       P, DOUT_P, HEAD_K, PRECISION)
+                       P, DOUT_P, IN_K, PRECISION)
     for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
         u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                 triv_ptr, eps, P, NB, NG, NORM, PRECISION)
+                 triv_ptr, eps, P, NB, NG, NORM, IN_K, PRECISION)
         y, a, c, rinv, rf, n, sg, gf = _layer(u, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
-                                              exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM,
+                                              exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K,
                                               PRECISION)
         if i == 0:
             dh = _head_bwd(y, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H,
-                           DIN, P, DOUT_P, HEAD_K, PRECISION)
+                           DIN, P, DOUT_P, IN_K, PRECISION)
         dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, L - 1 - i, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
                         gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
-                        P, NB, NG, NORM, PRECISION, NEED_PARAMS)
+                        P, NB, NG, NORM, IN_K, PRECISION, NEED_PARAMS)
     offs_k = tl.arange(0, P)
     tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
              mask=mask_e[:, None] & (offs_k < K0)[None, :])
@@ -326,20 +334,20 @@ _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pi
            "trivial", "head")
 
 
-def _launch(kernel, name: str, e: int, args: tuple, packed: dict, precision: str, **flags) -> None:
+def _launch(kernel, name: str, e: int, k0: int, args: tuple, packed: dict, precision: str, **flags) -> None:
     """One program per BLOCK_E edges (the configuration of kernel ``name``); the packed sizes as constexprs."""
     _, p, nb = packed["mean"].shape
     config = (INTERPRET_CONFIG if INTERPRET else GPU_CONFIG)[name]
     meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
-                NORM=packed["norm"], HEAD_K=head_rows(p, packed["hidden"]),
+                NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]),
                 PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
     kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config, **flags)
 
 
-def head_rows(p: int, hidden: int) -> int:
-    """HEAD_K: P/2 when h̃ (hidden + 1 columns) fits in the lower half of P (and the half still splits into
-    two dot operands of ≥ 16), else P."""
-    return p // 2 if hidden + 1 <= p // 2 and p >= 64 else p
+def used_columns(p: int, k0: int, hidden: int) -> int:
+    """IN_K: P/2 when z (k0 columns), the layers' inputs (hidden) and h̃ (hidden + 1) fit in the lower half
+    of P (and the half still splits into two dot operands of ≥ 16), else P."""
+    return p // 2 if max(k0, hidden + 1) <= p // 2 and p >= 64 else p
 
 
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
@@ -349,7 +357,7 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
         return out
     with device_ctx(x):
-        _launch(_gmlp_conv_fwd_kernel, "fwd", e, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
+        _launch(_gmlp_conv_fwd_kernel, "fwd", e, k0, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
                                                   packed["eps"], e, k0, packed["hidden"], x.shape[1], dout),
                 packed, precision)
     return out
@@ -366,8 +374,8 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
     inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))
     with device_ctx(x):
-        _launch(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1], *sizes), packed, precision,
+        _launch(_gmlp_conv_bwd_kernel, "bwd", e, k0, (*inputs, packed["head"], *grads[:-1], *sizes), packed, precision,
                 NEED_PARAMS=need_params)
         if need_params:
-            _launch(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, grads[-1], *sizes), packed, precision)
+            _launch(_gmlp_head_grad_kernel, "head_grad", e, k0, (*inputs, grads[-1], *sizes), packed, precision)
     return tuple(grads)
