@@ -533,14 +533,18 @@ def _model(e: int, n: int, k: int, din: int, dout: int) -> dict[str, tuple[float
     }
 
 
-def _fused_model(e: int, n: int, packed, din: int) -> dict[str, tuple[float, float]]:
-    """(FLOPs, bytes) of the fully fused kernels as written (dense padded weights, bench/NOTES.md): per hidden
-    layer 2P² + 8P·NB + 4P·NG forward, 4P² + 8P·NB + 4P·NG backward; head Din·2P·Dout_p each way."""
+def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[float, float]]:
+    """(FLOPs, bytes) of the fully fused kernels as written (dense padded weights, dot inputs on K = IN_K of the
+    P columns, bench/NOTES.md): per hidden layer 2KP + 8P·NB + 4P·NG forward, 4KP + 8P·NB + 4P·NG backward;
+    head Din·2K·Dout_p each way."""
+    from fastik.triton_kernels.gmlp_conv import used_columns
+
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
-    layer_fwd = 2.0 * size * size + 8.0 * size * nb + 4.0 * size * ng
-    layer_bwd = layer_fwd + 2.0 * size * size
-    head = 2.0 * din * size * dout_p
+    k = used_columns(size, k0, packed.hidden)
+    layer_fwd = 2.0 * k * size + 8.0 * size * nb + 4.0 * size * ng
+    layer_bwd = layer_fwd + 2.0 * k * size
+    head = 2.0 * din * k * dout_p
     mlp = layers * layer_fwd
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     return {"fwd": (e * (mlp + head), io + e * dout_p * f4),
@@ -671,7 +675,7 @@ def stage_split(ctx: Context) -> None:
             z = fconv.kernel.embed(r_vec).contiguous()
             env = (fconv.kernel.envelope(r_vec) * fconv.scale).contiguous()
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
-        fmodel = _fused_model(e, n, packed, din)
+        fmodel = _fused_model(e, n, packed, din, z.shape[1])
         size = packed.weight.shape[1]
         for precision in ("tf32x3", "ieee"):
             item(f"gmlp_conv fwd ({label}, P={size}, {precision})",
