@@ -160,54 +160,34 @@ class StructuredHead:
         """h (e, k), xj (e, din) -> messages (e, dout); nothing of size e·dout·din is formed.
 
         Factored blocks contract the small fixed basis first:
-        ``G[e,a,t,w,b] = Σ_c basis[t,a,b,c] h[e,w,c]`` (one small GEMM per block); the blocks that share
-        an (output, input) pair of fields are stacked along (t, w), then
-        ``P[e,a,t,w,v] = Σ_b G[e,a,t,w,b] x[e,v,b]`` (one batched product per pair; a broadcast multiply
-        when ρin is one-dimensional), then the channel mix ``m[e,u,a] = Σ_{t,w,v} P[e,a,t,w,v] coef[u,v,w,t]``
-        as one GEMM per pair.  Blocks whose basis is dense (small groups: reducible irreps, many basis
-        elements) use their dense sub-matrix on the outer product x_block ⊗ h_block instead, whichever
-        :func:`head_term_costs` says is cheaper.
+        ``G[e,a,t,w,b] = Σ_c basis[t,a,b,c] h[e,w,c]`` (one GEMM), then
+        ``P[e,a,t,w,v] = Σ_b G[e,a,t,w,b] x[e,v,b]`` (one batched product; a broadcast multiply when
+        ρin is one-dimensional), then the channel mix ``m[e,u,a] = Σ_{t,w,v} P[e,a,t,w,v] coef[u,v,w,t]``
+        as one GEMM over (t, w, v).  Blocks whose basis is dense (small groups: reducible irreps, many
+        basis elements) use their dense sub-matrix on the outer product x_block ⊗ h_block instead,
+        whichever :func:`head_term_costs` says is cheaper.
         """
         e = h.shape[0]
         dtype = torch.promote_types(h.dtype, xj.dtype)
         h, xj = h.to(dtype), xj.to(dtype)
         blocks: dict[tuple[int, int], Tensor] = {}
-        pairs, dense = self._pairs()
-        for group in pairs:
-            (mo, mi), (ra, rb) = group[0].coef.shape[:2], group[0].basis.shape[1:3]
-            gs = []
-            for term in group:
-                mh, nt, rc = term.coef.shape[2], term.coef.shape[3], term.basis.shape[3]
-                basis = term.basis.to(dtype).permute(3, 2, 1, 0).reshape(rc, rb * ra * nt)
-                g = (h[:, term.hid].reshape(e * mh, rc) @ basis).reshape(e, mh, rb, ra, nt)
-                gs.append(g.permute(0, 3, 4, 1, 2).reshape(e, ra, nt * mh, rb))
-            g = torch.cat(gs, 2) if len(gs) > 1 else gs[0]  # (e, ra, K, rb), K = Σ nt·mh over the pair's blocks
-            k = g.shape[2]
-            g = g.reshape(e, ra * k, rb)
-            xb = xj[:, group[0].inp].reshape(e, mi, rb)  # a strided view: CPU bmm is ≈ 6× slower on it than on a copy
-            p = g * xb.reshape(e, 1, mi) if rb == 1 else torch.bmm(g, xb.transpose(1, 2).contiguous())  # (e, ra·K, mi)
-            mix = torch.cat([t.coef.to(dtype).permute(3, 2, 1, 0).reshape(-1, mo) for t in group])  # (K·mi, mo)
-            m = (p.reshape(e * ra, k * mi) @ mix).reshape(e, ra, mo).transpose(1, 2).reshape(e, mo * ra)
-            _accumulate(blocks, group[0].out, m)
-        for term in dense:
+        for term in self.terms:
             mo, mi, mh, nt = term.coef.shape
             _, ra, rb, rc = term.basis.shape
-            outer = xj[:, term.inp][:, :, None] * h[:, term.hid][:, None, :]  # (e, mi·rb, mh·rc)
-            wb = torch.einsum("uvwt,tabc->vbwcua", term.coef.to(dtype), term.basis.to(dtype))
-            m = outer.reshape(e, mi * rb * mh * rc) @ wb.reshape(mi * rb * mh * rc, mo * ra)
+            coef, basis = term.coef.to(dtype), term.basis.to(dtype)
+            if _head_factored_is_cheaper(term):
+                g = h[:, term.hid].reshape(e * mh, rc) @ basis.permute(3, 2, 1, 0).reshape(rc, rb * ra * nt)
+                g = g.reshape(e, mh, rb, ra * nt).permute(0, 3, 1, 2).reshape(e, ra * nt * mh, rb)
+                xb = xj[:, term.inp].reshape(e, mi, rb)  # a strided view: CPU bmm is ≈ 6× slower on it than on a copy
+                p = g * xb.reshape(e, 1, mi) if rb == 1 else torch.bmm(g, xb.transpose(1, 2).contiguous())  # (e, ra·nt·mh, mi)
+                mix = coef.permute(3, 2, 1, 0).reshape(nt * mh * mi, mo)
+                m = (p.reshape(e * ra, nt * mh * mi) @ mix).reshape(e, ra, mo).transpose(1, 2).reshape(e, mo * ra)
+            else:
+                outer = xj[:, term.inp][:, :, None] * h[:, term.hid][:, None, :]  # (e, mi·rb, mh·rc)
+                wb = torch.einsum("uvwt,tabc->vbwcua", coef, basis)
+                m = outer.reshape(e, mi * rb * mh * rc) @ wb.reshape(mi * rb * mh * rc, mo * ra)
             _accumulate(blocks, term.out, m)
         return _assemble(blocks, e, self.dout, h)
-
-    def _pairs(self) -> tuple[list[list[HeadTerm]], list[HeadTerm]]:
-        """The factored blocks grouped by their (output, input) fields, and the blocks contracted densely."""
-        pairs: dict[tuple[int, int, int, int], list[HeadTerm]] = {}
-        dense = []
-        for term in self.terms:
-            if _head_factored_is_cheaper(term):
-                pairs.setdefault((term.out.start, term.out.stop, term.inp.start, term.inp.stop), []).append(term)
-            else:
-                dense.append(term)
-        return list(pairs.values()), dense
 
     def dense(self, dtype: torch.dtype) -> Tensor:
         """The dense (dout, k, din) weight W̃ (zeros where Schur's lemma forbids a connection)."""
@@ -220,9 +200,9 @@ class StructuredHead:
 
     def work_per_edge(self) -> int:
         """Floats per edge of the largest intermediate of :meth:`messages` (sizes its edge chunks)."""
-        pairs, dense = self._pairs()
-        sizes = [g[0].basis.shape[1] * g[0].coef.shape[1] * sum(t.coef.shape[2] * t.coef.shape[3] for t in g)
-                 for g in pairs] + [(t.inp.stop - t.inp.start) * (t.hid.stop - t.hid.start) for t in dense]
+        sizes = [t.basis.shape[0] * t.basis.shape[1] * t.coef.shape[1] * t.coef.shape[2]
+                 if _head_factored_is_cheaper(t) else (t.inp.stop - t.inp.start) * (t.hid.stop - t.hid.start)
+                 for t in self.terms]
         return max([1] + sizes)
 
     def flops_per_edge(self) -> int:
