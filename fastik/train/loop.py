@@ -327,6 +327,7 @@ def train(task: Task, cfg: TrainConfig) -> dict[str, Any]:
     if rank == 0:
         write_metrics(out, state["history"], summary)
     if created_group:
+        dist.barrier()  # rank 0 may still be writing metrics: tearing gloo down under a live peer can abort
         dist.destroy_process_group()
     return summary
 
