@@ -59,6 +59,12 @@ class EquivariantNorm(nn.Module):
             self.scale.fill_(1.0)
             self.bias.zero_()
 
+    def affine(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Per-component scale and shift, each (field_type.dim,): a field's scale on its components, a scalar
+        field's bias on its own (zero elsewhere); differentiable."""
+        shift = torch.cat([self.bias, self.bias.new_zeros(1)])[self._shift]
+        return self.scale.to(dtype)[self._field], shift.to(dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         """x (..., field_type.dim) -> normalised x, same shape.
 
@@ -72,6 +78,6 @@ class EquivariantNorm(nn.Module):
         expand = constant(self, "block_expand", x.dtype)
         c = torch.addmm(flat, flat @ constant(self, "block_mean", x.dtype), expand, alpha=-1) if self._centre else flat
         ms = (c * c) @ constant(self, "block_square", x.dtype)
-        gain = (ms + self.eps).rsqrt() @ (expand * self.scale.to(x.dtype)[self._field])
-        shift = torch.cat([self.bias, self.bias.new_zeros(1)]).to(x.dtype)[self._shift]
+        scale, shift = self.affine(x.dtype)
+        gain = (ms + self.eps).rsqrt() @ (expand * scale)
         return torch.addcmul(shift, c, gain).reshape(x.shape)

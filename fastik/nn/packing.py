@@ -64,27 +64,16 @@ def _sizes(kernel: nn.Module) -> tuple[int, int, int]:
     return _pow2(max(widths), 32), _pow2(max(blocks, default=1)), _pow2(max(gates, default=1))
 
 
-def _norm_index(norm: EquivariantNorm | None, size: int) -> tuple[Tensor, Tensor] | None:
-    """Per component (padded to ``size``): its field, into [scale; 1], and its rank among the scalar fields,
-    into [bias; 0] (padding takes the appended 1 / 0) — the norm's own indices, padded."""
-    if norm is None:
-        return None
-    pad = size - norm.field_type.dim
-    return (F.pad(norm._field, (0, pad), value=norm.scale.numel()),
-            F.pad(norm._shift, (0, pad), value=norm.bias.numel()))
-
-
 def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> dict:
     """What packing needs besides the parameters, built once per dtype and device: the sizes (P, NB, NG), the
-    layers, the structure matrices and the norms' component indices."""
+    layers and the structure matrices."""
     cache = kernel.__dict__.setdefault("_packed_structure", {})
     key = (dtype, device)
     if key not in cache:
         size, nb, ng = _sizes(kernel)
         layers = _layers(kernel.mlp)
         cache[key] = {"sizes": (size, nb, ng), "layers": layers,
-                      **{k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()},
-                      "norm_index": [_norm_index(norm, size) for _, norm, _ in layers]}
+                      **{k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()}}
     return cache[key]
 
 
@@ -101,7 +90,7 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     const = _constants(kernel, dtype, head.device)
     size = const["sizes"][0]
     weights, biases, scales, shifts = [], [], [], []
-    for (lin, norm, _), index in zip(const["layers"], const["norm_index"]):
+    for lin, norm, _ in const["layers"]:
         w = lin.weight(dtype)  # (out, in)
         weights.append(F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1])))
         b = lin.bias.bias(dtype) if lin.bias is not None else w.new_zeros(w.shape[0])
@@ -110,8 +99,9 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
             scales.append(head.new_ones(size))
             shifts.append(head.new_zeros(size))
         else:
-            scales.append(torch.cat([norm.scale, norm.scale.new_ones(1)]).to(dtype)[index[0]])
-            shifts.append(torch.cat([norm.bias, norm.bias.new_zeros(1)]).to(dtype)[index[1]])
+            scale, shift = norm.affine(dtype)
+            scales.append(F.pad(scale, (0, size - scale.shape[0]), value=1.0))
+            shifts.append(F.pad(shift, (0, size - shift.shape[0])))
     if not weights:
         weights, biases = [head.new_zeros(size, size)], [head.new_zeros(size)]
         scales, shifts = [head.new_ones(size)], [head.new_zeros(size)]
