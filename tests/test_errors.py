@@ -125,10 +125,11 @@ def test_envelope_underflow_warns_and_names_the_fix():
         layer.bias.coefficients.normal_()
     pos, ei = graph()
     x = torch.randn(6, FT.dim, dtype=torch.float64)
+    no_envelope = conv(FT, FT, sigma=None).double()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # positions in units of sigma: no warning
         layer(x, pos, ei)
-        conv(FT, FT, sigma=None).double()(x, pos * 1e6, ei)  # no envelope: nothing can underflow
+        no_envelope(x, pos * 1e6, ei)  # no envelope: nothing can underflow
     with pytest.warns(RuntimeWarning, match=r"envelope .* below 1e-30 .* rescale the positions .* larger sigma= or "
                                             r"sigma=None"):
         y = layer(x, pos * 1e6, ei)

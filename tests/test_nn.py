@@ -1,4 +1,6 @@
 """Equivariance, gradients and input validation of the G-MLP pieces and the point convolution."""
+import warnings
+
 import pytest
 import torch
 
@@ -118,6 +120,36 @@ def test_norm_and_gate_match_their_per_block_definition(any_group, fields):
         for a, b in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g)):
             assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
         assert module(x[:, None].expand(7, 2, width)).shape[:2] == (7, 2)  # any leading shape
+
+
+@pytest.mark.parametrize("spec, degenerate", [("1x0e + 3x1o", "1x0e"), ("2x0e", "2x0e"), ("1x0o + 3x0e", "1x0o"),
+                                              ("3x0e + 1x1o + 2x0o", None)])
+def test_norm_warns_about_blocks_that_normalise_to_a_sign(spec, degenerate):
+    """One invariant scalar (divided by its own magnitude), two (centred: ±d), one copy of any other
+    one-dimensional irrep: ±1 whatever the input. The warning names them; larger blocks keep their information."""
+    ft = fastik.FieldType(fastik.group("o3"), spec)
+    if degenerate is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            EquivariantNorm(ft)
+        return
+    with pytest.warns(UserWarning, match=rf"block\(s\) {degenerate} of .*hidden_channels ≥ 3"):
+        norm = EquivariantNorm(ft)
+    sl = ft.slices()[[f"{m}x{r}" for m, r in ft.blocks].index(degenerate)]
+    y = norm(torch.randn(50, ft.dim) * 3 + 0.5)[:, sl]
+    assert (y.abs() - 1).abs().median() < 1e-4  # what the warning says: only a sign is left (eps aside)
+
+
+def test_small_g_mlp_warns_once_per_norm():
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "2x0e + 1x1o")
+    with pytest.warns(UserWarning, match="hidden_channels ≥ 3") as record:
+        fastik.ImplicitPointConv(ft, ft, hidden_channels=2, hidden_layers=2)
+    assert len([w for w in record if "EquivariantNorm" in str(w.message)]) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastik.ImplicitPointConv(ft, ft, hidden_channels=2, norm=False)
+        fastik.ImplicitPointConv(ft, ft, hidden_channels=3)
 
 
 @pytest.mark.parametrize("nonlinearity", ["gate", "fourier_elu"])

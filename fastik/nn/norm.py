@@ -1,6 +1,8 @@
 """EquivariantNorm: a per-sample (per-edge) normalisation that never couples samples."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -47,6 +49,7 @@ class EquivariantNorm(nn.Module):
             if s and m > 1:
                 mean[sl, b] = 1.0 / m
         self._centre = bool(mean.any())
+        _warn_if_degenerate(field_type)
         register_constant(self, "block_mean", mean)
         register_constant(self, "block_square", square)
         register_constant(self, "block_expand", expand)
@@ -81,3 +84,15 @@ class EquivariantNorm(nn.Module):
         scale, shift = self.affine(x.dtype)
         gain = (ms + self.eps).rsqrt() @ (expand * scale)
         return torch.addcmul(shift, c, gain).reshape(x.shape)
+
+
+def _warn_if_degenerate(field_type: FieldType) -> None:
+    """Warn about blocks whose normalised values are only a sign (±1, gradient ≈ 0): one copy of a
+    one-dimensional irrep, or at most two copies of the invariant scalar (centred, two values are ±d)."""
+    degenerate = [f"{m}x{r}" for m, r in field_type.blocks
+                  if (r.is_trivial and m <= 2) or (not r.is_trivial and m * r.dim == 1)]
+    if degenerate:
+        warnings.warn(f"EquivariantNorm: the block(s) {', '.join(degenerate)} of {field_type} normalise to ±1 "
+                      "before the affine part: their values carry only a sign and pass almost no gradient. Use ≥ 3 copies of an invariant scalar "
+                      "and ≥ 2 of any other one-dimensional irrep (in an implicit kernel's G-MLP: hidden_channels ≥ 3, "
+                      "or norm=False).", UserWarning, stacklevel=3)
