@@ -152,6 +152,17 @@ def test_small_g_mlp_warns_once_per_norm():
         fastik.ImplicitPointConv(ft, ft, hidden_channels=3)
 
 
+def test_parameter_gradients_have_the_parameters_strides(any_group):
+    """Size-1 dimensions (the head's bias column, single copies) used to come back with odd strides, which
+    DistributedDataParallel warns about on every step; tests/test_train.py checks the warning is gone."""
+    ft = field(any_group)
+    conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=3, backend="reference")
+    pos = torch.randn(8, any_group.dim)
+    conv(torch.randn(8, ft.dim), pos, fastik.graphs.radius_graph(pos, 3.0)).square().sum().backward()
+    odd = {n: (p.grad.stride(), p.stride()) for n, p in conv.named_parameters() if p.grad.stride() != p.stride()}
+    assert not odd and all(p.is_contiguous() for p in conv.parameters())
+
+
 @pytest.mark.parametrize("nonlinearity", ["gate", "fourier_elu"])
 def test_implicit_kernel_equivariance(any_group, nonlinearity):
     G = any_group

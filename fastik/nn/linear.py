@@ -126,7 +126,7 @@ class EquivariantLinear(CoefficientModule):
 
     def structured(self, dtype: torch.dtype) -> StructuredLinear:
         """The weight as blocks (coefficients × intertwiner basis): no structural zeros stored."""
-        terms = [LinearTerm(self._out_slices[o], self._in_slices[i], self.weights[f"{o}_{i}"],
+        terms = [LinearTerm(self._out_slices[o], self._in_slices[i], self.coefficient(f"{o}_{i}"),
                             constant(self, f"basis_{o}_{i}", dtype)) for o, i in self._pairs]
         return StructuredLinear(self.out_type.dim, self.in_type.dim, terms)
 
