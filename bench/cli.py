@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls before them (default 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every row this many times, the rows of one size interleaved round by round "
+                        "(repeats per round; one more warm-up call per later round): drift and bimodal "
+                        "timings hit every implementation alike (default 1)")
     p.add_argument("--row-budget", type=float, default=None,
                    help="seconds per row (warm-up + repeats); rows predicted slower are skipped (default 120)")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default: none)")
@@ -103,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         dtype=args.dtype,
         repeats=args.repeats if args.repeats is not None else preset["repeats"],
         warmup=args.warmup if args.warmup is not None else preset["warmup"],
+        rounds=args.rounds,
         row_budget_s=args.row_budget if args.row_budget is not None else preset["row_budget"],
         budget_s=args.budget if args.budget is not None else preset["budget"],
         mem_limit_bytes=None if args.mem_limit_gib is None else int(args.mem_limit_gib * 2 ** 30),

@@ -44,6 +44,7 @@ class Measurement:
     peak_mem_bytes: int | None      # CUDA: absolute max_memory_allocated; CPU: None
     step_mem_bytes: int | None      # peak increase over the memory in use before the timed repeats
     notes: list[str] = field(default_factory=list)
+    rounds: list[int] = field(default_factory=list)  # timed calls per round, when merged from several
 
     @property
     def median_ms(self) -> float:
@@ -52,6 +53,24 @@ class Measurement:
     @property
     def min_ms(self) -> float:
         return min(self.times_ms)
+
+    @property
+    def round_medians_ms(self) -> list[float]:
+        """The median of each round's calls (one round: the median)."""
+        sizes, out, start = self.rounds or [len(self.times_ms)], [], 0
+        for n in sizes:
+            out.append(statistics.median(self.times_ms[start:start + n]))
+            start += n
+        return out
+
+    def merge(self, later: "Measurement") -> "Measurement":
+        """This round and a later one of the same row: all calls, the larger memory peaks, both rounds' notes."""
+        def peak(a: int | None, b: int | None) -> int | None:
+            return None if a is None and b is None else max(a or 0, b or 0)
+        return Measurement(self.times_ms + later.times_ms, self.warmup + later.warmup,
+                           peak(self.peak_mem_bytes, later.peak_mem_bytes), peak(self.step_mem_bytes, later.step_mem_bytes),
+                           self.notes + [n for n in later.notes if n not in self.notes],
+                           (self.rounds or [len(self.times_ms)]) + (later.rounds or [len(later.times_ms)]))
 
     def quartiles_ms(self) -> tuple[float, float]:
         if len(self.times_ms) < 2:

@@ -118,6 +118,14 @@ def markdown(result: dict) -> str:
         lines.append("")
     if agnostic_note:
         lines += ["⁽*⁾ no symmetry, independent of the group: measured once, with the first group.", ""]
+    rounds = [r for r in result["rows"] if r["status"] == "ok" and len(r.get("round_medians_ms") or []) > 1]
+    if rounds:
+        lines += ["## Round medians", "",
+                  "Each row's median per round, the rows of one size interleaved round by round: a spread larger than",
+                  "the differences between implementations means the machine drifted or an implementation is bimodal.", ""]
+        lines += [f"- {r['impl']} ({r['group']}, {r['pass']}, E = {r['edges']:,}): "
+                  + ", ".join(fmt_ms(t) for t in r["round_medians_ms"]) for r in rounds]
+        lines.append("")
     problems = [r for r in result["rows"] if r["status"] != "ok"]
     if problems:
         lines += ["## Skipped and failed", ""]

@@ -20,7 +20,7 @@ import torch
 
 from .envinfo import configure_precision, environment
 from .impls import IMPLS, PASSES, Unavailable, get_impl, make_step
-from .measure import is_oom, measure, memory_method
+from .measure import Measurement, is_oom, measure, memory_method
 from .workload import DEGREE, PRECISIONS, LayerSpec, make_graph, nodes_for_edges
 
 __all__ = ["BenchConfig", "run", "SCHEMA"]
@@ -39,6 +39,7 @@ class BenchConfig:
     dtype: str = "float32"
     repeats: int = 5
     warmup: int = 2
+    rounds: int = 1                      # each row's repeats this many times, interleaved with the other rows
     row_budget_s: float | None = 120.0   # per row: warm-up + repeats
     budget_s: float | None = None        # whole run
     mem_limit_bytes: int | None = None   # None: derived from the device
@@ -55,8 +56,8 @@ class BenchConfig:
         for p in self.passes:
             if p not in PASSES:
                 raise ValueError(f"unknown pass {p!r}; choose from {', '.join(PASSES)}")
-        if self.repeats < 1 or self.warmup < 0:
-            raise ValueError("need repeats >= 1 and warmup >= 0")
+        if self.repeats < 1 or self.warmup < 0 or self.rounds < 1:
+            raise ValueError("need repeats >= 1, warmup >= 0 and rounds >= 1")
         if not self.edges or min(self.edges) < 1:
             raise ValueError("need at least one positive edge count")
         if self.precision not in PRECISIONS:
@@ -172,8 +173,11 @@ def run(config: BenchConfig, progress: bool = True, printer: Callable[[str], Non
                 "passes": {"fwd": "inference: eval mode, torch.no_grad()",
                            "fwd+bwd": "training step: train mode, forward + backward of sum(out²) to x and all "
                                       "parameters (gradients reset to None before each call)"},
-                "timing": f"median over the timed repeats after {config.warmup} warm-up call(s), "
-                          "synchronised wall clock",
+                "timing": (f"median over the timed repeats after {config.warmup} warm-up call(s), "
+                           "synchronised wall clock"
+                           + ("" if config.rounds == 1 else
+                              f"; {config.rounds} rounds of repeats per row, the rows of one size interleaved "
+                              "round by round (each later round after one more warm-up call)")),
                 "degree": DEGREE,
             },
             "impls": {name: IMPLS[name].summary for name in config.impls},
@@ -188,53 +192,70 @@ def run(config: BenchConfig, progress: bool = True, printer: Callable[[str], Non
         for edges in config.edges:
             graph = make_graph(edges, 4 * config.channels, device, dtype, seed=config.seed)
             e_actual = graph.num_edges
-            for group, name in plan:
-                impl, spec = IMPLS[name], specs[group]
-                key = (group, name)
-                if key not in layers:
-                    layers[key] = _build(impl, spec)
-                    if isinstance(layers[key], str):     # unavailable: one row says why, for every size and pass
-                        emit(_row(name, spec, "all", None, "skipped", layers[key]),
-                             covers=len(config.edges) * len(config.passes))
-                layer = layers[key]
-                if isinstance(layer, str):
-                    continue
-                build_s = getattr(layer, "_bench_build_s", None)
-                for pass_ in config.passes:
-                    training = pass_ == "fwd+bwd"
-                    rkey = (group, name, pass_)
-                    reason = stopped.get(rkey) or _predict_skip(impl, spec, e_actual, training, last_ok.get(rkey),
-                                                               config, mem_limit, t_start)
-                    if reason:
-                        emit(_row(name, spec, pass_, edges, "skipped", reason))
+            pending: dict[tuple[str, str, str], Measurement] = {}  # rows measured in the rounds so far
+            for rnd in range(config.rounds):
+                last_round = rnd == config.rounds - 1
+                for group, name in plan:
+                    impl, spec = IMPLS[name], specs[group]
+                    key = (group, name)
+                    if key not in layers:
+                        layers[key] = _build(impl, spec)
+                        if isinstance(layers[key], str):  # unavailable: one row says why, for every size and pass
+                            emit(_row(name, spec, "all", None, "skipped", layers[key]),
+                                 covers=len(config.edges) * len(config.passes))
+                    layer = layers[key]
+                    if isinstance(layer, str):
                         continue
-                    left = None if config.budget_s is None else config.budget_s - (time.perf_counter() - t_start)
-                    row_budget = min(b for b in (config.row_budget_s, left, float("inf")) if b is not None)
-                    try:
-                        step = make_step(layer, graph, training)
-                        m = measure(step, device, config.repeats, config.warmup,
-                                    None if row_budget == float("inf") else row_budget)
-                    except Exception as exc:  # noqa: BLE001 - one failing row must not hide the others
-                        status = "oom" if is_oom(exc) else "error"
-                        msg = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-                        if status == "oom":
-                            stopped[rkey] = f"OOM at E={e_actual:,}"
-                        elif progress:
-                            printer(traceback.format_exc(limit=4).rstrip())
-                        emit(_row(name, spec, pass_, edges, status, msg))
-                    else:
-                        q1, q3 = m.quartiles_ms()
-                        row = _row(name, spec, pass_, edges, "ok", None, median_ms=round(m.median_ms, 4),
-                                   min_ms=round(m.min_ms, 4), q1_ms=round(q1, 4), q3_ms=round(q3, 4),
-                                   times_ms=[round(t, 4) for t in m.times_ms], repeats=len(m.times_ms),
-                                   warmup=m.warmup, peak_mem_bytes=m.peak_mem_bytes, step_mem_bytes=m.step_mem_bytes,
-                                   medges_per_s=round(e_actual / m.median_ms / 1e3, 5), build_s=build_s,
-                                   notes=m.notes)
-                        last_ok[rkey] = row
-                        emit(row)
-                    finally:
-                        step = None
-                        _release(device, layer)
+                    build_s = getattr(layer, "_bench_build_s", None)
+                    for pass_ in config.passes:
+                        training = pass_ == "fwd+bwd"
+                        rkey = (group, name, pass_)
+                        if rnd == 0:
+                            reason = stopped.get(rkey) or _predict_skip(impl, spec, e_actual, training,
+                                                                       last_ok.get(rkey), config, mem_limit, t_start)
+                            if reason:
+                                emit(_row(name, spec, pass_, edges, "skipped", reason))
+                                continue
+                        elif rkey not in pending:  # skipped or failed in an earlier round
+                            continue
+                        left = None if config.budget_s is None else config.budget_s - (time.perf_counter() - t_start)
+                        row_budget = min(b for b in (config.row_budget_s, left, float("inf")) if b is not None)
+                        try:
+                            step = make_step(layer, graph, training)
+                            m = measure(step, device, config.repeats, config.warmup if rnd == 0 else min(1, config.warmup),
+                                        None if row_budget == float("inf") else row_budget)
+                        except Exception as exc:  # noqa: BLE001 - one failing row must not hide the others
+                            pending.pop(rkey, None)
+                            status = "oom" if is_oom(exc) else "error"
+                            msg = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                            if status == "oom":
+                                stopped[rkey] = f"OOM at E={e_actual:,}"
+                            elif progress:
+                                printer(traceback.format_exc(limit=4).rstrip())
+                            emit(_row(name, spec, pass_, edges, status, msg))
+                        else:
+                            m = pending[rkey].merge(m) if rkey in pending else m
+                            if not last_round:
+                                pending[rkey] = m
+                                continue
+                            pending.pop(rkey, None)
+                            q1, q3 = m.quartiles_ms()
+                            row = _row(name, spec, pass_, edges, "ok", None, median_ms=round(m.median_ms, 4),
+                                       min_ms=round(m.min_ms, 4), q1_ms=round(q1, 4), q3_ms=round(q3, 4),
+                                       times_ms=[round(t, 4) for t in m.times_ms], repeats=len(m.times_ms),
+                                       warmup=m.warmup, peak_mem_bytes=m.peak_mem_bytes,
+                                       step_mem_bytes=m.step_mem_bytes,
+                                       medges_per_s=round(e_actual / m.median_ms / 1e3, 5), build_s=build_s,
+                                       notes=m.notes)
+                            if config.rounds > 1:
+                                row["round_medians_ms"] = [round(t, 4) for t in m.round_medians_ms]
+                            last_ok[rkey] = row
+                            emit(row)
+                        finally:
+                            step = None
+                            _release(device, layer)
+                if progress and not last_round and pending:
+                    printer(f"E={e_actual:,}: round {rnd + 1}/{config.rounds} done for {len(pending)} rows")
             del graph
             _release(device)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see cli): keep what was measured

@@ -183,3 +183,37 @@ def test_measure_without_warmup():
     calls.clear()
     m = measure(lambda: calls.append(1), torch.device("cpu"), repeats=2, warmup=2)
     assert len(calls) == 4 and len(m.times_ms) == 2 and m.warmup == 2
+
+
+def test_rounds_interleave_rows_and_merge_their_calls(monkeypatch):
+    """--rounds 3: the rows of one size are measured A, B, A, B, A, B; each row reports every call, each round's
+    median, the full warm-up only once (one call per later round) and the largest memory peak."""
+    import torch
+
+    from bench import runner
+    from bench.measure import Measurement
+
+    order: list[str] = []
+
+    def fake_measure(step, device, repeats, warmup, budget):
+        order.append(step)
+        k = order.count(step)
+        return Measurement([10.0 * k + i for i in range(repeats)], warmup, None, 100 * k, notes=[])
+
+    monkeypatch.setattr(runner, "make_step", lambda layer, graph, training: type(layer).__name__ + ("+bwd" if training else ""))
+    monkeypatch.setattr(runner, "measure", fake_measure)
+    config = BenchConfig(impls=["fastik-reference", "materialize"], groups=["so3"], edges=[60], passes=["fwd"],
+                         repeats=2, warmup=2, rounds=3, row_budget_s=None)
+    result = runner.run(config, progress=False)
+    first, second = sorted(set(order), key=order.index)
+    assert order == [first, second] * 3
+    rows = [r for r in result["rows"] if r["status"] == "ok"]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["times_ms"] == [10.0, 11.0, 20.0, 21.0, 30.0, 31.0] and r["repeats"] == 6
+        assert r["round_medians_ms"] == [10.5, 20.5, 30.5] and r["median_ms"] == 20.5
+        assert r["warmup"] == 2 + 1 + 1 and r["step_mem_bytes"] == 300
+    assert "3 rounds" in result["workload"]["timing"]
+    assert torch.device(result["config"]["device"]).type == "cpu" and result["config"]["rounds"] == 3
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        BenchConfig(impls=["materialize"], groups=["so3"], edges=[100], rounds=0)
