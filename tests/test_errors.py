@@ -175,3 +175,57 @@ def test_numpy_scalars_are_accepted_as_sizes_and_sigma():
     layer = conv(FT, FT, hidden_channels=np.int64(2), sigma=np.float32(0.5), chunk_size=np.int32(8))
     assert type(layer.chunk_size) is int and layer.kernel.hidden_channels == 2
     assert layer.kernel.log_sigma.exp().item() == pytest.approx(0.5)
+
+
+def _count_index_checks(monkeypatch) -> dict:
+    """Counts the backend ops' own index checks (one host sync each on CUDA)."""
+    import fastik.ops.fused as fused
+    import fastik.ops.fused_segmented as segmented
+    import fastik.ops.reference as reference
+
+    counts = {"ops": 0}
+
+    def counting(f):
+        def wrapped(*args, **kwargs):
+            counts["ops"] += 1
+            return f(*args, **kwargs)
+        return wrapped
+
+    for mod, name in ((agg, "_check_index_values"), (agg, "_check_rowptr_values"), (fused, "check_indices"),
+                      (segmented, "check_indices"), (reference, "_check_rowptr_values")):
+        monkeypatch.setattr(mod, name, counting(getattr(mod, name)))
+    return counts
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("use_csr", [False, True], ids=["scatter", "csr"])
+def test_layer_checks_indices_once_per_call_not_per_chunk(monkeypatch, backend, use_csr):
+    """The layer validates edge_index (and the csr's row pointer) once; its chunks' ops — forward, recomputation
+    and backward — skip their own checks, which on CUDA are a host sync each (3 per chunk in training)."""
+    torch.manual_seed(0)
+    n = 12
+    pos, x = torch.randn(n, 3), torch.randn(n, FT.dim, requires_grad=True)
+    ei = fastik.graphs.radius_graph(pos, 10.0)  # complete: 132 edges
+    layer = conv(FT, FT, hidden_channels=3, backend=backend, chunk_size=40)  # 4 chunks
+    csr = fastik.ops.build_csr(ei[1], n) if use_csr else None
+    counts = _count_index_checks(monkeypatch)
+    layer(x, pos, ei, csr=csr).square().sum().backward()
+    assert counts["ops"] == (1 if use_csr else 0)  # the csr's row pointer, once
+    counts["ops"] = 0
+    fastik.ops.scatter_sum(torch.ones(3, 2), torch.tensor([0, 1, 1]), 2)  # a direct call still checks
+    assert counts["ops"] == 1
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_indices_edited_in_place_after_forward_never_reach_a_kernel(backend):
+    """Chunks are recomputed in backward from views of edge_index, and the ops skip their index checks there:
+    edited in place since the forward, the indices must not reach a kernel — autograd refuses them."""
+    torch.manual_seed(0)
+    n = 12
+    pos, x = torch.randn(n, 3), torch.randn(n, FT.dim, requires_grad=True)
+    ei = fastik.graphs.radius_graph(pos, 10.0)
+    layer = conv(FT, FT, hidden_channels=3, backend=backend, chunk_size=40)
+    loss = layer(x, pos, ei).square().sum()
+    ei[1, 5] = n  # an out-of-range target
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation"):
+        loss.backward()

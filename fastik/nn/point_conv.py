@@ -115,7 +115,8 @@ class ImplicitPointConv(nn.Module):
         else:
             out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
                                          self.kernel.head.structured(x.dtype), src, tgt, num_targets,
-                                         self.chunk_size, csr, self.precision, self.mlp_chunk_size)
+                                         self.chunk_size, csr, self.precision, self.mlp_chunk_size,
+                                         indices_checked=not torch.compiler.is_compiling())  # _validate did
         if self.aggr == "mean":
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]

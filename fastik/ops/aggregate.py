@@ -242,15 +242,16 @@ def _run_kernel(
 
 
 @torch.library.custom_op("fastik::segment_sum", mutates_args=())
-def _segment_sum_op(src: Tensor, rowptr: Tensor) -> Tensor:
+def _segment_sum_op(src: Tensor, rowptr: Tensor, indices_checked: bool = False) -> Tensor:
     """(E, D), (N+1,) -> (N, D); src contiguous, inputs already shape/dtype/device-checked."""
-    _check_rowptr_values(rowptr, src.shape[0], "fastik.segment_sum")
+    if not indices_checked:
+        _check_rowptr_values(rowptr, src.shape[0], "fastik.segment_sum")
     out_shape = (rowptr.numel() - 1, src.shape[1])
     return _run_kernel(out_shape, "segment_sum_raw", _segment_sum_fallback, src, rowptr)
 
 
 @_segment_sum_op.register_fake
-def _(src: Tensor, rowptr: Tensor) -> Tensor:
+def _(src: Tensor, rowptr: Tensor, indices_checked: bool = False) -> Tensor:
     return src.new_empty((rowptr.shape[0] - 1, src.shape[1]))
 
 
@@ -273,20 +274,21 @@ def _(src: Tensor, rowptr: Tensor, num_edges: int) -> Tensor:
 
 
 @torch.library.custom_op("fastik::scatter_sum", mutates_args=())
-def _scatter_sum_op(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+def _scatter_sum_op(src: Tensor, index: Tensor, dim_size: int, indices_checked: bool = False) -> Tensor:
     """(E, D), (E,) -> (dim_size, D); src contiguous, inputs already shape/dtype/device-checked."""
-    _check_index_values(index, dim_size, "fastik.scatter_sum")
+    if not indices_checked:
+        _check_index_values(index, dim_size, "fastik.scatter_sum")
     out_shape = (dim_size, src.shape[1])
     return _run_kernel(out_shape, "scatter_sum_raw", _scatter_sum_fallback, src, index, dim_size)
 
 
 @_scatter_sum_op.register_fake
-def _(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+def _(src: Tensor, index: Tensor, dim_size: int, indices_checked: bool = False) -> Tensor:
     return src.new_empty((dim_size, src.shape[1]))
 
 
 def _segment_sum_setup_context(ctx, inputs, output) -> None:
-    src, rowptr = inputs
+    src, rowptr, _checked = inputs
     ctx.save_for_backward(rowptr)
     ctx.num_edges = src.shape[0]
 
@@ -296,7 +298,7 @@ def _segment_sum_backward(ctx, grad_out: Tensor):
     grad_src = None
     if ctx.needs_input_grad[0]:
         grad_src = _segment_gather_op(grad_out.contiguous(), rowptr, ctx.num_edges)
-    return grad_src, None
+    return grad_src, None, None
 
 
 _segment_sum_op.register_autograd(_segment_sum_backward, setup_context=_segment_sum_setup_context)
@@ -321,7 +323,7 @@ _segment_gather_op.register_autograd(
 
 
 def _scatter_sum_setup_context(ctx, inputs, output) -> None:
-    _src, index, _dim_size = inputs
+    _src, index, _dim_size, _checked = inputs
     ctx.save_for_backward(index)
 
 
@@ -330,7 +332,7 @@ def _scatter_sum_backward(ctx, grad_out: Tensor):
     grad_src = None
     if ctx.needs_input_grad[0]:
         grad_src = grad_out.index_select(0, index)
-    return grad_src, None, None
+    return grad_src, None, None, None
 
 
 _scatter_sum_op.register_autograd(_scatter_sum_backward, setup_context=_scatter_sum_setup_context)
@@ -339,7 +341,7 @@ _scatter_sum_op.register_autograd(_scatter_sum_backward, setup_context=_scatter_
 # --------------------------------------------------------------------------- public API
 
 
-def segment_sum(src: Tensor, rowptr: Tensor) -> Tensor:
+def segment_sum(src: Tensor, rowptr: Tensor, *, indices_checked: bool = False) -> Tensor:
     """Deterministic sum of consecutive row segments (edges sorted by target).
 
     ``out[i] = src[rowptr[i]:rowptr[i+1]].sum(0)``.
@@ -350,6 +352,8 @@ def segment_sum(src: Tensor, rowptr: Tensor) -> Tensor:
         rowptr: ``(N+1,)`` int32 / int64 CSR row pointer on ``src.device`` with
             ``rowptr[0] == 0``, ``rowptr[-1] == E``, non-decreasing (empty
             segments allowed).
+        indices_checked: the caller has validated this very ``rowptr`` (e.g. it comes from
+            :func:`build_csr`) and it is unchanged since: skip the value check and its host sync.
 
     Returns:
         ``(N, D)`` tensor of ``src.dtype`` (bfloat16 is accumulated in float32).
@@ -365,10 +369,10 @@ def segment_sum(src: Tensor, rowptr: Tensor) -> Tensor:
     _check_same_device(src, rowptr, op, "src", "rowptr")
     if rowptr.shape[0] < 1:
         raise ValueError(f"{op}: rowptr must have N+1 >= 1 entries, got shape={tuple(rowptr.shape)}")
-    return _segment_sum_op(src.contiguous(), rowptr.contiguous())
+    return _segment_sum_op(src.contiguous(), rowptr.contiguous(), bool(indices_checked))
 
 
-def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
+def scatter_sum(src: Tensor, index: Tensor, dim_size: int, *, indices_checked: bool = False) -> Tensor:
     """Sum rows of ``src`` into ``dim_size`` buckets: ``out[index[e]] += src[e]``.
 
     Args:
@@ -377,6 +381,8 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
         index: ``(E,)`` int32 / int64 target of every row, ``0 <= index < dim_size``,
             on ``src.device``.
         dim_size: number of targets ``N >= 0``.
+        indices_checked: the caller has validated this very ``index`` against ``dim_size`` and it
+            is unchanged since: skip the range check and its host sync.
 
     Returns:
         ``(dim_size, D)`` tensor of ``src.dtype`` (bfloat16 accumulated in float32);
@@ -399,7 +405,7 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: int) -> Tensor:
             f"got shape={tuple(index.shape)}"
         )
     _check_size(dim_size, op, "dim_size")
-    return _scatter_sum_op(src.contiguous(), index.contiguous(), dim_size)
+    return _scatter_sum_op(src.contiguous(), index.contiguous(), dim_size, bool(indices_checked))
 
 
 _MIX = 0x9E3779B1  # odd: position weights ((e+1)·_MIX) mod 2^31 are distinct and non-zero for E < 2^31

@@ -48,7 +48,7 @@ def resolve_backend(backend: str, x: Tensor) -> str:
 def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_inputs: Sequence[Tensor | None],
                   x: Tensor, head: StructuredHead, src: Tensor, tgt: Tensor, num_targets: int,
                   chunk_size: int | None = None, csr: CSR | None = None, precision: str = "ieee",
-                  max_chunk_size: int = 65536) -> Tensor:
+                  max_chunk_size: int = 65536, indices_checked: bool = False) -> Tensor:
     """(M, Dout): the whole implicit convolution, G-MLP included, chunk by chunk on the chosen backend.
 
     ``edge_features(*edge_inputs[chunk]) -> h̃ (chunk, K)`` evaluates the G-MLP of a chunk
@@ -58,24 +58,26 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
     tensor of E × H elements is ever stored — only the per-edge inputs (r, attributes).
     ``chunk_size`` None: ``max_chunk_size``, and on the reference backend at most
     :func:`~fastik.ops.reference.auto_chunk_size` (≈ 2^24 floats of intermediates).
+    ``indices_checked``: the caller has validated ``src`` / ``tgt`` (see :func:`chunked_conv`).
     """
     use_triton = resolve_backend(backend, x) in ("triton", "fused")
     weight = head.dense(x.dtype) if use_triton else None
     if chunk_size is None:
         chunk_size = max_chunk_size if use_triton else min(max_chunk_size, auto_chunk_size(head))
 
-    def contribution(*args: Tensor | None) -> Tensor:
-        *inputs, src_c, tgt_c, rowptr_c = args
+    def contribution(*args) -> Tensor:
+        *inputs, src_c, tgt_c, rowptr_c, checked = args
         h = edge_features(*inputs)
         if not use_triton:
-            return aggregated_messages(head, h, x, src_c, tgt_c, rowptr_c, num_targets)
+            return aggregated_messages(head, h, x, src_c, tgt_c, rowptr_c, num_targets, indices_checked=checked)
         if rowptr_c is None:  # edge-wise fused kernel, atomic aggregation
             from .fused import implicit_message_passing_fused
 
-            return implicit_message_passing_fused(h, x, weight, src_c, tgt_c, num_targets, precision=precision)
+            return implicit_message_passing_fused(h, x, weight, src_c, tgt_c, num_targets, precision=precision,
+                                                  indices_checked=checked)
         from .fused_segmented import implicit_message_passing_segmented  # aggregate-first per target
 
         return implicit_message_passing_segmented(h, x, weight, src_c, tgt_c, rowptr_c, num_targets,
-                                                  precision=precision)
+                                                  precision=precision, indices_checked=checked)
 
-    return chunked_conv(contribution, edge_inputs, src, tgt, num_targets, chunk_size, csr)
+    return chunked_conv(contribution, edge_inputs, src, tgt, num_targets, chunk_size, csr, indices_checked)

@@ -49,10 +49,11 @@ def _kernels():
 # ----------------------------------------------------------------------------
 def _forward_impl(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
                   num_targets: int, precision: str = "ieee",
-                  tgt_rowptr: Optional[Tensor] = None) -> Tensor:
+                  tgt_rowptr: Optional[Tensor] = None, indices_checked: bool = False) -> Tensor:
     """Body of the forward op (plain function: tests trace the ops it runs)."""
     check_inputs(h, x, weight, src, tgt, num_targets, precision, tgt_rowptr)
-    check_indices(x, src, tgt, num_targets, tgt_rowptr)
+    if not indices_checked:
+        check_indices(x, src, tgt, num_targets, tgt_rowptr)
     require_triton(x)
     fwd, _ = _kernels()
     h, x, weight = h.contiguous(), x.contiguous(), weight.contiguous()
@@ -66,18 +67,18 @@ def _forward_impl(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor
 @torch.library.custom_op("fastik::implicit_message_passing", mutates_args=())
 def _imp_forward(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
                  num_targets: int, precision: str = "ieee",
-                 tgt_rowptr: Optional[Tensor] = None) -> Tensor:
-    return _forward_impl(h, x, weight, src, tgt, num_targets, precision, tgt_rowptr)
+                 tgt_rowptr: Optional[Tensor] = None, indices_checked: bool = False) -> Tensor:
+    return _forward_impl(h, x, weight, src, tgt, num_targets, precision, tgt_rowptr, indices_checked)
 
 
 @_imp_forward.register_fake
-def _imp_forward_fake(h, x, weight, src, tgt, num_targets, precision="ieee", tgt_rowptr=None):
+def _imp_forward_fake(h, x, weight, src, tgt, num_targets, precision="ieee", tgt_rowptr=None, indices_checked=False):
     check_inputs(h, x, weight, src, tgt, num_targets, precision, tgt_rowptr)
     return x.new_empty(num_targets, weight.shape[0])
 
 
 def _backward_impl(grad_out: Tensor, h: Tensor, x: Tensor, weight: Tensor, src: Tensor,
-                   tgt: Tensor, precision: str, need_h: bool, need_x: bool,
+                   tgt: Tensor, precision: str, indices_checked: bool, need_h: bool, need_x: bool,
                    need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Body of the backward op: (grad_h, grad_x, grad_weight); gradients not
     needed come back as zeros."""
@@ -85,7 +86,8 @@ def _backward_impl(grad_out: Tensor, h: Tensor, x: Tensor, weight: Tensor, src: 
     check_inputs(h, x, weight, src, tgt, num_targets, precision)
     if grad_out.dtype != torch.float32 or tuple(grad_out.shape) != (num_targets, weight.shape[0]):
         raise ValueError("grad_out must be float32 of shape (num_targets, Dout)")
-    check_indices(x, src, tgt, num_targets)
+    if not indices_checked:
+        check_indices(x, src, tgt, num_targets)
     require_triton(x)
     _, bwd = _kernels()
     return bwd.message_bwd(grad_out.contiguous(), h.contiguous(), x.contiguous(),
@@ -95,21 +97,22 @@ def _backward_impl(grad_out: Tensor, h: Tensor, x: Tensor, weight: Tensor, src: 
 
 @torch.library.custom_op("fastik::implicit_message_passing_backward", mutates_args=())
 def _imp_backward(grad_out: Tensor, h: Tensor, x: Tensor, weight: Tensor, src: Tensor,
-                  tgt: Tensor, precision: str, need_h: bool, need_x: bool,
+                  tgt: Tensor, precision: str, indices_checked: bool, need_h: bool, need_x: bool,
                   need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    return _backward_impl(grad_out, h, x, weight, src, tgt, precision, need_h, need_x, need_w)
+    return _backward_impl(grad_out, h, x, weight, src, tgt, precision, indices_checked, need_h, need_x, need_w)
 
 
 @_imp_backward.register_fake
-def _imp_backward_fake(grad_out, h, x, weight, src, tgt, precision, need_h, need_x, need_w):
+def _imp_backward_fake(grad_out, h, x, weight, src, tgt, precision, indices_checked, need_h, need_x, need_w):
     return h.new_empty(h.shape), x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
 # autograd of both ops (double backward through the same two ops): the shared contract
 register_trilinear_autograd(
     _imp_forward, _imp_backward,
-    backward_graph=lambda g: (g[0], g[1], g[3]),                        # (src, tgt, precision)
-    forward_graph=lambda g, n_t: (g[0], g[1], n_t, g[2], None))          # (src, tgt, num_targets, precision, rowptr)
+    backward_graph=lambda g: (g[0], g[1], g[3], g[5]),                  # (src, tgt, precision, indices_checked)
+    forward_graph=lambda g, n_t: (g[0], g[1], n_t, g[2], None, g[3]))    # (src, tgt, num_targets, precision, rowptr,
+                                                                         #  indices_checked)
 
 
 # ----------------------------------------------------------------------------
@@ -118,7 +121,8 @@ register_trilinear_autograd(
 def implicit_message_passing_fused(h: Tensor, x: Tensor, weight: Tensor, src: Tensor,
                                    tgt: Tensor, num_targets: int, *,
                                    precision: str = "ieee",
-                                   tgt_rowptr: Optional[Tensor] = None) -> Tensor:
+                                   tgt_rowptr: Optional[Tensor] = None,
+                                   indices_checked: bool = False) -> Tensor:
     """Fused ``out[i,o] = Σ_{e: tgt[e]=i} Σ_{k,c} weight[o,k,c]·h[e,k]·x[src[e],c]``.
 
     Same contract as :func:`fastik.ops.reference.implicit_message_passing_reference`
@@ -133,12 +137,16 @@ def implicit_message_passing_fused(h: Tensor, x: Tensor, weight: Tensor, src: Te
             (num_targets + 1,) (see :func:`csr_rowptr`): the forward then writes
             every output row once without atomics (deterministic). The backward
             still scatters grad_x with atomics.
+        indices_checked: the caller has validated these very index tensors (ranges, and
+            ``tgt_rowptr`` against ``tgt``) and they are unchanged since: skip the check and
+            its host sync, forward and backward. For callers that validate once per graph
+            (:class:`fastik.ImplicitPointConv` does, once per call, then runs many chunks).
 
     Errors (raised before any kernel launch): wrong dtypes/shapes/devices,
     indices out of range (0 ≤ src < N, 0 ≤ tgt < num_targets), unsorted edges
-    with ``tgt_rowptr``; RuntimeError when Triton cannot run here.
+    with ``tgt_rowptr`` (unless ``indices_checked``); RuntimeError when Triton cannot run here.
     """
     num_targets = int(num_targets) if not isinstance(num_targets, torch.SymInt) else num_targets
     check_inputs(h, x, weight, src, tgt, num_targets, precision, tgt_rowptr)
     return torch.ops.fastik.implicit_message_passing(
-        h, x, weight, src, tgt, num_targets, precision, tgt_rowptr)
+        h, x, weight, src, tgt, num_targets, precision, tgt_rowptr, bool(indices_checked))

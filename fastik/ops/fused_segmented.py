@@ -46,10 +46,12 @@ def _kernels():
 # custom ops
 # ----------------------------------------------------------------------------
 def _forward_impl(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
-                  rowptr: Tensor, num_targets: int, precision: str = "ieee") -> Tensor:
+                  rowptr: Tensor, num_targets: int, precision: str = "ieee",
+                  indices_checked: bool = False) -> Tensor:
     """Body of the forward op (plain function: tests trace the ops it runs)."""
     check_inputs(h, x, weight, src, tgt, num_targets, precision, rowptr)
-    check_indices(x, src, tgt, num_targets, rowptr)
+    if not indices_checked:
+        check_indices(x, src, tgt, num_targets, rowptr)
     require_triton(x)
     fwd, _ = _kernels()
     return fwd.segmented_fwd(h.contiguous(), x.contiguous(), weight.contiguous(),
@@ -58,26 +60,28 @@ def _forward_impl(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor
 
 @torch.library.custom_op("fastik::implicit_message_passing_segmented", mutates_args=())
 def _seg_forward(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
-                 rowptr: Tensor, num_targets: int, precision: str = "ieee") -> Tensor:
-    return _forward_impl(h, x, weight, src, tgt, rowptr, num_targets, precision)
+                 rowptr: Tensor, num_targets: int, precision: str = "ieee",
+                 indices_checked: bool = False) -> Tensor:
+    return _forward_impl(h, x, weight, src, tgt, rowptr, num_targets, precision, indices_checked)
 
 
 @_seg_forward.register_fake
-def _seg_forward_fake(h, x, weight, src, tgt, rowptr, num_targets, precision="ieee"):
+def _seg_forward_fake(h, x, weight, src, tgt, rowptr, num_targets, precision="ieee", indices_checked=False):
     check_inputs(h, x, weight, src, tgt, num_targets, precision, rowptr)
     return x.new_empty(num_targets, weight.shape[0])
 
 
 def _backward_impl(grad_out: Tensor, h: Tensor, x: Tensor, weight: Tensor, src: Tensor,
-                   tgt: Tensor, rowptr: Tensor, precision: str, need_h: bool, need_x: bool,
-                   need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                   tgt: Tensor, rowptr: Tensor, precision: str, indices_checked: bool, need_h: bool,
+                   need_x: bool, need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """Body of the backward op: (grad_h, grad_x, grad_weight); gradients not
     needed come back as zeros."""
     num_targets = grad_out.shape[0]
     check_inputs(h, x, weight, src, tgt, num_targets, precision, rowptr)
     if grad_out.dtype != torch.float32 or tuple(grad_out.shape) != (num_targets, weight.shape[0]):
         raise ValueError("grad_out must be float32 of shape (num_targets, Dout)")
-    check_indices(x, src, tgt, num_targets, rowptr)
+    if not indices_checked:
+        check_indices(x, src, tgt, num_targets, rowptr)
     require_triton(x)
     _, bwd = _kernels()
     return bwd.segmented_bwd(grad_out.contiguous(), h.contiguous(), x.contiguous(),
@@ -87,14 +91,14 @@ def _backward_impl(grad_out: Tensor, h: Tensor, x: Tensor, weight: Tensor, src: 
 
 @torch.library.custom_op("fastik::implicit_message_passing_segmented_backward", mutates_args=())
 def _seg_backward(grad_out: Tensor, h: Tensor, x: Tensor, weight: Tensor, src: Tensor,
-                  tgt: Tensor, rowptr: Tensor, precision: str, need_h: bool, need_x: bool,
-                  need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    return _backward_impl(grad_out, h, x, weight, src, tgt, rowptr, precision,
+                  tgt: Tensor, rowptr: Tensor, precision: str, indices_checked: bool, need_h: bool,
+                  need_x: bool, need_w: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    return _backward_impl(grad_out, h, x, weight, src, tgt, rowptr, precision, indices_checked,
                           need_h, need_x, need_w)
 
 
 @_seg_backward.register_fake
-def _seg_backward_fake(grad_out, h, x, weight, src, tgt, rowptr, precision, need_h, need_x,
+def _seg_backward_fake(grad_out, h, x, weight, src, tgt, rowptr, precision, indices_checked, need_h, need_x,
                        need_w):
     return h.new_empty(h.shape), x.new_empty(x.shape), weight.new_empty(weight.shape)
 
@@ -102,8 +106,9 @@ def _seg_backward_fake(grad_out, h, x, weight, src, tgt, rowptr, precision, need
 # autograd of both ops (double backward through the same two ops): the shared contract
 register_trilinear_autograd(
     _seg_forward, _seg_backward,
-    backward_graph=lambda g: (g[0], g[1], g[2], g[4]),                  # (src, tgt, rowptr, precision)
-    forward_graph=lambda g, n_t: (g[0], g[1], g[2], n_t, g[3]))          # (src, tgt, rowptr, num_targets, precision)
+    backward_graph=lambda g: (g[0], g[1], g[2], g[4], g[5]),            # (src, tgt, rowptr, precision, indices_checked)
+    forward_graph=lambda g, n_t: (g[0], g[1], g[2], n_t, g[3], g[4]))    # (src, tgt, rowptr, num_targets, precision,
+                                                                         #  indices_checked)
 
 
 # ----------------------------------------------------------------------------
@@ -111,7 +116,7 @@ register_trilinear_autograd(
 # ----------------------------------------------------------------------------
 def implicit_message_passing_segmented(h: Tensor, x: Tensor, weight: Tensor, src: Tensor,
                                        tgt: Tensor, rowptr: Tensor, num_targets: int, *,
-                                       precision: str = "ieee") -> Tensor:
+                                       precision: str = "ieee", indices_checked: bool = False) -> Tensor:
     """Aggregate-first ``out[i,o] = Σ_{e: tgt[e]=i} Σ_{k,c} weight[o,k,c]·h[e,k]·x[src[e],c]``.
 
     Same contract as :func:`fastik.ops.fused.implicit_message_passing_fused`
@@ -124,6 +129,9 @@ def implicit_message_passing_segmented(h: Tensor, x: Tensor, weight: Tensor, src
     Args:
         precision: "ieee" (default, true fp32) | "tf32" | "tf32x3" — applies to
             the per-target GEMMs; the edge-level products are always fp32 FMAs.
+        indices_checked: the caller has validated these very index tensors and ``rowptr``
+            and they are unchanged since: skip the check and its host syncs (as in
+            :func:`fastik.ops.fused.implicit_message_passing_fused`).
 
     Errors (before any kernel launch): wrong dtypes / shapes / devices, indices out
     of range, ``rowptr`` not the CSR row pointer of ``tgt`` or ``tgt`` unsorted
@@ -132,4 +140,4 @@ def implicit_message_passing_segmented(h: Tensor, x: Tensor, weight: Tensor, src
     num_targets = int(num_targets) if not isinstance(num_targets, torch.SymInt) else num_targets
     check_inputs(h, x, weight, src, tgt, num_targets, precision, rowptr)
     return torch.ops.fastik.implicit_message_passing_segmented(
-        h, x, weight, src, tgt, rowptr, num_targets, precision)
+        h, x, weight, src, tgt, rowptr, num_targets, precision, bool(indices_checked))

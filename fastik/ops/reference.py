@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .aggregate import CSR, scatter_sum, segment_sum
+from .aggregate import CSR, _check_rowptr_values, scatter_sum, segment_sum
 from .structured import StructuredHead
 
 __all__ = ["implicit_message_passing_reference", "chunked_conv", "aggregated_messages", "auto_chunk_size"]
@@ -52,8 +52,8 @@ def implicit_message_passing_reference(
     """
     head = weight if isinstance(weight, StructuredHead) else StructuredHead.from_dense(weight)
     step = chunk_size or auto_chunk_size(head)
-    return chunked_conv(lambda h_chunk, *graph: aggregated_messages(head, h_chunk, x, *graph, num_targets),
-                        (h,), src, tgt, num_targets, step, csr)
+    return chunked_conv(lambda h_c, src_c, tgt_c, rowptr_c, checked: aggregated_messages(
+        head, h_c, x, src_c, tgt_c, rowptr_c, num_targets, indices_checked=checked), (h,), src, tgt, num_targets, step, csr)
 
 
 def auto_chunk_size(head: StructuredHead) -> int:
@@ -62,16 +62,19 @@ def auto_chunk_size(head: StructuredHead) -> int:
 
 
 def aggregated_messages(head: StructuredHead, h: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
-                        rowptr: Tensor | None, num_targets: int) -> Tensor:
+                        rowptr: Tensor | None, num_targets: int, *, indices_checked: bool = False) -> Tensor:
     """A chunk's messages ``W̃ · (h̃_e ⊗ x_src(e))`` summed per target: (num_targets, Dout); segment sum
-    over the chunk's row pointer, else scatter sum."""
+    over the chunk's row pointer, else scatter sum (``indices_checked``: skip their index checks)."""
     msg = head.messages(h, x[src])
-    return scatter_sum(msg, tgt, num_targets) if rowptr is None else segment_sum(msg, rowptr)
+    if rowptr is None:
+        return scatter_sum(msg, tgt, num_targets, indices_checked=indices_checked)
+    return segment_sum(msg, rowptr, indices_checked=indices_checked)
 
 
 def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tensor | None], src: Tensor,
-                 tgt: Tensor, num_targets: int, chunk_size: int, csr: CSR | None = None) -> Tensor:
-    """``Σ_chunks contribution(*edge_inputs[chunk], src[chunk], tgt[chunk], rowptr_chunk)``: (num_targets, D).
+                 tgt: Tensor, num_targets: int, chunk_size: int, csr: CSR | None = None,
+                 indices_checked: bool = False) -> Tensor:
+    """``Σ_chunks contribution(*edge_inputs[chunk], src[chunk], tgt[chunk], rowptr_chunk, checked)``: (num_targets, D).
 
     The one chunk loop of the implicit convolution, shared by every backend: per chunk
     of edges ``contribution`` evaluates whatever the backend fuses (the G-MLP, the
@@ -83,11 +86,20 @@ def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tens
     With a ``csr`` (checked against ``tgt``) edges run in target order and
     ``rowptr_chunk`` is the chunk's slice of the row pointer (deterministic segment
     sums); otherwise it is None (scatter sums).  Edge inputs may be None (absent).
+
+    ``indices_checked``: the caller has validated ``src`` and ``tgt`` (ranges); the CSR's row
+    pointer is then checked once here, and ``checked`` tells each chunk's backend ops to skip
+    their own index checks (one host sync each, per chunk, in forward, recomputation and
+    backward). Index tensors edited in place between forward and backward never reach them:
+    autograd refuses saved tensors (the checkpointed chunks' inputs, the ops' saved indices)
+    whose version counter moved.
     """
     e = src.shape[0]
     rowptr = None
     if csr is not None:
         csr.check(e, num_targets, tgt)
+        if indices_checked:
+            _check_rowptr_values(csr.rowptr, e, "fastik: csr.rowptr")
         perm = csr.perm
         edge_inputs = [None if t is None else t[perm] for t in edge_inputs]
         src, tgt, rowptr = src[perm], tgt[perm], csr.rowptr
@@ -96,7 +108,7 @@ def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tens
     for start in range(0, max(e, 1), chunk_size):
         sl = slice(start, start + chunk_size)
         chunk_rowptr = None if rowptr is None else rowptr.clamp(start, min(e, start + chunk_size)) - start
-        args = [None if t is None else t[sl] for t in edge_inputs] + [src[sl], tgt[sl], chunk_rowptr]
+        args = [None if t is None else t[sl] for t in edge_inputs] + [src[sl], tgt[sl], chunk_rowptr, indices_checked]
         part = checkpoint(contribution, *args, use_reentrant=False) if recompute else contribution(*args)
         out = part if out is None else out + part
     return out
