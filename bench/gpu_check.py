@@ -720,7 +720,11 @@ def stage_aggregation(ctx: Context) -> None:
     nbytes = e * d * 4 + n * d * 4 + e * 8
     cases = [
         ("segment_sum (sorted, CSR)", lambda: agg.segment_sum(msgs, rowptr), nbytes - e * 8 + (n + 1) * 8),
+        ("segment_sum (sorted, CSR, indices_checked)", lambda: agg.segment_sum(msgs, rowptr, indices_checked=True),
+         nbytes - e * 8 + (n + 1) * 8),
         ("scatter_sum (sorted index)", lambda: agg.scatter_sum(msgs, tgt, n), nbytes),
+        ("scatter_sum (sorted index, indices_checked)", lambda: agg.scatter_sum(msgs, tgt, n, indices_checked=True),
+         nbytes),
         ("scatter_sum (shuffled index)", lambda: agg.scatter_sum(msgs, shuffled, n), nbytes),
         ("index_add_ (sorted index)", lambda: torch.zeros(n, d, device=dev).index_add_(0, tgt, msgs), nbytes),
         ("index_add_ (shuffled index)", lambda: torch.zeros(n, d, device=dev).index_add_(0, shuffled, msgs),
