@@ -111,7 +111,8 @@ class ImplicitPointConv(nn.Module):
             if csr is not None:
                 csr.check(src.shape[0], num_targets, tgt)
             out = fused_gmlp_conv(self.kernel.embed(*parts), self.kernel.envelope(r) * self.scale, x,
-                                  self.kernel.packed(x.dtype), src, tgt, num_targets, self.precision)
+                                  self.kernel.packed(x.dtype), src, tgt, num_targets, self.precision,
+                                  indices_checked=not torch.compiler.is_compiling())  # _validate did
         else:
             out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
                                          self.kernel.head.structured(x.dtype), src, tgt, num_targets,

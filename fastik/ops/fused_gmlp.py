@@ -142,17 +142,19 @@ def _kernel_args(p: PackedGMLP) -> dict:
 @torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
 def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
             tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str) -> Tensor:
+            precision: str, indices_checked: bool = False) -> Tensor:
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, num_targets, precision)
-    check_indices(x, src, tgt, num_targets)
+    if not indices_checked:
+        check_indices(x, src, tgt, num_targets)
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
     return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision))
 
 
 @_fwd_op.register_fake
-def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision):
+def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision,
+              indices_checked=False):
     _check(z, env, x, _packed(tuple(tensors), (dout, hidden, layers, norm, eps)), src, tgt, num_targets, precision)
     return x.new_empty(num_targets, dout)
 
@@ -160,26 +162,28 @@ def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, n
 @torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
             tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str, need_params: bool) -> list[Tensor]:
+            precision: str, need_params: bool, indices_checked: bool = False) -> list[Tensor]:
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
-    check_indices(x, src, tgt, grad_out.shape[0])
+    if not indices_checked:
+        check_indices(x, src, tgt, grad_out.shape[0])
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params))
 
 
 @_bwd_op.register_fake
-def _bwd_fake(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision, need_params):
+def _bwd_fake(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision, need_params,
+              indices_checked=False):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
                                                           for k in _TRAINED]
 
 
 def _setup(ctx, inputs, output) -> None:
-    z, env, x, src, tgt, num_targets, tensors, *meta = inputs
+    z, env, x, src, tgt, num_targets, tensors, *meta, indices_checked = inputs
     ctx.save_for_backward(z, env, x, src, tgt, *tensors)
-    ctx.meta, ctx.num_targets = tuple(meta), num_targets
+    ctx.meta, ctx.num_targets, ctx.indices_checked = tuple(meta), num_targets, indices_checked
 
 
 def _backward(ctx, grad_out: Tensor):
@@ -196,19 +200,19 @@ def _backward(ctx, grad_out: Tensor):
         grads = [next(found) if m else None for m in mask]
     else:
         grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, list(tensors), *meta,
-                                                         precision, any(mask[3:])))
+                                                         precision, any(mask[3:]), ctx.indices_checked))
         grads = [g if m else None for g, m in zip(grads, mask)]
     gz, genv, gx, *gp = grads
     by_name = dict(zip(_TRAINED, gp))
     packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:11]]  # a list input takes a list, Nones included
-    return gz, genv, gx, None, None, None, packed_grads, None, None, None, None, None, None
+    return gz, genv, gx, None, None, None, packed_grads, None, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup)
 
 
 def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
-                    num_targets: int, precision: str = "ieee") -> Tensor:
+                    num_targets: int, precision: str = "ieee", indices_checked: bool = False) -> Tensor:
     """(num_targets, dout): the implicit convolution of a packed G-MLP, fully fused on Triton.
 
     Args:
@@ -218,9 +222,11 @@ def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: 
         packed: the G-MLP (:meth:`fastik.nn.ImplicitKernel.packed`).
         src, tgt: (E,) int64 source / target of each edge (checked before any launch).
         precision: dot precision of the weight matmuls: "ieee", "tf32" or "tf32x3" (float32 only).
+        indices_checked: the caller has validated these very src / tgt (ranges) and they are unchanged
+            since: skip the check and its host sync, forward and backward.
 
     Differentiable w.r.t. z, env, x and the packed parameters (weight, bias, scale, shift, head).
     """
     _check(z, env, x, packed, src, tgt, num_targets, precision)
     return torch.ops.fastik.gmlp_conv(z, env, x, src, tgt, num_targets, list(packed[:11]), *packed[11:],
-                                      precision)
+                                      precision, bool(indices_checked))
