@@ -9,7 +9,9 @@ Each backend (edge-wise :mod:`fastik.ops.fused`, aggregate-first
     Φ(g, h, x, W) = Σ_e Σ_{o,k,c} W[o,k,c] · h[e,k] · x[src e, c] · g[tgt e, o],
 
 and gets from here: availability of Triton, the input checks (shapes, dtypes, devices —
-valid on fake tensors — and index ranges before any launch), and autograd of both ops
+valid on fake tensors — and index ranges before any launch, which the ops skip when their
+``indices_checked`` argument says the caller validated the very same index tensors), and
+autograd of both ops
 (:func:`register_trilinear_autograd`: first and second order, the latter through the
 same two ops, since every derivative of a multilinear form is the form with one factor
 replaced).
