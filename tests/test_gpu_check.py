@@ -106,7 +106,7 @@ def test_dry_run_stage_results(dry_run):
     assert d["peaks"]["fp32_matmul_tflops"] > 0 and d["peaks"]["copy_gb_s"] > 0
     # e: aggregation ops agree with the float64 index_add_ and report bandwidth
     e = stages["e"]["results"]
-    assert len(e["items"]) == 5 and all(i["status"] == "ok" for i in e["items"])
+    assert len(e["items"]) == 7 and all(i["status"] == "ok" for i in e["items"])
     for i in e["items"]:
         assert i["gb_s"] > 0 and i["pct_copy_bw"] > 0
         assert i.get("rel_err_vs_float64", 0.0) < 1e-5
