@@ -231,3 +231,25 @@ def test_indices_edited_in_place_after_forward_never_reach_a_kernel(backend):
     ei[1, 5] = n  # an out-of-range target
     with pytest.raises(RuntimeError, match=r"modified by an inplace operation"):
         loss.backward()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_hand_assembled_csr_that_is_not_the_graphs_is_refused(backend):
+    """A CSR assembled by hand carries no fingerprint of its graph: its row pointer is checked against the
+    permuted targets once per call (the chunks' ops no longer check it)."""
+    torch.manual_seed(0)
+    n = 12
+    pos, x = torch.randn(n, 3), torch.randn(n, FT.dim)
+    ei = fastik.graphs.radius_graph(pos, 10.0)
+    good = fastik.ops.build_csr(ei[1], n)
+    layer = conv(FT, FT, hidden_channels=3, backend=backend, chunk_size=40)
+    by_hand = agg.CSR(good.perm, good.rowptr, n)
+    assert torch.allclose(layer(x, pos, ei, csr=by_hand), layer(x, pos, ei, csr=good), atol=1e-5)
+    bad = good.rowptr.clone()
+    bad[1:-1] = good.rowptr[2:]  # monotone and ending at E, but not the targets' row pointer
+    with pytest.raises(ValueError, match="not their CSR row pointer"):
+        layer(x, pos, ei, csr=agg.CSR(good.perm, bad, n))
+    worse = good.rowptr.clone()
+    worse[3] = 10 ** 6  # out of bounds
+    with pytest.raises(ValueError, match="rowptr must be monotone"):
+        layer(x, pos, ei, csr=agg.CSR(good.perm, worse, n))

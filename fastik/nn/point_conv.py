@@ -119,7 +119,8 @@ class ImplicitPointConv(nn.Module):
                                          self.chunk_size, csr, self.precision, self.mlp_chunk_size,
                                          indices_checked=not torch.compiler.is_compiling())  # _validate did
         if self.aggr == "mean":
-            deg = torch.bincount(tgt, minlength=num_targets) if csr is None else csr.rowptr.diff()
+            # a CSR from build_csr is its targets' row pointer by construction; one assembled by hand may not be
+            deg = torch.bincount(tgt, minlength=num_targets) if csr is None or csr.checksum is None else csr.rowptr.diff()
             out = out / deg.clamp_min(1).to(x.dtype)[:, None]
         return out if self.bias is None else self.bias(out)
 

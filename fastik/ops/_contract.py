@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["PRECISIONS", "triton_importable", "interpret_mode", "triton_available", "require_triton",
-           "check_inputs", "check_indices", "register_trilinear_autograd"]
+           "check_inputs", "check_indices", "check_rowptr", "register_trilinear_autograd"]
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 
@@ -148,13 +148,19 @@ def check_indices(x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
         raise IndexError(f"tgt indices must lie in [0, num_targets={num_targets}), "
                          f"got range [{tmin}, {tmax}]")
     if tgt_rowptr is not None:
-        counts = torch.bincount(tgt, minlength=num_targets)
-        ok = bool((tgt_rowptr[0] == 0).item()) and bool(
-            torch.equal(tgt_rowptr[1:] - tgt_rowptr[:-1], counts)) and bool(
-            (tgt[1:] >= tgt[:-1]).all().item())
-        if not ok:
-            raise ValueError("tgt_rowptr given, but edges are not sorted by target or "
-                             "tgt_rowptr is not their CSR row pointer (see fastik.ops.aggregate.csr_rowptr)")
+        check_rowptr(tgt, tgt_rowptr, num_targets)
+
+
+def check_rowptr(tgt: Tensor, tgt_rowptr: Tensor, num_targets: int) -> None:
+    """ValueError unless the edges are sorted by target and ``tgt_rowptr`` is their CSR row pointer
+    (``tgt`` in range already; a few host syncs)."""
+    counts = torch.bincount(tgt, minlength=num_targets)
+    ok = bool((tgt_rowptr[0] == 0).item()) and bool(
+        torch.equal(tgt_rowptr[1:] - tgt_rowptr[:-1], counts)) and bool(
+        (tgt[1:] >= tgt[:-1]).all().item())
+    if not ok:
+        raise ValueError("tgt_rowptr given, but edges are not sorted by target or "
+                         "tgt_rowptr is not their CSR row pointer (see fastik.ops.aggregate.csr_rowptr)")
 
 
 def _save(ctx, *args) -> None:

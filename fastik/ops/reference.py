@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ._contract import check_rowptr
 from .aggregate import CSR, _check_rowptr_values, scatter_sum, segment_sum
 from .structured import StructuredHead
 
@@ -88,7 +89,9 @@ def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tens
     sums); otherwise it is None (scatter sums).  Edge inputs may be None (absent).
 
     ``indices_checked``: the caller has validated ``src`` and ``tgt`` (ranges); the CSR's row
-    pointer is then checked once here, and ``checked`` tells each chunk's backend ops to skip
+    pointer is then checked once here (its bounds for a CSR from :func:`build_csr`, which is
+    the row pointer of ``tgt`` by construction; its consistency with the permuted ``tgt`` for one
+    assembled by hand), and ``checked`` tells each chunk's backend ops to skip
     their own index checks (one host sync each, per chunk, in forward, recomputation and
     backward). Index tensors edited in place between forward and backward never reach them:
     autograd refuses saved tensors (the checkpointed chunks' inputs, the ops' saved indices)
@@ -98,11 +101,13 @@ def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tens
     rowptr = None
     if csr is not None:
         csr.check(e, num_targets, tgt)
-        if indices_checked:
-            _check_rowptr_values(csr.rowptr, e, "fastik: csr.rowptr")
         perm = csr.perm
         edge_inputs = [None if t is None else t[perm] for t in edge_inputs]
         src, tgt, rowptr = src[perm], tgt[perm], csr.rowptr
+        if indices_checked:
+            _check_rowptr_values(rowptr, e, "fastik: csr.rowptr")
+            if csr.checksum is None:
+                check_rowptr(tgt, rowptr, num_targets)
     recompute = torch.is_grad_enabled() and e > chunk_size
     out: Tensor | None = None
     for start in range(0, max(e, 1), chunk_size):
