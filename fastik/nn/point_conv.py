@@ -34,6 +34,8 @@ class ImplicitPointConv(nn.Module):
         aggregation (one built from other targets is refused: :meth:`~fastik.ops.aggregate.CSR.check`).
         Returns y (N or M, out_type.dim).  A RuntimeWarning says when the envelope underflows on every
         edge (positions in other units than ``sigma``; :meth:`ImplicitKernel.check_envelope`).
+        ``edge_index`` (and a CSR's row pointer) is range-checked once per call — one host sync on
+        CUDA — and the chunks' ops then skip their own checks.
 
     Args:
         aggr: ``"sum"`` (default) or ``"mean"`` over incoming edges.
