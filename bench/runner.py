@@ -187,12 +187,29 @@ def run(config: BenchConfig, progress: bool = True, printer: Callable[[str], Non
             "partial": False,
         }
 
+    def ok_row(name: str, spec: LayerSpec, pass_: str, edges: int, e_actual: int, m: Measurement,
+               rounds_done: int) -> dict:
+        q1, q3 = m.quartiles_ms()
+        notes = m.notes + ([] if rounds_done == config.rounds else
+                           [f"interrupted: {rounds_done} of {config.rounds} rounds measured"])
+        row = _row(name, spec, pass_, edges, "ok", None, median_ms=round(m.median_ms, 4),
+                   min_ms=round(m.min_ms, 4), q1_ms=round(q1, 4), q3_ms=round(q3, 4),
+                   times_ms=[round(t, 4) for t in m.times_ms], repeats=len(m.times_ms),
+                   warmup=m.warmup, peak_mem_bytes=m.peak_mem_bytes, step_mem_bytes=m.step_mem_bytes,
+                   medges_per_s=round(e_actual / m.median_ms / 1e3, 5),
+                   build_s=getattr(layers.get((spec.group, name)), "_bench_build_s", None), notes=notes)
+        if config.rounds > 1:
+            row["round_medians_ms"] = [round(t, 4) for t in m.round_medians_ms]
+        return row
+
     interrupted = False
+    # rows of the current size measured in the rounds so far: (group, impl, pass) -> (measurement, row arguments)
+    pending: dict[tuple[str, str, str], tuple[Measurement, tuple]] = {}
     try:
         for edges in config.edges:
             graph = make_graph(edges, 4 * config.channels, device, dtype, seed=config.seed)
             e_actual = graph.num_edges
-            pending: dict[tuple[str, str, str], Measurement] = {}  # rows measured in the rounds so far
+            pending.clear()
             for rnd in range(config.rounds):
                 last_round = rnd == config.rounds - 1
                 for group, name in plan:
@@ -206,7 +223,6 @@ def run(config: BenchConfig, progress: bool = True, printer: Callable[[str], Non
                     layer = layers[key]
                     if isinstance(layer, str):
                         continue
-                    build_s = getattr(layer, "_bench_build_s", None)
                     for pass_ in config.passes:
                         training = pass_ == "fwd+bwd"
                         rkey = (group, name, pass_)
@@ -234,21 +250,12 @@ def run(config: BenchConfig, progress: bool = True, printer: Callable[[str], Non
                                 printer(traceback.format_exc(limit=4).rstrip())
                             emit(_row(name, spec, pass_, edges, status, msg))
                         else:
-                            m = pending[rkey].merge(m) if rkey in pending else m
+                            m = pending[rkey][0].merge(m) if rkey in pending else m
                             if not last_round:
-                                pending[rkey] = m
+                                pending[rkey] = (m, (name, spec, pass_, edges, e_actual))
                                 continue
                             pending.pop(rkey, None)
-                            q1, q3 = m.quartiles_ms()
-                            row = _row(name, spec, pass_, edges, "ok", None, median_ms=round(m.median_ms, 4),
-                                       min_ms=round(m.min_ms, 4), q1_ms=round(q1, 4), q3_ms=round(q3, 4),
-                                       times_ms=[round(t, 4) for t in m.times_ms], repeats=len(m.times_ms),
-                                       warmup=m.warmup, peak_mem_bytes=m.peak_mem_bytes,
-                                       step_mem_bytes=m.step_mem_bytes,
-                                       medges_per_s=round(e_actual / m.median_ms / 1e3, 5), build_s=build_s,
-                                       notes=m.notes)
-                            if config.rounds > 1:
-                                row["round_medians_ms"] = [round(t, 4) for t in m.round_medians_ms]
+                            row = ok_row(name, spec, pass_, edges, e_actual, m, config.rounds)
                             last_ok[rkey] = row
                             emit(row)
                         finally:
@@ -260,6 +267,8 @@ def run(config: BenchConfig, progress: bool = True, printer: Callable[[str], Non
             _release(device)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see cli): keep what was measured
         interrupted = True
+        for m, args in pending.values():  # rows with some of their rounds done: what they have
+            emit(ok_row(*args, m, rounds_done=len(m.round_medians_ms)))
         if progress:
             printer(f"interrupted after {len(rows)} rows; writing what was measured")
     return result(interrupted)

@@ -217,3 +217,27 @@ def test_rounds_interleave_rows_and_merge_their_calls(monkeypatch):
     assert torch.device(result["config"]["device"]).type == "cpu" and result["config"]["rounds"] == 3
     with pytest.raises(ValueError, match="rounds >= 1"):
         BenchConfig(impls=["materialize"], groups=["so3"], edges=[100], rounds=0)
+
+
+def test_rounds_interrupted_keep_the_rounds_measured(monkeypatch):
+    """Ctrl-C / SIGTERM in round 2 of 2: the rows measured in round 1 are reported, with a note saying so."""
+    from bench import runner
+    from bench.measure import Measurement
+
+    calls = []
+
+    def fake_measure(step, device, repeats, warmup, budget):
+        calls.append(step)
+        if len(calls) == 3:  # the first row's second round
+            raise KeyboardInterrupt
+        return Measurement([5.0] * repeats, warmup, None, 10, notes=[])
+
+    monkeypatch.setattr(runner, "make_step", lambda layer, graph, training: type(layer).__name__)
+    monkeypatch.setattr(runner, "measure", fake_measure)
+    config = BenchConfig(impls=["fastik-reference", "materialize"], groups=["so3"], edges=[60], passes=["fwd"],
+                         repeats=2, warmup=1, rounds=2, row_budget_s=None)
+    result = runner.run(config, progress=False)
+    assert result["interrupted"]
+    rows = [r for r in result["rows"] if r["status"] == "ok"]
+    assert len(rows) == 2 and all(r["repeats"] == 2 and r["round_medians_ms"] == [5.0] for r in rows)
+    assert all("interrupted: 1 of 2 rounds measured" in r["notes"] for r in rows)
