@@ -34,6 +34,8 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
+from ._contract import check_rowptr
+
 __all__ = [
     "CSR",
     "aggregate",
@@ -461,6 +463,15 @@ class CSR(NamedTuple):
         return CSR(self.perm.to(device), self.rowptr.to(device), self.num_targets, moved,
                    self.target_version if moved is target else 0 if moved is None else moved._version,
                    None if self.checksum is None else self.checksum.to(device))
+
+    def check_row_pointer(self, sorted_targets: Tensor) -> None:
+        """ValueError unless ``rowptr`` is a row pointer over the E edges (starts at 0, ends at E, never
+        decreases: one host sync on CUDA) and, for a CSR assembled by hand, that of ``sorted_targets``
+        (the targets in CSR order, in range; a few more syncs). A CSR from :func:`build_csr` is its
+        targets' row pointer by construction."""
+        _check_rowptr_values(self.rowptr, self.num_edges, "fastik: csr.rowptr")
+        if self.checksum is None:
+            check_rowptr(sorted_targets, self.rowptr, self.num_targets)
 
     def _built_from(self, tgt: Tensor) -> bool:
         """Whether ``tgt`` is the very tensor (same memory, no in-place edit since) the CSR was built from.

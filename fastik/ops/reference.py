@@ -14,8 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ._contract import check_rowptr
-from .aggregate import CSR, _check_rowptr_values, scatter_sum, segment_sum
+from .aggregate import CSR, scatter_sum, segment_sum
 from .structured import StructuredHead
 
 __all__ = ["implicit_message_passing_reference", "chunked_conv", "aggregated_messages", "auto_chunk_size"]
@@ -105,9 +104,7 @@ def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tens
         edge_inputs = [None if t is None else t[perm] for t in edge_inputs]
         src, tgt, rowptr = src[perm], tgt[perm], csr.rowptr
         if indices_checked:
-            _check_rowptr_values(rowptr, e, "fastik: csr.rowptr")
-            if csr.checksum is None:
-                check_rowptr(tgt, rowptr, num_targets)
+            csr.check_row_pointer(tgt)
     recompute = torch.is_grad_enabled() and e > chunk_size
     out: Tensor | None = None
     for start in range(0, max(e, 1), chunk_size):
