@@ -132,16 +132,6 @@ class CoefficientModule(nn.Module):
 
     _version = 2
 
-    def coefficient(self, name: str) -> Tensor:
-        """``self.weights[name]`` as a view whose gradient has the parameter's own (contiguous) strides.
-
-        Backward through permutes and einsums of a parameter with size-1 dimensions yields gradients with
-        odd strides on those dimensions, which autograd stores as they are and DistributedDataParallel warns
-        about ("Grad strides do not match bucket view strides"); flattening and viewing back re-strides them.
-        """
-        weight = self.weights[name]
-        return weight.reshape(-1).view(weight.shape)
-
     def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, *args, **kwargs) -> None:
         if local_metadata.get("version", 1) < 2:
             upgrade_state_dict(self, state_dict, prefix, local_metadata)

@@ -12,7 +12,7 @@ from ..ops.structured import HeadTerm, StructuredHead
 from ._buffers import constant, register_constant
 from ._checks import check_field_type, check_int, check_sigma
 from ._compat import CoefficientModule
-from .linear import EquivariantLinear, normal_coefficients_, reset_children
+from .linear import EquivariantLinear, coefficient_view, normal_coefficients_, reset_children
 from .nonlinearities import FourierELU, GatedNonlinearity
 from .norm import EquivariantNorm
 from .packing import PackedGMLP, fusable, pack_gmlp
@@ -86,7 +86,7 @@ class KernelHead(CoefficientModule):
     def structured(self, dtype: torch.dtype) -> StructuredHead:
         """W̃ as blocks (coefficients × intertwiner basis of ρh -> ρout ⊗ ρin), no structural zeros."""
         so, si, sh = self._slices
-        terms = [HeadTerm(so[o], si[i], sh[h], self.coefficient(f"{o}_{i}_{h}"),
+        terms = [HeadTerm(so[o], si[i], sh[h], coefficient_view(self.weights[f"{o}_{i}_{h}"]),
                           constant(self, f"basis_{o}_{i}_{h}", dtype))
                  for o, i, h in self._triples]
         return StructuredHead(self.out_type.dim, self.hidden_type.dim + 1, self.in_type.dim, terms)

@@ -37,6 +37,16 @@ def reset_children(module: nn.Module) -> None:
             reset_children(child)
 
 
+def coefficient_view(weight: Tensor) -> Tensor:
+    """``weight`` as a view whose gradient has the parameter's own (contiguous) strides.
+
+    Backward through permutes and einsums of a parameter with size-1 dimensions yields gradients with
+    odd strides on those dimensions, which autograd stores as they are and DistributedDataParallel warns
+    about ("Grad strides do not match bucket view strides"); flattening and viewing back re-strides them.
+    """
+    return weight.reshape(-1).view(weight.shape)
+
+
 def normal_coefficients_(weights: nn.ParameterDict, std: dict[str, float]) -> None:
     """Draw each coefficient tensor, in order, from N(0, std[name]²) in place."""
     with torch.no_grad():
@@ -126,7 +136,7 @@ class EquivariantLinear(CoefficientModule):
 
     def structured(self, dtype: torch.dtype) -> StructuredLinear:
         """The weight as blocks (coefficients × intertwiner basis): no structural zeros stored."""
-        terms = [LinearTerm(self._out_slices[o], self._in_slices[i], self.coefficient(f"{o}_{i}"),
+        terms = [LinearTerm(self._out_slices[o], self._in_slices[i], coefficient_view(self.weights[f"{o}_{i}"]),
                             constant(self, f"basis_{o}_{i}", dtype)) for o, i in self._pairs]
         return StructuredLinear(self.out_type.dim, self.in_type.dim, terms)
 
