@@ -98,7 +98,7 @@ class ImplicitPointConv(nn.Module):
                 node_attr_target: Tensor | None = None, csr: CSR | None = None) -> Tensor:
         """x (N, in_type.dim), pos (N, dim), edge_index (2, E) -> (N or M, out_type.dim); see the class docstring."""
         pos_t = pos if pos_target is None else pos_target
-        self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
+        indices_checked = self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
         src, tgt = edge_index[0], edge_index[1]
         num_targets = pos_t.shape[0]
         r = pos[src] - pos_t[tgt]
@@ -114,12 +114,12 @@ class ImplicitPointConv(nn.Module):
                 csr.check(src.shape[0], num_targets, tgt)
             out = fused_gmlp_conv(self.kernel.embed(*parts), self.kernel.envelope(r) * self.scale, x,
                                   self.kernel.packed(x.dtype), src, tgt, num_targets, self.precision,
-                                  indices_checked=not torch.compiler.is_compiling())  # _validate did
+                                  indices_checked=indices_checked)
         else:
             out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
                                          self.kernel.head.structured(x.dtype), src, tgt, num_targets,
                                          self.chunk_size, csr, self.precision, self.mlp_chunk_size,
-                                         indices_checked=not torch.compiler.is_compiling())  # _validate did
+                                         indices_checked=indices_checked)
         if self.aggr == "mean":
             # a CSR from build_csr is its targets' row pointer by construction; one assembled by hand may not be
             deg = torch.bincount(tgt, minlength=num_targets) if csr is None or csr.checksum is None else csr.rowptr.diff()
@@ -142,7 +142,8 @@ class ImplicitPointConv(nn.Module):
         self.kernel.check_envelope(r)
 
     def _validate(self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None,
-                  node_attr: Tensor | None, pos_target: Tensor | None, node_attr_target: Tensor | None) -> None:
+                  node_attr: Tensor | None, pos_target: Tensor | None, node_attr_target: Tensor | None) -> bool:
+        """Raise on bad inputs; returns whether ``edge_index``'s ranges were checked (not under torch.compile)."""
         dim = self.in_type.group.dim
         for name, t in (("x", x), ("pos", pos), ("edge_index", edge_index)):
             if not isinstance(t, Tensor):
@@ -177,7 +178,8 @@ class ImplicitPointConv(nn.Module):
         e = edge_index.shape[1]
         # Index values need a host sync; under torch.compile they are left to the custom ops,
         # which check them inside their (opaque) bodies before any kernel touches memory.
-        if e and not torch.compiler.is_compiling():
+        indices_checked = not torch.compiler.is_compiling()
+        if e and indices_checked:
             (smin, tmin), (smax, tmax) = torch.stack(torch.aminmax(edge_index, dim=1)).tolist()  # one host sync
             if smin < 0 or smax >= x.shape[0]:
                 raise IndexError(f"edge_index[0] (sources) must be in [0, {x.shape[0]}), got range [{smin}, {smax}]")
@@ -189,6 +191,7 @@ class ImplicitPointConv(nn.Module):
             self._check_attr("node_attr_target", node_attr_target, self.node_attr_type, num_targets)
         elif node_attr_target is not None:
             raise ValueError("node_attr_target is only used with pos_target and node_attr")
+        return indices_checked
 
     @staticmethod
     def _check_attr(name: str, value: Tensor | None, ftype: FieldType | None, rows: int) -> None:
