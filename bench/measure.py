@@ -55,10 +55,15 @@ class Measurement:
         return min(self.times_ms)
 
     @property
+    def round_sizes(self) -> list[int]:
+        """Timed calls per round (one round: all of them)."""
+        return self.rounds or [len(self.times_ms)]
+
+    @property
     def round_medians_ms(self) -> list[float]:
         """The median of each round's calls (one round: the median)."""
-        sizes, out, start = self.rounds or [len(self.times_ms)], [], 0
-        for n in sizes:
+        out, start = [], 0
+        for n in self.round_sizes:
             out.append(statistics.median(self.times_ms[start:start + n]))
             start += n
         return out
@@ -70,7 +75,7 @@ class Measurement:
         return Measurement(self.times_ms + later.times_ms, self.warmup + later.warmup,
                            peak(self.peak_mem_bytes, later.peak_mem_bytes), peak(self.step_mem_bytes, later.step_mem_bytes),
                            self.notes + [n for n in later.notes if n not in self.notes],
-                           (self.rounds or [len(self.times_ms)]) + (later.rounds or [len(later.times_ms)]))
+                           self.round_sizes + later.round_sizes)
 
     def quartiles_ms(self) -> tuple[float, float]:
         if len(self.times_ms) < 2:
