@@ -40,6 +40,32 @@ def test_head_messages_match_dense_forward_and_backward(any_group, factored, mon
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("factored", [True, False], ids=["factored", "dense-blocks"])
+def test_head_contract_of_pooled_outer_products_matches_dense(any_group, factored, monkeypatch):
+    # contract(P) = W̃ · P per target, P = Σ_e h_e ⊗ x_e; the cost model's choice per block forced both ways
+    monkeypatch.setattr(structured, "pooled_term_costs", lambda term: (0, 1) if factored else (1, 0))
+    ft = fastik.FieldType(any_group, FIELDS[any_group.dim])
+    kernel = ImplicitKernel(ft, ft, hidden_channels=2, hidden_layers=1).double()
+    _randomise(kernel)
+    head = kernel.head.structured(torch.float64)
+    pooled = torch.randn(7, head.k, head.din, dtype=torch.float64, requires_grad=True)
+    params = list(kernel.head.parameters())
+    dense = torch.einsum("okc,nkc->no", kernel.head.weight(torch.float64), pooled)
+    got = head.contract(pooled)
+    assert torch.allclose(got, dense, atol=1e-12, rtol=1e-10)
+    grad_out = torch.randn_like(dense)
+    for a, b in zip(torch.autograd.grad(got, [pooled, *params], grad_out),
+                    torch.autograd.grad(dense, [pooled, *params], grad_out)):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
+    assert head.contract(pooled[:0]).shape == (0, head.dout)
+
+
+def test_contract_of_a_single_dense_block():
+    w = torch.randn(3, 4, 5, dtype=torch.float64)
+    pooled = torch.randn(6, 4, 5, dtype=torch.float64)
+    assert torch.allclose(StructuredHead.from_dense(w).contract(pooled), torch.einsum("okc,nkc->no", w, pooled))
+
+
 @pytest.mark.parametrize("whole_dense", [False, True], ids=["blocks", "whole-dense"])
 def test_linear_structured_matches_dense(any_group, whole_dense, monkeypatch):
     # the cost model picks blocks or the whole dense matrix: exercise both everywhere

@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 from torch import Tensor
 
 from .aggregate import CSR
+from .pooled import plan_pooling, pooled_conv
 from .reference import aggregated_messages, auto_chunk_size, chunked_conv
 from .structured import StructuredHead
 
@@ -67,9 +68,14 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
 
     def contribution(*args) -> Tensor:
         *inputs, src_c, tgt_c, rowptr_c, checked = args
-        h = edge_features(*inputs)
         if not use_triton:
-            return aggregated_messages(head, h, x, src_c, tgt_c, rowptr_c, num_targets, indices_checked=checked)
+            plan = plan_pooling(head, tgt_c)
+            if plan is not None:  # aggregate first: the G-MLP runs in the plan's edge order
+                h = edge_features(*[None if t is None else t[plan.order] for t in inputs])
+                return pooled_conv(head, h, x[src_c[plan.order]], plan, num_targets)
+            return aggregated_messages(head, edge_features(*inputs), x, src_c, tgt_c, rowptr_c, num_targets,
+                                       indices_checked=checked)
+        h = edge_features(*inputs)
         if rowptr_c is None:  # edge-wise fused kernel, atomic aggregation
             from .fused import implicit_message_passing_fused
 

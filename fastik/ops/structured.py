@@ -18,12 +18,14 @@ copy ``u`` of an ``r``-dimensional irrep, component ``a``):
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["LinearTerm", "HeadTerm", "StructuredLinear", "StructuredHead", "linear_term_costs", "head_term_costs"]
+__all__ = ["LinearTerm", "HeadTerm", "StructuredLinear", "StructuredHead", "linear_term_costs", "head_term_costs",
+           "pooled_term_costs"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,30 @@ def head_term_costs(term: HeadTerm) -> tuple[int, int]:
 def _head_factored_is_cheaper(term: HeadTerm) -> bool:
     factored, dense = head_term_costs(term)
     return factored <= dense
+
+
+def pooled_term_costs(term: HeadTerm) -> tuple[int, int]:
+    """FLOPs per target of one block applied to a pooled outer product (:meth:`StructuredHead.contract`):
+    (factored: basis contraction, channel mix; dense: the block's dense matrix)."""
+    (mo, mi, mh, nt), (_, ra, rb, rc) = term.coef.shape, term.basis.shape
+    return 2 * mh * mi * nt * ra * (rc * rb + mo), 2 * mh * rc * mi * rb * mo * ra
+
+
+def _pieces(a: Tensor, rows: list[slice], cols: list[slice]) -> dict[tuple[int, int, int, int], Tensor]:
+    """The (n, ·, ·) sub-blocks ``a[:, row, col]`` for every (row, col) pair, cut with ``split`` (whose backward
+    is one ``cat``, where indexing's allocates a zero tensor of a's size per block)."""
+    def cuts(slices: list[slice], width: int) -> list[int]:
+        return sorted({0, width, *(s.start for s in slices), *(s.stop for s in slices)})
+
+    rc, cc = cuts(rows, a.shape[1]), cuts(cols, a.shape[2])
+    grid = [r.split([q - p for p, q in zip(cc, cc[1:])], 2) for r in a.split([q - p for p, q in zip(rc, rc[1:])], 1)]
+    out = {}
+    for row in rows:
+        for col in cols:
+            i0, i1, j0, j1 = rc.index(row.start), rc.index(row.stop), cc.index(col.start), cc.index(col.stop)
+            rows_of = [torch.cat(grid[i][j0:j1], 2) if j1 - j0 > 1 else grid[i][j0] for i in range(i0, i1)]
+            out[(row.start, row.stop, col.start, col.stop)] = torch.cat(rows_of, 1) if i1 - i0 > 1 else rows_of[0]
+    return out
 
 
 #: FLOPs of one dense GEMM per FLOP of the factored path's small, memory-bound ops at equal time, and what the
@@ -188,6 +214,50 @@ class StructuredHead:
                 m = outer.reshape(e, mi * rb * mh * rc) @ wb.reshape(mi * rb * mh * rc, mo * ra)
             _accumulate(blocks, term.out, m)
         return _assemble(blocks, e, self.dout, h)
+
+    def contract(self, pooled: Tensor) -> Tensor:
+        """pooled (n, k, din) -> (n, dout): ``y[n, o] = Σ_{k,c} W̃[o,k,c] pooled[n,k,c]``, block by block.
+
+        ``pooled[n] = Σ_e h̃_e ⊗ x_src(e)`` over the edges of target n (aggregate first: by linearity the sum of
+        the messages is W̃ applied once per target).  Per (hidden, input) block pair the pooled block is
+        reordered once to (n, w, v, c, b) and contracted with the bases of every block reading it (one GEMM over
+        (c, b)), then each block's channel mix is one GEMM over (t, w, v) — or the block's dense sub-matrix where
+        :func:`pooled_term_costs` says that is cheaper.
+        """
+        n = pooled.shape[0]
+        dtype = pooled.dtype
+        pieces = _pieces(pooled, [t.hid for t in self.terms], [t.inp for t in self.terms])
+        blocks: dict[tuple[int, int], Tensor] = {}
+        by_piece: dict[tuple[int, int, int, int], list[HeadTerm]] = {}
+        for term in self.terms:
+            by_piece.setdefault((term.hid.start, term.hid.stop, term.inp.start, term.inp.stop), []).append(term)
+        for key, terms in by_piece.items():
+            mi, mh = terms[0].coef.shape[1:3]
+            rb, rc = terms[0].basis.shape[2:]
+            factored = [t for t in terms if operator.le(*pooled_term_costs(t))]
+            piece = pieces[key]  # (n, mh·rc, mi·rb)
+            if factored:
+                flat = piece.reshape(n, mh, rc, mi, rb).transpose(2, 3).reshape(n * mh * mi, rc * rb)
+                bases = [t.basis.to(dtype).permute(3, 2, 1, 0).reshape(rc * rb, -1) for t in factored]  # (c·b, a·t)
+                projected = (flat @ torch.cat(bases, 1)).split([b.shape[1] for b in bases], 1)
+                for term, g in zip(factored, projected):
+                    mo, _, _, nt = term.coef.shape
+                    ra = term.basis.shape[1]
+                    g = g.reshape(n, mh * mi, ra * nt).transpose(1, 2).reshape(n * ra, nt, mh * mi)
+                    mix = term.coef.to(dtype).permute(3, 2, 1, 0).reshape(nt * mh * mi, mo)
+                    m = (g.reshape(n * ra, nt * mh * mi) @ mix).reshape(n, ra, mo).transpose(1, 2).reshape(n, mo * ra)
+                    _accumulate(blocks, term.out, m)
+            for term in terms:
+                if term not in factored:
+                    mo, ra = term.coef.shape[0], term.basis.shape[1]
+                    wb = torch.einsum("uvwt,tabc->wcvbua", term.coef.to(dtype), term.basis.to(dtype))
+                    m = piece.reshape(n, mh * rc * mi * rb) @ wb.reshape(mh * rc * mi * rb, mo * ra)
+                    _accumulate(blocks, term.out, m)
+        return _assemble(blocks, n, self.dout, pooled)
+
+    def contract_flops(self) -> int:
+        """FLOPs of :meth:`contract` per target (forward)."""
+        return sum(min(pooled_term_costs(t)) for t in self.terms)
 
     def dense(self, dtype: torch.dtype) -> Tensor:
         """The dense (dout, k, din) weight W̃ (zeros where Schur's lemma forbids a connection)."""
