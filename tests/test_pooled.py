@@ -51,7 +51,7 @@ def test_pooled_conv_matches_edge_wise_messages_with_every_gradient_and_double_b
     h = torch.randn(40, head.k, requires_grad=True)
     x = torch.randn(9, head.din, requires_grad=True)
     plan = pooled.group_by_degree(tgt)
-    got = pooled.pooled_conv(head, h[plan.order], x[src[plan.order]], plan, 11)
+    got = pooled.pooled_conv(head, h[plan.order], x, src, plan, 11)
     want = aggregated_messages(head, h, x, src, tgt, None, 11)
     assert got.shape == (11, head.dout) and relative_error(got, want) < 1e-13
     assert torch.equal(got[9:], torch.zeros(2, head.dout))  # no edges into 9, 10

@@ -51,7 +51,9 @@ def test_head_contract_of_pooled_outer_products_matches_dense(any_group, factore
     pooled = torch.randn(7, head.k, head.din, dtype=torch.float64, requires_grad=True)
     params = list(kernel.head.parameters())
     dense = torch.einsum("okc,nkc->no", kernel.head.weight(torch.float64), pooled)
-    got = head.contract(pooled)
+    inp_order = head.pooled_layout()
+    assert sorted(inp_order.tolist()) == list(range(head.din))
+    got = head.contract(pooled[:, :, inp_order])
     assert torch.allclose(got, dense, atol=1e-12, rtol=1e-10)
     grad_out = torch.randn_like(dense)
     for a, b in zip(torch.autograd.grad(got, [pooled, *params], grad_out),
@@ -63,7 +65,15 @@ def test_head_contract_of_pooled_outer_products_matches_dense(any_group, factore
 def test_contract_of_a_single_dense_block():
     w = torch.randn(3, 4, 5, dtype=torch.float64)
     pooled = torch.randn(6, 4, 5, dtype=torch.float64)
-    assert torch.allclose(StructuredHead.from_dense(w).contract(pooled), torch.einsum("okc,nkc->no", w, pooled))
+    head = StructuredHead.from_dense(w)
+    assert torch.equal(head.pooled_layout(), torch.arange(5))
+    assert torch.allclose(head.contract(pooled), torch.einsum("okc,nkc->no", w, pooled))
+
+
+def test_pooled_layout_is_component_major_per_block():
+    ft = fastik.FieldType(fastik.group("so3"), "2x0e + 2x1o")
+    head = ImplicitKernel(ft, ft, hidden_channels=2, hidden_layers=1).head.structured(torch.float64)
+    assert head.pooled_layout().tolist() == [0, 1, 2, 5, 3, 6, 4, 7]  # 2x1o: (u, a) = 00 01 02 10 11 12 -> a-major
 
 
 @pytest.mark.parametrize("whole_dense", [False, True], ids=["blocks", "whole-dense"])

@@ -43,9 +43,8 @@ def _structure(kernel: nn.Module, size: int, nb: int, ng: int) -> dict[str, Tens
     t = {k: torch.zeros(layers, *shape, dtype=torch.float64) for k, shape in shapes.items()}
     for l, (_, norm, gate) in enumerate(_layers(kernel.mlp)):
         if norm is not None:
-            for key, name in (("mean", "block_mean"), ("avg", "block_square"), ("expand", "block_expand")):
-                m = constant(norm, name, torch.float64).cpu()
-                t[key][l, :m.shape[0], :m.shape[1]] = m
+            for key, m in zip(("mean", "avg", "expand"), norm.block_matrices(torch.float64)):
+                t[key][l, :m.shape[0], :m.shape[1]] = m.cpu()
         spread = constant(gate, "gate_spread", torch.float64).cpu()  # (gates, out_dim)
         gates, dim = spread.shape
         t["gate_expand"][l, :gates, :dim] = spread

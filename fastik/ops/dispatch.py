@@ -72,7 +72,7 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
             plan = plan_pooling(head, tgt_c)
             if plan is not None:  # aggregate first: the G-MLP runs in the plan's edge order
                 h = edge_features(*[None if t is None else t[plan.order] for t in inputs])
-                return pooled_conv(head, h, x[src_c[plan.order]], plan, num_targets)
+                return pooled_conv(head, h, x, src_c, plan, num_targets)
             return aggregated_messages(head, edge_features(*inputs), x, src_c, tgt_c, rowptr_c, num_targets,
                                        indices_checked=checked)
         h = edge_features(*inputs)

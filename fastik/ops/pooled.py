@@ -72,8 +72,9 @@ def pooled_outer(h: Tensor, xj: Tensor, groups: list[tuple[int, int]]) -> Tensor
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def pooled_conv(head: StructuredHead, h: Tensor, xj: Tensor, plan: PoolingPlan, num_targets: int) -> Tensor:
-    """(num_targets, Dout): ``Σ_{e→i} W̃ · (h_e ⊗ xj_e)`` for h (E, K), xj (E, Din) in ``plan.order``."""
-    dtype = torch.promote_types(h.dtype, xj.dtype)
-    y = head.contract(pooled_outer(h.to(dtype), xj.to(dtype), plan.groups))
+def pooled_conv(head: StructuredHead, h: Tensor, x: Tensor, src: Tensor, plan: PoolingPlan, num_targets: int) -> Tensor:
+    """(num_targets, Dout): ``Σ_{e→i} W̃ · (h_e ⊗ x_src(e))`` for h (E, K) in ``plan.order``, x (N, Din), src (E,)."""
+    dtype = torch.promote_types(h.dtype, x.dtype)
+    xj = x.to(dtype)[:, head.pooled_layout().to(x.device)][src[plan.order]]
+    y = head.contract(pooled_outer(h.to(dtype), xj, plan.groups))
     return y.new_zeros(num_targets, head.dout).index_copy(0, plan.targets, y)

@@ -101,21 +101,32 @@ def pooled_term_costs(term: HeadTerm) -> tuple[int, int]:
     return 2 * mh * mi * nt * ra * (rc * rb + mo), 2 * mh * rc * mi * rb * mo * ra
 
 
-def _pieces(a: Tensor, rows: list[slice], cols: list[slice]) -> dict[tuple[int, int, int, int], Tensor]:
-    """The (n, ·, ·) sub-blocks ``a[:, row, col]`` for every (row, col) pair, cut with ``split`` (whose backward
-    is one ``cat``, where indexing's allocates a zero tensor of a's size per block)."""
-    def cuts(slices: list[slice], width: int) -> list[int]:
-        return sorted({0, width, *(s.start for s in slices), *(s.stop for s in slices)})
+def _partition(blocks: list[tuple[slice, int, int]], width: int) -> list[tuple[int, int, int, int]]:
+    """The distinct (start, stop, m, r) blocks of ``[0, width)`` given (slice, multiplicity m, irrep dim r) per
+    term, gaps as (m = stop - start, r = 1); terms' slices must be equal or disjoint."""
+    parts = sorted({(sl.start, sl.stop, m, r) for sl, m, r in blocks})
+    out, filled = [], 0
+    for start, stop, m, r in parts:
+        if start < filled:
+            raise ValueError(f"overlapping blocks in a structured head: [{start}, {stop}) starts before {filled}")
+        if start > filled:
+            out.append((filled, start, start - filled, 1))
+        out.append((start, stop, m, r))
+        filled = stop
+    return out + ([(filled, width, width - filled, 1)] if filled < width else [])
 
-    rc, cc = cuts(rows, a.shape[1]), cuts(cols, a.shape[2])
-    grid = [r.split([q - p for p, q in zip(cc, cc[1:])], 2) for r in a.split([q - p for p, q in zip(rc, rc[1:])], 1)]
-    out = {}
-    for row in rows:
-        for col in cols:
-            i0, i1, j0, j1 = rc.index(row.start), rc.index(row.stop), cc.index(col.start), cc.index(col.stop)
-            rows_of = [torch.cat(grid[i][j0:j1], 2) if j1 - j0 > 1 else grid[i][j0] for i in range(i0, i1)]
-            out[(row.start, row.stop, col.start, col.stop)] = torch.cat(rows_of, 1) if i1 - i0 > 1 else rows_of[0]
-    return out
+
+def _component_major(parts: list[tuple[int, int, int, int]]) -> Tensor:
+    """Column order listing each block component-major: ``u·r + a`` -> position ``a·m + u``."""
+    return torch.cat([start + torch.arange(m * r).view(m, r).T.reshape(-1) for start, _, m, r in parts])
+
+
+def _pieces(a: Tensor, rows: list[tuple[int, int, int, int]], cols: list[tuple[int, int, int, int]]
+            ) -> dict[tuple[int, int], Tensor]:
+    """The (n, ·, ·) blocks of ``a`` by (row start, column start), cut with ``split`` (whose backward is one
+    ``cat``, where indexing's allocates a zero tensor of a's size per block)."""
+    grid = [r.split([q - p for p, q, _, _ in cols], 2) for r in a.split([q - p for p, q, _, _ in rows], 1)]
+    return {(row[0], col[0]): grid[i][j] for i, row in enumerate(rows) for j, col in enumerate(cols)}
 
 
 #: FLOPs of one dense GEMM per FLOP of the factored path's small, memory-bound ops at equal time, and what the
@@ -215,43 +226,58 @@ class StructuredHead:
             _accumulate(blocks, term.out, m)
         return _assemble(blocks, e, self.dout, h)
 
+    def pooled_layout(self) -> Tensor:
+        """Column order (din,) of x in the pooled layout: every block of x component-major.
+
+        :meth:`contract` takes ``Σ_e h̃_e ⊗ x_e[inp_order]``: a block of mi copies of an rb-dimensional irrep is
+        then ordered (b, v) instead of (v, b), so that each block of the pooled tensor reorders to
+        (c, b, n, w, v) by moving whole rows of mi floats (≈ 10× faster than with v strided on CPU).
+        """
+        return _component_major(self._inp_blocks())
+
+    def _hid_blocks(self) -> list[tuple[int, int, int, int]]:
+        return _partition([(t.hid, t.coef.shape[2], t.basis.shape[3]) for t in self.terms], self.k)
+
+    def _inp_blocks(self) -> list[tuple[int, int, int, int]]:
+        return _partition([(t.inp, t.coef.shape[1], t.basis.shape[2]) for t in self.terms], self.din)
+
     def contract(self, pooled: Tensor) -> Tensor:
-        """pooled (n, k, din) -> (n, dout): ``y[n, o] = Σ_{k,c} W̃[o,k,c] pooled[n,k,c]``, block by block.
+        """pooled (n, k, din) in :meth:`pooled_layout` -> (n, dout): ``y[n] = W̃ · pooled[n]``, block by block.
 
         ``pooled[n] = Σ_e h̃_e ⊗ x_src(e)`` over the edges of target n (aggregate first: by linearity the sum of
         the messages is W̃ applied once per target).  Per (hidden, input) block pair the pooled block is
-        reordered once to (n, w, v, c, b) and contracted with the bases of every block reading it (one GEMM over
-        (c, b)), then each block's channel mix is one GEMM over (t, w, v) — or the block's dense sub-matrix where
-        :func:`pooled_term_costs` says that is cheaper.
+        reordered once to (c, b, n, w, v) and contracted with the bases of every block reading it (one GEMM with
+        few rows, the fast orientation on CPU), then each block's channel mix is one GEMM over (t, w, v) — or
+        the block's dense sub-matrix where :func:`pooled_term_costs` says that is cheaper.
         """
         n = pooled.shape[0]
         dtype = pooled.dtype
-        pieces = _pieces(pooled, [t.hid for t in self.terms], [t.inp for t in self.terms])
+        pieces = _pieces(pooled, self._hid_blocks(), self._inp_blocks())
         blocks: dict[tuple[int, int], Tensor] = {}
-        by_piece: dict[tuple[int, int, int, int], list[HeadTerm]] = {}
+        by_piece: dict[tuple[int, int], list[HeadTerm]] = {}
         for term in self.terms:
-            by_piece.setdefault((term.hid.start, term.hid.stop, term.inp.start, term.inp.stop), []).append(term)
+            by_piece.setdefault((term.hid.start, term.inp.start), []).append(term)
         for key, terms in by_piece.items():
             mi, mh = terms[0].coef.shape[1:3]
             rb, rc = terms[0].basis.shape[2:]
             factored = [t for t in terms if operator.le(*pooled_term_costs(t))]
-            piece = pieces[key]  # (n, mh·rc, mi·rb)
+            piece = pieces[key]  # (n, mh·rc, rb·mi)
             if factored:
-                flat = piece.reshape(n, mh, rc, mi, rb).transpose(2, 3).reshape(n * mh * mi, rc * rb)
-                bases = [t.basis.to(dtype).permute(3, 2, 1, 0).reshape(rc * rb, -1) for t in factored]  # (c·b, a·t)
-                projected = (flat @ torch.cat(bases, 1)).split([b.shape[1] for b in bases], 1)
+                flat = piece.reshape(n, mh, rc, rb, mi).permute(2, 3, 0, 1, 4).reshape(rc * rb, n * mh * mi)
+                bases = [t.basis.to(dtype).permute(1, 0, 3, 2).reshape(-1, rc * rb) for t in factored]  # (a·t, c·b)
+                projected = (torch.cat(bases) @ flat).split([b.shape[0] for b in bases])
                 for term, g in zip(factored, projected):
                     mo, _, _, nt = term.coef.shape
                     ra = term.basis.shape[1]
-                    g = g.reshape(n, mh * mi, ra * nt).transpose(1, 2).reshape(n * ra, nt, mh * mi)
+                    g = g.reshape(ra, nt, n, mh * mi).permute(2, 0, 1, 3).reshape(n * ra, nt * mh * mi)
                     mix = term.coef.to(dtype).permute(3, 2, 1, 0).reshape(nt * mh * mi, mo)
-                    m = (g.reshape(n * ra, nt * mh * mi) @ mix).reshape(n, ra, mo).transpose(1, 2).reshape(n, mo * ra)
+                    m = (g @ mix).reshape(n, ra, mo).transpose(1, 2).reshape(n, mo * ra)
                     _accumulate(blocks, term.out, m)
             for term in terms:
                 if term not in factored:
                     mo, ra = term.coef.shape[0], term.basis.shape[1]
-                    wb = torch.einsum("uvwt,tabc->wcvbua", term.coef.to(dtype), term.basis.to(dtype))
-                    m = piece.reshape(n, mh * rc * mi * rb) @ wb.reshape(mh * rc * mi * rb, mo * ra)
+                    wb = torch.einsum("uvwt,tabc->wcbvua", term.coef.to(dtype), term.basis.to(dtype))
+                    m = piece.reshape(n, mh * rc * rb * mi) @ wb.reshape(mh * rc * rb * mi, mo * ra)
                     _accumulate(blocks, term.out, m)
         return _assemble(blocks, n, self.dout, pooled)
 
