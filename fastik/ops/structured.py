@@ -294,12 +294,19 @@ class StructuredHead:
             w[t.out, t.hid, t.inp] = block.reshape(u * a, ww * c, v * b)
         return w
 
+    def _work_per_block(self) -> list[int]:
+        return [t.basis.shape[0] * t.basis.shape[1] * t.coef.shape[1] * t.coef.shape[2]
+                if _head_factored_is_cheaper(t) else (t.inp.stop - t.inp.start) * (t.hid.stop - t.hid.start)
+                for t in self.terms]
+
     def work_per_edge(self) -> int:
         """Floats per edge of the largest intermediate of :meth:`messages` (sizes its edge chunks)."""
-        sizes = [t.basis.shape[0] * t.basis.shape[1] * t.coef.shape[1] * t.coef.shape[2]
-                 if _head_factored_is_cheaper(t) else (t.inp.stop - t.inp.start) * (t.hid.stop - t.hid.start)
-                 for t in self.terms]
-        return max([1] + sizes)
+        return max([1] + self._work_per_block())
+
+    def footprint_per_edge(self) -> int:
+        """Floats per edge of every block's largest intermediate of :meth:`messages` together (what a chunk keeps
+        for its backward)."""
+        return sum(self._work_per_block())
 
     def flops_per_edge(self) -> int:
         """FLOPs of one edge's message (forward), as :meth:`messages` computes it."""
