@@ -130,6 +130,10 @@ def test_pooling_is_chosen_where_it_pays():
     assert pooled.plan_pooling(head, dense) is not None
     assert pooled.plan_pooling(head, sparse) is None
     assert pooled.plan_pooling(head, dense[:0]) is None
+    # in-degree 2: fewer FLOPs, but a pooled tensor larger than the edge-wise intermediates — only small ones pass
+    pairs = torch.arange(20_000).repeat_interleave(2)
+    assert pooled.plan_pooling(head, pairs[:2000]) is not None
+    assert 20_000 * head.k * head.din > pooled.ALWAYS_FITS and pooled.plan_pooling(head, pairs) is None
 
 
 def test_pooled_result_is_deterministic_and_independent_of_edge_order():

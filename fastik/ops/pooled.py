@@ -25,6 +25,9 @@ from .structured import StructuredHead
 
 __all__ = ["PoolingPlan", "group_by_degree", "plan_pooling", "pooled_outer", "pooled_conv"]
 
+#: pooled tensors up to this many elements (16 MiB in fp32) are always small enough (molecule batches, in-degree ≈ 2)
+ALWAYS_FITS = 1 << 22
+
 class PoolingPlan(NamedTuple):
     """Edges grouped by target: ``order`` (E,) sorts edges by (in-degree, target); ``targets`` (T,) are the targets
     with edges in the same order; ``groups`` lists (degree d, number of targets n) — n·d consecutive edges each."""
@@ -47,8 +50,9 @@ def group_by_degree(tgt: Tensor) -> PoolingPlan:
 
 def plan_pooling(head: StructuredHead, tgt: Tensor) -> PoolingPlan | None:
     """The grouping of ``tgt`` when pooling costs fewer FLOPs than the edge-wise head and its (targets, K, Din)
-    tensor is no larger than the edge-wise head's per-block intermediates together; None otherwise (and for no
-    edges, and under torch.compile).  For the standard workload (so3, ``16x0e + 16x1o``): mean in-degree ≥ 2.3."""
+    tensor is no larger than the edge-wise head's per-block intermediates together (or ≤ ``ALWAYS_FITS``
+    elements); None otherwise (and for no edges, and under torch.compile).  For the standard workload (so3,
+    ``16x0e + 16x1o``): mean in-degree ≥ 2.3 on large chunks, ≥ 1.4 on small ones."""
     e = tgt.shape[0]
     if e == 0 or torch.compiler.is_compiling():
         return None
@@ -56,7 +60,7 @@ def plan_pooling(head: StructuredHead, tgt: Tensor) -> PoolingPlan | None:
     t = sum(n for _, n in plan.groups)
     pooled_size = head.k * head.din
     pooled_flops = e * 2 * pooled_size + t * head.contract_flops()
-    fits = t * pooled_size <= e * head.footprint_per_edge()
+    fits = t * pooled_size <= max(e * head.footprint_per_edge(), ALWAYS_FITS)
     return plan if fits and pooled_flops < e * head.flops_per_edge() else None
 
 
