@@ -552,6 +552,40 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
                     2 * io + 2 * e * dout_p * f4 + e * din * f4)}
 
 
+def _pooled_items(conv, h, graph, item: Callable[..., None]) -> None:
+    """The reference backend's head, both ways: aggregate first (degree grouping, pooled bmm, per-target head)
+    and edge-wise (structured messages + scatter sum), forward and forward + backward, given h̃ (E, K)."""
+    import torch
+
+    from fastik.ops import pooled
+    from fastik.ops.reference import aggregated_messages
+
+    head = conv.kernel.head.structured(torch.float32)
+    src, tgt = graph.edge_index
+    e, n, x = graph.num_edges, graph.num_nodes, graph.x
+    plan = pooled.group_by_degree(tgt)
+    h_sorted = h[plan.order].requires_grad_()
+    h_edges = h.detach().requires_grad_()
+    pooled_flops = 2.0 * e * head.k * head.din + n * head.contract_flops()
+    edge_flops = float(e * head.flops_per_edge())
+    item("group_by_degree (2 sorts, 1 sync)", lambda: pooled.group_by_degree(tgt), 0.0, 6.0 * e * 8)
+
+    def pooled_fwd() -> object:
+        return pooled.pooled_conv(head, h_sorted, x, src, plan, n)
+
+    def edge_fwd() -> object:
+        return aggregated_messages(head, h_edges, x, src, tgt, None, n, indices_checked=True)
+
+    for name, fwd, flops in (("pooled head", pooled_fwd, pooled_flops), ("edge-wise head", edge_fwd, edge_flops)):
+        def fwd_only(fwd=fwd) -> None:
+            with torch.no_grad():
+                fwd()
+
+        item(f"{name} fwd (reference)", fwd_only, flops, e * (head.k + head.din) * 4)
+        item(f"{name} fwd+bwd (reference)", lambda fwd=fwd: fwd().sum().backward(), 3 * flops,
+             2 * e * (head.k + head.din) * 4)
+
+
 def stage_split(ctx: Context) -> None:
     """d: per-kernel times at E = 1e6 with model FLOP/s and GB/s, and each kernel's configuration."""
     import torch
@@ -645,6 +679,7 @@ def stage_split(ctx: Context) -> None:
          extension=agg.has_extension())
     item("segment_sum (E x Dout messages)", lambda: agg.segment_sum(msgs, rowptr), *model["segment_sum"],
          extension=agg.has_extension())
+    _pooled_items(conv, h, graph, item)
     if not triton_available(dev):
         r["kernels_skipped"] = f"fastik.ops.fused.triton_available({str(dev)!r}) is False"
         ctx.save()
