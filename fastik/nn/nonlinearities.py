@@ -63,6 +63,14 @@ class GatedNonlinearity(nn.Module):
                 k += 1
         register_constant(self, "gate_spread", spread)
         self.register_buffer("_trivial", torch.tensor(trivial), persistent=False)
+        # the forward's multipliers in one product: SiLU(y) = y·σ(y), so every output component is y times
+        # σ(selected input columns) @ multiplier_spread — σ(y_i)·SiLU scale for scalars, σ(gate)·gate scale otherwise
+        scalars = torch.tensor(trivial).nonzero().flatten()
+        select = torch.cat([scalars, field_type.dim + torch.arange(n_gates)])
+        silu_rows = torch.zeros(len(scalars), field_type.dim, dtype=torch.float64)
+        silu_rows[torch.arange(len(scalars)), scalars] = _SILU_SCALE
+        register_constant(self, "multiplier_spread", torch.cat([silu_rows, spread]))
+        self.register_buffer("_select", select, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in_type.dim) -> (..., out_type.dim); the gates are the last ``in_type.dim - out_type.dim`` columns."""
@@ -71,10 +79,9 @@ class GatedNonlinearity(nn.Module):
                              f"components of {self.out_type} followed by {self.in_type.dim - self.out_type.dim} gate "
                              f"scalars (produce them with e.g. EquivariantLinear(..., gate.in_type)), "
                              f"got {tuple(x.shape)}")
-        d = self.out_type.dim
-        y = x[..., :d]
-        gates = torch.sigmoid(x[..., d:]) @ constant(self, "gate_spread", x.dtype)
-        return torch.where(self._trivial, F.silu(y) * _SILU_SCALE, y * gates)
+        flat = x.reshape(-1, x.shape[-1])  # index_select: ≈ 3× faster than advanced indexing on CPU
+        multiplier = torch.sigmoid(flat.index_select(1, self._select)) @ constant(self, "multiplier_spread", x.dtype)
+        return (flat[:, :self.out_type.dim] * multiplier).reshape(*x.shape[:-1], self.out_type.dim)
 
 
 def sampling_grid(group: Group, n_points: int) -> Tensor:
