@@ -219,15 +219,21 @@ def test_layer_checks_indices_once_per_call_not_per_chunk(monkeypatch, backend, 
 
 @pytest.mark.parametrize("backend", ["reference", "triton", "fused"])
 def test_indices_edited_in_place_after_forward_never_reach_a_kernel(backend):
-    """Chunks are recomputed in backward from views of edge_index, and the ops skip their index checks there:
-    edited in place since the forward, the indices must not reach a kernel — autograd refuses them."""
+    """Chunks are recomputed in backward and the ops skip their index checks there: edited in place since the
+    forward, the indices must not reach a kernel. The triton and fused backends recompute from views of
+    edge_index, which autograd refuses once edited; the reference backend recomputes from the target-sorted
+    copies it took in forward, so its backward is the gradient of the loss that was computed."""
     torch.manual_seed(0)
     n = 12
     pos, x = torch.randn(n, 3), torch.randn(n, FT.dim, requires_grad=True)
     ei = fastik.graphs.radius_graph(pos, 10.0)
     layer = conv(FT, FT, hidden_channels=3, backend=backend, chunk_size=40)
+    want = torch.autograd.grad(layer(x, pos, ei).square().sum(), x)[0] if backend == "reference" else None
     loss = layer(x, pos, ei).square().sum()
     ei[1, 5] = n  # an out-of-range target
+    if backend == "reference":
+        assert torch.equal(torch.autograd.grad(loss, x)[0], want)
+        return
     with pytest.raises(RuntimeError, match=r"modified by an inplace operation"):
         loss.backward()
 

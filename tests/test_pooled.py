@@ -145,3 +145,23 @@ def test_pooled_result_is_deterministic_and_independent_of_edge_order():
     assert torch.equal(y, conv(x, pos, ei))
     perm = torch.randperm(80)
     assert relative_error(conv(x, pos, ei[:, perm]), y) < 1e-13
+
+
+def test_chunks_hold_whole_targets_without_a_csr(monkeypatch):
+    ft = fastik.FieldType(fastik.group("so3"), "2x0e + 1x1o")
+    conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=2, chunk_size=16)
+    pos, ei = _graph(12, 100, 3)
+    x = torch.randn(12, ft.dim, requires_grad=True)
+    seen = []
+    plan = pooled.plan_pooling
+    monkeypatch.setattr(dispatch, "plan_pooling", lambda head, tgt: seen.append(tgt.unique()) or plan(head, tgt))
+    y = conv(x, pos, ei)
+    chunks = seen[:7]  # forward only (backward recomputes them)
+    assert len(chunks) == 7 and sum(len(c) for c in chunks) <= 12 + 6  # a target spans at most two chunks
+    whole = fastik.ImplicitPointConv(ft, ft, hidden_channels=2)
+    whole.load_state_dict(conv.state_dict())
+    y_whole = whole(x, pos, ei)
+    assert relative_error(y, y_whole) < 1e-12
+    for a, b in zip(torch.autograd.grad(y.square().sum(), [x, *conv.parameters()]),
+                    torch.autograd.grad(y_whole.square().sum(), [x, *whole.parameters()])):
+        assert relative_error(a, b) < 1e-10

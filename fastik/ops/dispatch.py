@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from .aggregate import CSR
@@ -65,6 +66,12 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
     weight = head.dense(x.dtype) if use_triton else None
     if chunk_size is None:
         chunk_size = max_chunk_size if use_triton else min(max_chunk_size, auto_chunk_size(head))
+
+    if not use_triton and csr is None and src.shape[0] > chunk_size and not torch.compiler.is_compiling():
+        # chunks of target-sorted edges hold whole targets (pooling sums a target's edges once, not per chunk)
+        order = torch.argsort(tgt, stable=True)
+        edge_inputs = [None if t is None else t[order] for t in edge_inputs]
+        src, tgt = src[order], tgt[order]
 
     def contribution(*args) -> Tensor:
         *inputs, src_c, tgt_c, rowptr_c, checked = args
