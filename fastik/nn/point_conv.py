@@ -39,7 +39,8 @@ class ImplicitPointConv(nn.Module):
 
     Args:
         aggr: ``"sum"`` (default) or ``"mean"`` over incoming edges.
-        backend: ``"reference"`` (plain torch, the paper's algorithm in chunks),
+        backend: ``"reference"`` (plain torch, the paper's algorithm in chunks; each target's messages
+            summed before the kernel head where that is cheaper, :mod:`fastik.ops.pooled`),
             ``"triton"`` (G-MLP in torch, messages and aggregation in fused kernels; CUDA, or CPU
             under TRITON_INTERPRET=1), ``"fused"`` (the whole G-MLP inside one Triton op, recomputed
             in backward: nothing of size E × H exists; float32 or float64; gate nonlinearity only —
