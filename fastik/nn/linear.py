@@ -149,6 +149,5 @@ class EquivariantLinear(CoefficientModule):
         """x (..., in_type.dim) -> y (..., out_type.dim)."""
         if x.shape[-1] != self.in_type.dim:
             raise ValueError(f"EquivariantLinear expects (..., {self.in_type.dim}) inputs, got {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        y = self.structured(x.dtype)(x.reshape(-1, x.shape[-1])).reshape(*lead, self.out_type.dim)
-        return y if self.bias is None else self.bias(y)
+        bias = None if self.bias is None else self.bias.bias(x.dtype)
+        return self.structured(x.dtype)(x.reshape(-1, x.shape[-1]), bias).reshape(*x.shape[:-1], self.out_type.dim)

@@ -153,10 +153,12 @@ class StructuredLinear:
     din: int
     terms: list[LinearTerm]
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x (n, din) -> x Wᵀ (+ bias (dout,)): (n, dout)."""
         n = x.shape[0]
         if n * (2 * self.dout * self.din - GEMM_ADVANTAGE * self.flops_per_row()) <= len(self.terms) * BLOCK_OVERHEAD:
-            return x @ self.dense(x.dtype).T
+            dense = self.dense(x.dtype).T
+            return x @ dense if bias is None else torch.addmm(bias, x, dense)
         blocks: dict[tuple[int, int], Tensor] = {}
         for term in self.terms:
             (mo, mi, nt), (_, ra, rb) = term.coef.shape, term.basis.shape
@@ -169,7 +171,8 @@ class StructuredLinear:
             else:
                 y = x[:, term.inp] @ torch.einsum("uvt,tab->uavb", coef, basis).reshape(mo * ra, mi * rb).T
             _accumulate(blocks, term.out, y)
-        return _assemble(blocks, n, self.dout, x)
+        y = _assemble(blocks, n, self.dout, x)
+        return y if bias is None else y + bias
 
     def dense(self, dtype: torch.dtype) -> Tensor:
         """The dense (dout, din) matrix (zeros where no block connects)."""
