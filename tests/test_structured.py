@@ -70,6 +70,14 @@ def test_contract_of_a_single_dense_block():
     assert torch.allclose(head.contract(pooled), torch.einsum("okc,nkc->no", w, pooled))
 
 
+def test_pooled_layout_refuses_overlapping_blocks():
+    one = torch.ones(1, 1, 1, 1)
+    terms = [structured.HeadTerm(slice(0, 1), slice(0, 2), slice(0, 1), torch.ones(1, 2, 1, 1), one),
+             structured.HeadTerm(slice(0, 1), slice(1, 3), slice(0, 1), torch.ones(1, 2, 1, 1), one)]
+    with pytest.raises(ValueError, match="overlapping blocks"):
+        StructuredHead(1, 1, 3, terms).pooled_layout()
+
+
 def test_pooled_layout_is_component_major_per_block():
     ft = fastik.FieldType(fastik.group("so3"), "2x0e + 2x1o")
     head = ImplicitKernel(ft, ft, hidden_channels=2, hidden_layers=1).head.structured(torch.float64)

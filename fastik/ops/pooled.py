@@ -4,7 +4,7 @@ The messages are linear in W̃, so ``Σ_{e→i} W̃ · (h̃_e ⊗ x_src(e)) = W�
 ``P_i = Σ_{e→i} h̃_e ⊗ x_src(e)`` (K × Din).  Per edge that leaves one rank-1 update of P (2·K·Din FLOPs, done
 as one batched GEMM per group of targets of equal in-degree d: ``(n, K, d) @ (n, d, Din)``) and per target one
 application of the structured head (:meth:`~fastik.ops.structured.StructuredHead.contract`) — instead of the
-head's channel mixes on every edge.  At degree 16 (the standard workload) that is ≈ 4× fewer FLOPs and one
+head's channel mixes on every edge.  At degree 16 (the standard workload) that is ≈ 5× fewer FLOPs and one
 (T, K, Din) intermediate instead of one E × (block width) tensor per block of W̃.
 
 Edges are reordered by (in-degree of their target, target) — one stable sort, so the summation order and the
@@ -27,6 +27,7 @@ __all__ = ["PoolingPlan", "group_by_degree", "plan_pooling", "pooled_outer", "po
 
 #: pooled tensors up to this many elements (16 MiB in fp32) are always small enough (molecule batches, in-degree ≈ 2)
 ALWAYS_FITS = 1 << 22
+
 
 class PoolingPlan(NamedTuple):
     """Edges grouped by target: ``order`` (E,) sorts edges by (in-degree, target); ``targets`` (T,) are the targets

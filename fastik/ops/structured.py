@@ -263,7 +263,8 @@ class StructuredHead:
         for key, terms in by_piece.items():
             mi, mh = terms[0].coef.shape[1:3]
             rb, rc = terms[0].basis.shape[2:]
-            factored = [t for t in terms if operator.le(*pooled_term_costs(t))]
+            cheaper = [operator.le(*pooled_term_costs(t)) for t in terms]
+            factored = [t for t, f in zip(terms, cheaper) if f]
             piece = pieces[key]  # (n, mh·rc, rb·mi)
             if factored:
                 flat = piece.reshape(n, mh, rc, rb, mi).permute(2, 3, 0, 1, 4).reshape(rc * rb, n * mh * mi)
@@ -276,12 +277,11 @@ class StructuredHead:
                     mix = term.coef.to(dtype).permute(3, 2, 1, 0).reshape(nt * mh * mi, mo)
                     m = (g @ mix).reshape(n, ra, mo).transpose(1, 2).reshape(n, mo * ra)
                     _accumulate(blocks, term.out, m)
-            for term in terms:
-                if term not in factored:
-                    mo, ra = term.coef.shape[0], term.basis.shape[1]
-                    wb = torch.einsum("uvwt,tabc->wcbvua", term.coef.to(dtype), term.basis.to(dtype))
-                    m = piece.reshape(n, mh * rc * rb * mi) @ wb.reshape(mh * rc * rb * mi, mo * ra)
-                    _accumulate(blocks, term.out, m)
+            for term in (t for t, f in zip(terms, cheaper) if not f):
+                mo, ra = term.coef.shape[0], term.basis.shape[1]
+                wb = torch.einsum("uvwt,tabc->wcbvua", term.coef.to(dtype), term.basis.to(dtype))
+                m = piece.reshape(n, mh * rc * rb * mi) @ wb.reshape(mh * rc * rb * mi, mo * ra)
+                _accumulate(blocks, term.out, m)
         return _assemble(blocks, n, self.dout, pooled)
 
     def contract_flops(self) -> int:
