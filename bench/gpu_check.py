@@ -564,14 +564,14 @@ def _pooled_items(conv, h, graph, item: Callable[..., None]) -> None:
     src, tgt = graph.edge_index
     e, n, x = graph.num_edges, graph.num_nodes, graph.x
     plan = pooled.group_by_degree(tgt)
-    h_sorted = h[plan.order].requires_grad_()
+    h_sorted, src_sorted = h[plan.order].requires_grad_(), src[plan.order]
     h_edges = h.detach().requires_grad_()
     pooled_flops = 2.0 * e * head.k * head.din + n * head.contract_flops()
     edge_flops = float(e * head.flops_per_edge())
     item("group_by_degree (2 sorts, 1 sync)", lambda: pooled.group_by_degree(tgt), 0.0, 6.0 * e * 8)
 
     def pooled_fwd() -> object:
-        return pooled.pooled_conv(head, h_sorted, x, src, plan, n)
+        return pooled.pooled_conv(head, h_sorted, x, src_sorted, plan.targets, plan.groups, n)
 
     def edge_fwd() -> object:
         return aggregated_messages(head, h_edges, x, src, tgt, None, n, indices_checked=True)

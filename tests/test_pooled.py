@@ -21,7 +21,7 @@ def _graph(n, e, dim, seed=0, loops=True):
 
 
 def _edge_wise(monkeypatch):
-    monkeypatch.setattr(dispatch, "plan_pooling", lambda head, tgt: None)
+    monkeypatch.setattr(dispatch, "plan_pooling", lambda head, tgt, chunk_size: None)
 
 
 def test_group_by_degree_orders_edges_by_degree_then_target():
@@ -51,7 +51,7 @@ def test_pooled_conv_matches_edge_wise_messages_with_every_gradient_and_double_b
     h = torch.randn(40, head.k, requires_grad=True)
     x = torch.randn(9, head.din, requires_grad=True)
     plan = pooled.group_by_degree(tgt)
-    got = pooled.pooled_conv(head, h[plan.order], x, src, plan, 11)
+    got = pooled.pooled_conv(head, h[plan.order], x, src[plan.order], plan.targets, plan.groups, 11)
     want = aggregated_messages(head, h, x, src, tgt, None, 11)
     assert got.shape == (11, head.dout) and relative_error(got, want) < 1e-13
     assert torch.equal(got[9:], torch.zeros(2, head.dout))  # no edges into 9, 10
@@ -86,7 +86,8 @@ def test_layer_pooled_equals_edge_wise_on_every_group(group, monkeypatch):
 
     calls = []
     plan = pooled.plan_pooling
-    monkeypatch.setattr(dispatch, "plan_pooling", lambda head, tgt: calls.append(1) or pooled.group_by_degree(tgt))
+    monkeypatch.setattr(dispatch, "plan_pooling",
+                        lambda head, tgt, chunk_size: calls.append(1) or pooled.group_by_degree(tgt))
     y_pooled, g_pooled = run()
     assert calls
     monkeypatch.setattr(dispatch, "plan_pooling", plan)
@@ -147,21 +148,34 @@ def test_pooled_result_is_deterministic_and_independent_of_edge_order():
     assert relative_error(conv(x, pos, ei[:, perm]), y) < 1e-13
 
 
-def test_chunks_hold_whole_targets_without_a_csr(monkeypatch):
+@pytest.mark.parametrize("chunk", [1, 3, 7, 16, 100])
+def test_chunks_of_a_plan_are_runs_of_whole_or_cut_targets(chunk):
+    tgt = torch.randint(0, 9, (61,), generator=torch.Generator().manual_seed(3))
+    plan = pooled.group_by_degree(tgt)
+    ordered = tgt[plan.order]
+    for start in range(0, 61, chunk):
+        targets, runs = plan.chunk(start, start + chunk)
+        piece = ordered[start:start + chunk]
+        want_targets, want_counts = torch.unique_consecutive(piece, return_counts=True)
+        assert torch.equal(targets, want_targets)
+        assert [d for d, n in runs for _ in range(n)] == want_counts.tolist()
+        assert all(a[0] != b[0] for a, b in zip(runs, runs[1:]))  # equal neighbouring runs are merged
+
+
+def test_one_grouping_per_call_and_chunked_equals_whole(monkeypatch):
     ft = fastik.FieldType(fastik.group("so3"), "2x0e + 1x1o")
     conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=2, chunk_size=16)
     pos, ei = _graph(12, 100, 3)
     x = torch.randn(12, ft.dim, requires_grad=True)
-    seen = []
+    calls = []
     plan = pooled.plan_pooling
-    monkeypatch.setattr(dispatch, "plan_pooling", lambda head, tgt: seen.append(tgt.unique()) or plan(head, tgt))
+    monkeypatch.setattr(dispatch, "plan_pooling", lambda *args: calls.append(plan(*args)) or calls[-1])
     y = conv(x, pos, ei)
-    chunks = seen[:7]  # forward only (backward recomputes them)
-    assert len(chunks) == 7 and sum(len(c) for c in chunks) <= 12 + 6  # a target spans at most two chunks
+    grads = torch.autograd.grad(y.square().sum(), [x, *conv.parameters()])
+    assert len(calls) == 1 and calls[0] is not None  # pooled; not per chunk, nor again in the recomputation
     whole = fastik.ImplicitPointConv(ft, ft, hidden_channels=2)
     whole.load_state_dict(conv.state_dict())
     y_whole = whole(x, pos, ei)
     assert relative_error(y, y_whole) < 1e-12
-    for a, b in zip(torch.autograd.grad(y.square().sum(), [x, *conv.parameters()]),
-                    torch.autograd.grad(y_whole.square().sum(), [x, *whole.parameters()])):
+    for a, b in zip(grads, torch.autograd.grad(y_whole.square().sum(), [x, *whole.parameters()])):
         assert relative_error(a, b) < 1e-10

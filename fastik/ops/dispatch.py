@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .aggregate import CSR
 from .pooled import plan_pooling, pooled_conv
-from .reference import aggregated_messages, auto_chunk_size, chunked_conv
+from .reference import aggregated_messages, auto_chunk_size, chunked_conv, validated_csr_targets
 from .structured import StructuredHead
 
 __all__ = ["BACKENDS", "check_backend", "resolve_backend", "implicit_conv"]
@@ -55,8 +55,9 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
 
     ``edge_features(*edge_inputs[chunk]) -> h̃ (chunk, K)`` evaluates the G-MLP of a chunk
     of edges; its messages ``W̃ · (h̃_e ⊗ x_src(e))`` are aggregated at once (reference:
-    the structured head + segment / scatter sum; triton: the fused kernels on the dense
-    W̃).  In training each chunk is recomputed in backward (:func:`chunked_conv`), so no
+    pooled per target first where that pays, :mod:`fastik.ops.pooled` — the edges then run in
+    (in-degree, target) order — else the structured head + segment / scatter sum; triton: the
+    fused kernels on the dense W̃).  In training each chunk is recomputed in backward (:func:`chunked_conv`), so no
     tensor of E × H elements is ever stored — only the per-edge inputs (r, attributes).
     ``chunk_size`` None: ``max_chunk_size``, and on the reference backend at most
     :func:`~fastik.ops.reference.auto_chunk_size` (≈ 2^24 floats of intermediates).
@@ -67,19 +68,19 @@ def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_input
     if chunk_size is None:
         chunk_size = max_chunk_size if use_triton else min(max_chunk_size, auto_chunk_size(head))
 
-    if not use_triton and csr is None and src.shape[0] > chunk_size and not torch.compiler.is_compiling():
-        # chunks of target-sorted edges hold whole targets (pooling sums a target's edges once, not per chunk)
-        order = torch.argsort(tgt, stable=True)
-        edge_inputs = [None if t is None else t[order] for t in edge_inputs]
-        src, tgt = src[order], tgt[order]
+    plan = None if use_triton else plan_pooling(head, tgt, chunk_size)
+    if plan is not None:  # aggregate first: edges by (in-degree, target), one grouping (host sync) per call
+        if csr is not None:  # not used here, but one that is not this graph's is still refused
+            validated_csr_targets(csr, tgt, num_targets, indices_checked)
+        edge_inputs = [None if t is None else t[plan.order] for t in edge_inputs]
+        src, tgt, csr = src[plan.order], tgt[plan.order], None
 
     def contribution(*args) -> Tensor:
-        *inputs, src_c, tgt_c, rowptr_c, checked = args
+        *inputs, src_c, tgt_c, rowptr_c, checked, start = args
+        if plan is not None:
+            targets, groups = plan.chunk(start, start + src_c.shape[0])
+            return pooled_conv(head, edge_features(*inputs), x, src_c, targets, groups, num_targets)
         if not use_triton:
-            plan = plan_pooling(head, tgt_c)
-            if plan is not None:  # aggregate first: the G-MLP runs in the plan's edge order
-                h = edge_features(*[None if t is None else t[plan.order] for t in inputs])
-                return pooled_conv(head, h, x, src_c, plan, num_targets)
             return aggregated_messages(head, edge_features(*inputs), x, src_c, tgt_c, rowptr_c, num_targets,
                                        indices_checked=checked)
         h = edge_features(*inputs)

@@ -9,8 +9,9 @@ head's channel mixes on every edge.  At degree 16 (the standard workload) that i
 
 Edges are reordered by (in-degree of their target, target) — one stable sort, so the summation order and the
 result are deterministic — and the G-MLP runs in that order (its inputs, not its E × H output, are permuted).
-:func:`plan_pooling` says whether pooling pays for a chunk of edges (FLOPs and memory against the edge-wise head);
-it needs the degree counts on the host (one host sync per chunk) and is skipped under ``torch.compile``.
+:func:`plan_pooling` says whether pooling pays for a call's edges (FLOPs and memory against the edge-wise head);
+it needs the degree counts on the host (one host sync per call) and is skipped under ``torch.compile``.  Chunks of
+edges are cut from the plan's order (:meth:`PoolingPlan.chunk`), so they hold whole targets but at their ends.
 Where it is not used (in-degree ≈ 1–2, compiled graphs) the edge-wise head of
 :func:`~fastik.ops.reference.aggregated_messages` runs.
 """
@@ -37,6 +38,29 @@ class PoolingPlan(NamedTuple):
     targets: Tensor
     groups: list[tuple[int, int]]
 
+    def chunk(self, start: int, stop: int) -> tuple[Tensor, list[tuple[int, int]]]:
+        """Edges ``order[start:stop]``: their targets (a slice of ``targets``) and (edges per target, targets) runs;
+        a target cut by a chunk boundary is a run of its own in both chunks.  Host arithmetic only."""
+        runs: list[tuple[int, int]] = []
+        first, last = None, -1
+        edge0 = target0 = 0
+        for d, n in self.groups:
+            edge1 = edge0 + d * n
+            a, b = max(start, edge0), min(stop, edge1)
+            if a < b:
+                i, j = (a - edge0) // d, (b - 1 - edge0) // d  # the group's first and last target in [a, b)
+                pieces = [(b - a, 1)] if i == j else [(edge0 + (i + 1) * d - a, 1), (d, j - i - 1),
+                                                       (b - edge0 - j * d, 1)]
+                for size, count in pieces:
+                    if count and runs and runs[-1][0] == size:
+                        runs[-1] = (size, runs[-1][1] + count)
+                    elif count:
+                        runs.append((size, count))
+                first = target0 + i if first is None else first
+                last = target0 + j
+            edge0, target0 = edge1, target0 + n
+        return self.targets[first or 0:last + 1], runs
+
 
 def group_by_degree(tgt: Tensor) -> PoolingPlan:
     """Group the edges of ``tgt`` (E,) by their target's in-degree: two stable sorts, one host sync."""
@@ -49,11 +73,11 @@ def group_by_degree(tgt: Tensor) -> PoolingPlan:
     return PoolingPlan(by_target[by_degree], targets[torch.argsort(counts, stable=True)], groups)
 
 
-def plan_pooling(head: StructuredHead, tgt: Tensor) -> PoolingPlan | None:
+def plan_pooling(head: StructuredHead, tgt: Tensor, chunk_size: int | None = None) -> PoolingPlan | None:
     """The grouping of ``tgt`` when pooling costs fewer FLOPs than the edge-wise head and its (targets, K, Din)
-    tensor is no larger than the edge-wise head's per-block intermediates together (or ≤ ``ALWAYS_FITS``
-    elements); None otherwise (and for no edges, and under torch.compile).  For the standard workload (so3,
-    ``16x0e + 16x1o``): mean in-degree ≥ 2.3 on large chunks, ≥ 1.4 on small ones."""
+    tensors are no larger than the edge-wise head's per-block intermediates together (or ≤ ``ALWAYS_FITS``
+    elements per chunk of ``chunk_size`` edges); None otherwise (and for no edges, and under torch.compile).  For
+    the standard workload (so3, ``16x0e + 16x1o``): mean in-degree ≥ 2.3 on large chunks, ≥ 1.4 on small ones."""
     e = tgt.shape[0]
     if e == 0 or torch.compiler.is_compiling():
         return None
@@ -61,12 +85,14 @@ def plan_pooling(head: StructuredHead, tgt: Tensor) -> PoolingPlan | None:
     t = sum(n for _, n in plan.groups)
     pooled_size = head.k * head.din
     pooled_flops = e * 2 * pooled_size + t * head.contract_flops()
-    fits = t * pooled_size <= max(e * head.footprint_per_edge(), ALWAYS_FITS)
+    chunks = -(-e // (chunk_size or e))
+    fits = t * pooled_size <= max(e * head.footprint_per_edge(), chunks * ALWAYS_FITS)
     return plan if fits and pooled_flops < e * head.flops_per_edge() else None
 
 
 def pooled_outer(h: Tensor, xj: Tensor, groups: list[tuple[int, int]]) -> Tensor:
-    """h (E, K), xj (E, Din) in plan order -> (T, K, Din): ``P_i = Σ_{e→i} h_e ⊗ xj_e``, one bmm per degree."""
+    """h (E, K), xj (E, Din) in plan order -> (T, K, Din): ``P_i = Σ_{e→i} h_e ⊗ xj_e``, one bmm per run of
+    targets with d edges each."""
     parts, start = [], 0
     for d, n in groups:
         hs = h[start:start + n * d].reshape(n, d, h.shape[1])
@@ -76,9 +102,11 @@ def pooled_outer(h: Tensor, xj: Tensor, groups: list[tuple[int, int]]) -> Tensor
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def pooled_conv(head: StructuredHead, h: Tensor, x: Tensor, src: Tensor, plan: PoolingPlan, num_targets: int) -> Tensor:
-    """(num_targets, Dout): ``Σ_{e→i} W̃ · (h_e ⊗ x_src(e))`` for h (E, K) in ``plan.order``, x (N, Din), src (E,)."""
+def pooled_conv(head: StructuredHead, h: Tensor, x: Tensor, src: Tensor, targets: Tensor,
+                groups: list[tuple[int, int]], num_targets: int) -> Tensor:
+    """(num_targets, Dout): ``Σ_{e→i} W̃ · (h_e ⊗ x_src(e))`` for h (E, K) and src (E,) in plan order (``groups``
+    runs of edges of ``targets``, :meth:`PoolingPlan.chunk`), x (N, Din)."""
     dtype = torch.promote_types(h.dtype, x.dtype)
-    xj = x.to(dtype)[:, head.pooled_layout().to(x.device)][src[plan.order]]
-    y = head.contract(pooled_outer(h.to(dtype), xj, plan.groups))
-    return y.new_zeros(num_targets, head.dout).index_copy(0, plan.targets, y)
+    xj = x.to(dtype)[:, head.pooled_layout().to(x.device)][src]
+    y = head.contract(pooled_outer(h.to(dtype), xj, groups))
+    return y.new_zeros(num_targets, head.dout).index_copy(0, targets, y)

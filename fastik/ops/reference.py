@@ -17,7 +17,8 @@ from torch.utils.checkpoint import checkpoint
 from .aggregate import CSR, scatter_sum, segment_sum
 from .structured import StructuredHead
 
-__all__ = ["implicit_message_passing_reference", "chunked_conv", "aggregated_messages", "auto_chunk_size"]
+__all__ = ["implicit_message_passing_reference", "chunked_conv", "aggregated_messages", "auto_chunk_size",
+           "validated_csr_targets"]
 
 
 def implicit_message_passing_reference(
@@ -52,7 +53,7 @@ def implicit_message_passing_reference(
     """
     head = weight if isinstance(weight, StructuredHead) else StructuredHead.from_dense(weight)
     step = chunk_size or auto_chunk_size(head)
-    return chunked_conv(lambda h_c, src_c, tgt_c, rowptr_c, checked: aggregated_messages(
+    return chunked_conv(lambda h_c, src_c, tgt_c, rowptr_c, checked, _start: aggregated_messages(
         head, h_c, x, src_c, tgt_c, rowptr_c, num_targets, indices_checked=checked), (h,), src, tgt, num_targets, step, csr)
 
 
@@ -71,10 +72,20 @@ def aggregated_messages(head: StructuredHead, h: Tensor, x: Tensor, src: Tensor,
     return segment_sum(msg, rowptr, indices_checked=indices_checked)
 
 
+def validated_csr_targets(csr: CSR, tgt: Tensor, num_targets: int, indices_checked: bool) -> Tensor:
+    """``tgt[csr.perm]`` (E,), after checking that ``csr`` is the CSR of ``tgt`` (:meth:`CSR.check`) and, when the
+    caller has checked the indices (``indices_checked``), its row pointer against them (see :func:`chunked_conv`)."""
+    csr.check(tgt.shape[0], num_targets, tgt)
+    sorted_targets = tgt[csr.perm]
+    if indices_checked:
+        csr.check_row_pointer(sorted_targets)
+    return sorted_targets
+
+
 def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tensor | None], src: Tensor,
                  tgt: Tensor, num_targets: int, chunk_size: int, csr: CSR | None = None,
                  indices_checked: bool = False) -> Tensor:
-    """``Σ_chunks contribution(*edge_inputs[chunk], src[chunk], tgt[chunk], rowptr_chunk, checked)``: (num_targets, D).
+    """``Σ_chunks contribution(*edge_inputs[chunk], src[chunk], tgt[chunk], rowptr_chunk, checked, start)``: (num_targets, D).
 
     The one chunk loop of the implicit convolution, shared by every backend: per chunk
     of edges ``contribution`` evaluates whatever the backend fuses (the G-MLP, the
@@ -92,25 +103,24 @@ def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tens
     the row pointer of ``tgt`` by construction; its consistency with the permuted ``tgt`` for one
     assembled by hand), and ``checked`` tells each chunk's backend ops to skip
     their own index checks (one host sync each, per chunk, in forward, recomputation and
-    backward). Index tensors edited in place between forward and backward never reach them:
+    backward). ``start`` is the chunk's first edge. Index tensors edited in place between forward and backward never reach them:
     autograd refuses saved tensors (the checkpointed chunks' inputs, the ops' saved indices)
     whose version counter moved.
     """
     e = src.shape[0]
     rowptr = None
     if csr is not None:
-        csr.check(e, num_targets, tgt)
         perm = csr.perm
+        tgt = validated_csr_targets(csr, tgt, num_targets, indices_checked)
         edge_inputs = [None if t is None else t[perm] for t in edge_inputs]
-        src, tgt, rowptr = src[perm], tgt[perm], csr.rowptr
-        if indices_checked:
-            csr.check_row_pointer(tgt)
+        src, rowptr = src[perm], csr.rowptr
     recompute = torch.is_grad_enabled() and e > chunk_size
     out: Tensor | None = None
     for start in range(0, max(e, 1), chunk_size):
         sl = slice(start, start + chunk_size)
         chunk_rowptr = None if rowptr is None else rowptr.clamp(start, min(e, start + chunk_size)) - start
-        args = [None if t is None else t[sl] for t in edge_inputs] + [src[sl], tgt[sl], chunk_rowptr, indices_checked]
+        args = [None if t is None else t[sl] for t in edge_inputs] + [src[sl], tgt[sl], chunk_rowptr, indices_checked,
+                                                                       start]
         part = checkpoint(contribution, *args, use_reentrant=False) if recompute else contribution(*args)
         out = part if out is None else out + part
     return out
