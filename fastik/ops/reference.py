@@ -103,9 +103,10 @@ def chunked_conv(contribution: Callable[..., Tensor], edge_inputs: Sequence[Tens
     the row pointer of ``tgt`` by construction; its consistency with the permuted ``tgt`` for one
     assembled by hand), and ``checked`` tells each chunk's backend ops to skip
     their own index checks (one host sync each, per chunk, in forward, recomputation and
-    backward). ``start`` is the chunk's first edge. Index tensors edited in place between forward and backward never reach them:
-    autograd refuses saved tensors (the checkpointed chunks' inputs, the ops' saved indices)
-    whose version counter moved.
+    backward). ``start`` is the chunk's first edge. Index tensors edited in place between forward
+    and backward never reach them: autograd refuses saved tensors (the checkpointed chunks' inputs,
+    the ops' saved indices) whose version counter moved — and callers that permute the edges first
+    (a CSR here, the pooled path in :func:`~fastik.ops.dispatch.implicit_conv`) recompute from their copies.
     """
     e = src.shape[0]
     rowptr = None
