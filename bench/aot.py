@@ -33,7 +33,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not for the interp
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr"}
-FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "HAS_EID": False}
+FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "HAS_EID": False}
 #: (module, kernel, autotune-config function, GPU default config name)
 KERNELS = (
     ("message_fwd", "_message_fwd_kernel", "_fwd_configs", "GPU_CONFIG"),
@@ -46,7 +46,8 @@ KERNELS = (
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
 FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_grad_kernel": "head_grad"}
-FUSED_SIZES = {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64}  # K0 = 9, H + 1 = 61 ≤ P/2
+FUSED_SIZES = {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16}
+# K0 = 9 ≤ K0P, H + 1 = 61 ≤ IN_K = P/2
 
 
 @dataclass

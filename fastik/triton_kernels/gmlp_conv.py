@@ -2,7 +2,7 @@
 
 Per block of BLOCK_E edges, in registers (docs/design.md §5.3)::
 
-    u0 = z[e]                                   (BLOCK_E, P)   kernel input (embedding), zero-padded
+    u0 = z[e]                                   (BLOCK_E, K0P) kernel input (embedding), zero-padded
     for l < L:                                  one hidden layer of the packed G-MLP
         a  = u @ W[l] + b[l]                    EquivariantLinear (dense, padded)
         c  = a - (a @ MEAN[l]) @ EXP[l]         norm: channel mean off scalar blocks
@@ -14,20 +14,27 @@ Per block of BLOCK_E edges, in registers (docs/design.md §5.3)::
     out[tgt[e]] += Σ_c x[src[e], c] · (h̃ @ HEAD[c])        (atomics)
 
 MEAN / AVG / EXP / GPICK / GEXP are constant 0/1 (or 1/m) structure matrices, so the
-per-field norm and the gate are small matmuls; (P × P) and (P × DOUT_P) operands are split
-into 2 × 2 half-size dots (`_mm`, `_outer_add`), so no whole weight sits in registers or
-shared memory.  The backward kernel recomputes the layers of its block (layer l's input from
-z again: L(L+1)/2 layer evaluations), back-propagates through head and layers in registers,
-and adds the layers' parameter gradients with atomics; the head's own gradient, P·DOUT_P·DIN
-atomics per block, has a kernel of its own with larger blocks.  Nothing of size E × P is
-ever written to memory: per edge only z (E, K0), env (E,) and their gradients.
+per-field norm and the gate are small matmuls (in tf32x3 on the TF32 paths, IEEE otherwise: the
+block statistics stay fp32-exact).  Every dot runs as a sequence of dots over KC rows of its
+weight (`_dot`): with BLOCK_E = 16 rows, every warp holds the whole left operand of a tensor-core
+dot, so a (16 × 128) operand costs 64 registers per thread, a (16 × 32) slice 16 — this, not the
+weights, is what decides the register budget (ptxas numbers in bench/NOTES.md).  The backward
+kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is live
+across its loop over DIN), then, from the last layer to the first, recomputes each layer's input
+from z (L(L+1)/2 more layer evaluations) and back-propagates through it, adding its parameter
+gradients with atomics; the head's own gradient, IN_K·DOUT_P·DIN atomics per block, has a kernel
+of its own with larger blocks.  Nothing of size E × P is ever written to memory: per edge only
+z (E, K0), env (E,) and their gradients.
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
 MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
 P and DOUT_P ≥ 32, NB and NG ≥ 16 (powers of two).  float32 or float64 (then every dot is
 IEEE).  Validation lives in :mod:`fastik.ops.fused_gmlp`.
 
-IN_K (P or P/2): the columns of a dot's input that can be non-zero.  P is set by the widest
+K0P (a power of two ≥ 16 and ≥ K0; P when there is no hidden layer): the columns of z, the first
+layer's input; its weight's other rows are zero and never read.
+
+IN_K (P or P/2): the columns of the other dots' inputs that can be non-zero.  P is set by the widest
 activation, a layer output with its gate scalars; the inputs of the dots — z (K0 columns), every
 layer's input (H) and h̃ (H + 1) — are often narrower.  When they all fit in half of P (e.g. the
 anchors' width: K0 = 9, H + 1 = 61, P = 128 for a 75-wide layer output), the upper half of every
@@ -77,40 +84,77 @@ def _join(a, b, P: tl.constexpr):
 
 
 @triton.jit
-def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr):
-    """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), as 2 × 2 half-size dots: the
-    (K, N) operand never lives in registers whole."""
-    u0, u1 = _halves(u, K)
-    hk: tl.constexpr = K // 2
-    hn: tl.constexpr = N // 2
-    if TRANS:  # block (k, n) of M is the transpose of stored block (n, k)
-        step_n = hn * LD
-        step_k = hk
+def _half_step(K: tl.constexpr, LD, TRANS: tl.constexpr):
+    """Offset of the second half of the K rows of a matrix in ``_tile`` conventions."""
+    if TRANS:
+        step = K // 2
     else:
-        step_n = hn
-        step_k = hk * LD
-    m01 = m_ptr + step_n
-    m10 = m_ptr + step_k
-    m11 = m_ptr + step_k + step_n
-    a0 = tl.dot(u0, _tile(m_ptr, hk, hn, LD, TRANS), input_precision=PRECISION) + \
-        tl.dot(u1, _tile(m10, hk, hn, LD, TRANS), input_precision=PRECISION)
-    a1 = tl.dot(u0, _tile(m01, hk, hn, LD, TRANS), input_precision=PRECISION) + \
-        tl.dot(u1, _tile(m11, hk, hn, LD, TRANS), input_precision=PRECISION)
-    return _join(a0, a1, N)
+        step = K // 2 * LD
+    return step
+
+
+@triton.jit
+def _dot_halves(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr,
+                KC: tl.constexpr):
+    """u (R, K) @ M (K, N) for K <= 2 KC: one dot, or one per half of K."""
+    if K <= KC:
+        acc = tl.dot(u, _tile(m_ptr, K, N, LD, TRANS), input_precision=PRECISION)
+    else:
+        u0, u1 = _halves(u, K)
+        acc = tl.dot(u0, _tile(m_ptr, K // 2, N, LD, TRANS), input_precision=PRECISION)
+        acc += tl.dot(u1, _tile(m_ptr + _half_step(K, LD, TRANS), K // 2, N, LD, TRANS), input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _dot_quarters(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr,
+                  KC: tl.constexpr):
+    """u (R, K) @ M (K, N) for K <= 4 KC: ``_dot_halves``, on each half of K when K > 2 KC."""
+    if K <= 2 * KC:
+        acc = _dot_halves(u, m_ptr, K, N, LD, TRANS, PRECISION, KC)
+    else:
+        u0, u1 = _halves(u, K)
+        acc = _dot_halves(u0, m_ptr, K // 2, N, LD, TRANS, PRECISION, KC)
+        acc += _dot_halves(u1, m_ptr + _half_step(K, LD, TRANS), K // 2, N, LD, TRANS, PRECISION, KC)
+    return acc
+
+
+@triton.jit
+def _dot(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr):
+    """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), as one dot per KC rows of M, one
+    after the other: only an (R, KC) slice of u is a dot operand at a time.  KC: 32 in TF32, 16 in the
+    fp32-exact modes (whose operands take two or more registers per value), at least K / 8."""
+    KC: tl.constexpr = max(K // 8, 32 if PRECISION == "tf32" else 16)
+    if K <= 4 * KC:
+        acc = _dot_quarters(u, m_ptr, K, N, LD, TRANS, PRECISION, KC)
+    else:
+        u0, u1 = _halves(u, K)
+        acc = _dot_quarters(u0, m_ptr, K // 2, N, LD, TRANS, PRECISION, KC)
+        acc += _dot_quarters(u1, m_ptr + _half_step(K, LD, TRANS), K // 2, N, LD, TRANS, PRECISION, KC)
+    return acc
 
 
 @triton.jit
 def _outer_add(g_ptr, a, b, K: tl.constexpr, N: tl.constexpr, PRECISION: tl.constexpr):
-    """G (K, N) row-major at g_ptr += aᵀ b for a (R, K), b (R, N): 2 × 2 half-size dots and atomics."""
-    a0, a1 = _halves(a, K)
-    b0, b1 = _halves(b, N)
-    hk: tl.constexpr = K // 2
-    hn: tl.constexpr = N // 2
-    offs = tl.arange(0, hk)[:, None] * N + tl.arange(0, hn)[None, :]
-    tl.atomic_add(g_ptr + offs, tl.dot(tl.trans(a0), b0, input_precision=PRECISION), sem="relaxed")
-    tl.atomic_add(g_ptr + hn + offs, tl.dot(tl.trans(a0), b1, input_precision=PRECISION), sem="relaxed")
-    tl.atomic_add(g_ptr + hk * N + offs, tl.dot(tl.trans(a1), b0, input_precision=PRECISION), sem="relaxed")
-    tl.atomic_add(g_ptr + hk * N + hn + offs, tl.dot(tl.trans(a1), b1, input_precision=PRECISION), sem="relaxed")
+    """G (K, N) row-major at g_ptr += aᵀ b for a (R, K), b (R, N), with atomics: one dot on the tensor cores;
+    2 × 2 half-size dots in IEEE, whose FMA lowering holds both operands whole per thread (one dot made ptxas
+    spill 42 KB in the head-gradient kernel, two × two 0.9 KB)."""
+    if PRECISION == "ieee":
+        a0, a1 = _halves(a, K)
+        b0, b1 = _halves(b, N)
+        _outer_add_tile(g_ptr, a0, b0, N, PRECISION)
+        _outer_add_tile(g_ptr + N // 2, a0, b1, N, PRECISION)
+        _outer_add_tile(g_ptr + K // 2 * N, a1, b0, N, PRECISION)
+        _outer_add_tile(g_ptr + K // 2 * N + N // 2, a1, b1, N, PRECISION)
+    else:
+        _outer_add_tile(g_ptr, a, b, N, PRECISION)
+
+
+@triton.jit
+def _outer_add_tile(g_ptr, a, b, LD, PRECISION: tl.constexpr):
+    """G[:a.shape[1], :b.shape[1]] += aᵀ b, G row-major with leading dimension LD at g_ptr (atomics)."""
+    offs = tl.arange(0, a.shape[1])[:, None] * LD + tl.arange(0, b.shape[1])[None, :]
+    tl.atomic_add(g_ptr + offs, tl.dot(tl.trans(a), b, input_precision=PRECISION), sem="relaxed")
 
 
 @triton.jit
@@ -119,86 +163,105 @@ def _vec(ptr, N: tl.constexpr):
 
 
 @triton.jit
-def _layer(u, l: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
-           gpick_ptr, gexp_ptr, triv_ptr, eps,
-           P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
-           PRECISION: tl.constexpr):
-    """Hidden layer l on a (BLOCK_E, P) tile: (output, a, c, rinv, rf, n, sg, gf) — the output and
+def _linear(u, l: tl.constexpr, w_ptr, b_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
+            PRECISION: tl.constexpr):
+    """EquivariantLinear of hidden layer l on its input u: z (BLOCK_E, K0P) for l = 0, else (BLOCK_E, P)."""
+    if l == 0:
+        a = _dot(u, w_ptr, K0P, P, P, False, PRECISION)
+    else:
+        a = _dot(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION)
+    return a + _vec(b_ptr + l * P, P)[None, :]
+
+
+@triton.jit
+def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr,
+               eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """Norm and gate of hidden layer l on its linear part a: (output, c, rinv, rf, n, sg, gf) — the output and
     the intermediates its backward needs (without NORM: c = n = a, rinv = rf = 0)."""
-    a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION)
-    a = a + _vec(b_ptr + l * P, P)[None, :]
+    SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
     if NORM:
-        mu = tl.dot(tl.dot(a, _tile(mean_ptr + l * P * NB, P, NB, NB, False), input_precision="ieee"),
-                    _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision="ieee")
+        mu = tl.dot(_dot(a, mean_ptr + l * P * NB, P, NB, NB, False, SP),
+                    _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision=SP)
         c = a - mu
-        s = tl.dot(c * c, _tile(avg_ptr + l * P * NB, P, NB, NB, False), input_precision="ieee")
+        s = _dot(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP)
         rinv = tl.rsqrt(s + eps)
-        rf = tl.dot(rinv, _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision="ieee")
+        rf = tl.dot(rinv, _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision=SP)
         n = c * rf * _vec(scale_ptr + l * P, P)[None, :] + _vec(shift_ptr + l * P, P)[None, :]
     else:
         c = a
         n = a
         rinv = tl.zeros((a.shape[0], NB), dtype=a.dtype)
         rf = tl.zeros_like(a)
-    sg = tl.sigmoid(tl.dot(n, _tile(gpick_ptr + l * P * NG, P, NG, NG, False), input_precision="ieee"))
-    gf = tl.dot(sg, _tile(gexp_ptr + l * NG * P, NG, P, P, False), input_precision="ieee")
+    sg = tl.sigmoid(_dot(n, gpick_ptr + l * P * NG, P, NG, NG, False, SP))
+    gf = tl.dot(sg, _tile(gexp_ptr + l * NG * P, NG, P, P, False), input_precision=SP)
     y = _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
-    return y, a, c, rinv, rf, n, sg, gf
+    return y, c, rinv, rf, n, sg, gf
 
 
 @triton.jit
 def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
          gexp_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-         IN_K: tl.constexpr, PRECISION: tl.constexpr):
-    """The first L hidden layers on z (BLOCK_E, P)."""
+         IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr):
+    """The first L hidden layers on z (BLOCK_E, K0P): (BLOCK_E, P), or z itself for L = 0."""
     u = z
     for l in tl.static_range(L):
-        u = _layer(u, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                   triv_ptr, eps, P, NB, NG, NORM, IN_K, PRECISION)[0]
+        u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION), l, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
+                       exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION)[0]
     return u
 
 
 @triton.jit
-def _layer_bwd(dy, u, a, c, rinv, rf, n, sg, gf, l: tl.constexpr, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
-               gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
+def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+               triv_ptr, w_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, eps,
                P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
-               PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr):
-    """Gradient w.r.t. the input u of layer l from the gradient dy of its output; with NEED_PARAMS the
-    parameter gradients of the block are added to gw / gb / gscale / gshift (atomics)."""
+               K0P: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr):
+    """Gradient w.r.t. the input u of layer l (linear part a) from the gradient dy of its output, (BLOCK_E, P)
+    or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``); with NEED_PARAMS the parameter gradients of the block are added to gw / gb / gscale /
+    gshift (atomics)."""
+    SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
+    _, c, rinv, rf, n, sg, gf = _norm_gate(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
+                                           gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION)
     offs = tl.arange(0, P)
     s = tl.sigmoid(n)
     dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) + gf)
-    dsg = tl.dot(dy * n, _tile(gexp_ptr + l * NG * P, P, NG, P, True), input_precision="ieee")
-    dn += tl.dot(dsg * sg * (1 - sg), _tile(gpick_ptr + l * P * NG, NG, P, NG, True), input_precision="ieee")
+    dsg = _dot(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP)
+    dn += tl.dot(dsg * sg * (1 - sg), _tile(gpick_ptr + l * P * NG, NG, P, NG, True), input_precision=SP)
     if NORM:
         scale = _vec(scale_ptr + l * P, P)[None, :]
         if NEED_PARAMS:
             tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
             tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
         dc = dn * scale * rf
-        drinv = tl.dot(dn * scale * c, _tile(exp_ptr + l * NB * P, P, NB, P, True), input_precision="ieee")
+        drinv = _dot(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP)
         ds = -0.5 * drinv * rinv * rinv * rinv
-        dc += 2 * c * tl.dot(ds, _tile(avg_ptr + l * P * NB, NB, P, NB, True), input_precision="ieee")
-        dmu = tl.dot(tl.dot(dc, _tile(exp_ptr + l * NB * P, P, NB, P, True), input_precision="ieee"),
-                     _tile(mean_ptr + l * P * NB, NB, P, NB, True), input_precision="ieee")
+        dc += 2 * c * tl.dot(ds, _tile(avg_ptr + l * P * NB, NB, P, NB, True), input_precision=SP)
+        dmu = tl.dot(_dot(dc, exp_ptr + l * NB * P, P, NB, P, True, SP),
+                     _tile(mean_ptr + l * P * NB, NB, P, NB, True), input_precision=SP)
         da = dc - dmu
     else:
         da = dn
     if NEED_PARAMS:
-        _outer_add(gw_ptr + l * P * P, _used_cols(u, P, IN_K), da, IN_K, P, PRECISION)
+        if l == 0:
+            _outer_add(gw_ptr, u, da, K0P, P, PRECISION)
+        else:
+            _outer_add(gw_ptr + l * P * P, _used_cols(u, P, IN_K), da, IN_K, P, PRECISION)
         tl.atomic_add(gb_ptr + l * P + offs, tl.sum(da, 0), sem="relaxed")
-    du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION)
-    if IN_K < P:  # the input's padding columns meet zero weight rows
-        du = _join(du, tl.zeros_like(du), P)
+    if l == 0:  # IN_K columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB
+        du = _dot(da, w_ptr, P, IN_K, P, True, PRECISION)
+    else:
+        du = _dot(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION)
+        if IN_K < P:  # the input's padding columns meet zero weight rows
+            du = _join(du, tl.zeros_like(du), P)
     return du
 
 
 @triton.jit
-def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr, P: tl.constexpr):
-    """The block's edges: offsets, mask, z tile (BLOCK_E, P), env, src, tgt."""
+def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr, K0P: tl.constexpr):
+    """The block's edges: offsets, mask, z tile (BLOCK_E, K0P), env, src, tgt."""
     offs_e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
-    offs_k = tl.arange(0, P)
+    offs_k = tl.arange(0, K0P)
     z = tl.load(z_ptr + offs_e[:, None] * K0 + offs_k[None, :],
                 mask=mask_e[:, None] & (offs_k < K0)[None, :], other=0.0)
     env = tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)
@@ -210,12 +273,12 @@ def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr,
 @triton.jit
 def _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
                   gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
-                  NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
+                  BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):
     """The block's edges and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
-    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
+    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
     h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-             triv_ptr, eps, P, NB, NG, NORM, IN_K, PRECISION)
+             triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
     return offs_e, mask_e, tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None], src, tgt
 
 
@@ -233,17 +296,17 @@ def _gmlp_conv_fwd_kernel(
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
                                                  shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, BLOCK_E,
+                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
                                                  PRECISION)
     ht = _used_cols(ht, P, IN_K)
     acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        acc += _mm(ht * xc[:, None], head_ptr + c * P * DOUT_P, IN_K, DOUT_P, DOUT_P, False, PRECISION)
+        acc += _dot(ht * xc[:, None], head_ptr + c * P * DOUT_P, IN_K, DOUT_P, DOUT_P, False, PRECISION)
     offs_o = tl.arange(0, DOUT_P)
     tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
                   mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
@@ -255,13 +318,13 @@ def _gmlp_head_grad_kernel(
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, ghead_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """grad_head[c] += (h̃ · x[src, c])ᵀ grad_out[tgt] per block: its own kernel, so that its P·DOUT_P·DIN atomics per
     block are amortised over a larger BLOCK_E than the register-heavy layer backward can take."""
     offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
                                                  shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, BLOCK_E,
+                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
                                                  PRECISION)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
     ht = _used_cols(ht, P, IN_K)
@@ -281,7 +344,7 @@ def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e
     dht = tl.zeros_like(ht)
     for c in range(DIN):
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        t = _mm(gy, head_ptr + c * P * DOUT_P, DOUT_P, IN_K, DOUT_P, True, PRECISION)
+        t = _dot(gy, head_ptr + c * P * DOUT_P, DOUT_P, IN_K, DOUT_P, True, PRECISION)
         dht += t * xc[:, None]
         tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * ht, 1), mask=mask_e, sem="relaxed")
     tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
@@ -305,27 +368,24 @@ def _gmlp_conv_bwd_kernel(
     gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_PARAMS: tl.constexpr,
 ):
-    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, P)
+    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
-    if L == 0:
-        dh = _head_bwd(z, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-                       P, DOUT_P, IN_K, PRECISION)
+    # the head first, from the MLP's output alone; then each layer from its input, recomputed
+    h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+             triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
+    dh = _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
+                   P, DOUT_P, IN_K, PRECISION)
     for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
         u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                 triv_ptr, eps, P, NB, NG, NORM, IN_K, PRECISION)
-        y, a, c, rinv, rf, n, sg, gf = _layer(u, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
-                                              exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K,
-                                              PRECISION)
-        if i == 0:
-            dh = _head_bwd(y, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H,
-                           DIN, P, DOUT_P, IN_K, PRECISION)
-        dh = _layer_bwd(dh, u, a, c, rinv, rf, n, sg, gf, L - 1 - i, w_ptr, scale_ptr, mean_ptr, avg_ptr, exp_ptr,
-                        gpick_ptr, gexp_ptr, triv_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
-                        P, NB, NG, NORM, IN_K, PRECISION, NEED_PARAMS)
-    offs_k = tl.arange(0, P)
+                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
+        dh = _layer_bwd(dh, u, _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION), L - 1 - i, scale_ptr,
+                        shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, w_ptr, gw_ptr, gb_ptr,
+                        gscale_ptr, gshift_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, NEED_PARAMS)
+    KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of dh
+    offs_k = tl.arange(0, KZ)
     tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
              mask=mask_e[:, None] & (offs_k < K0)[None, :])
 
@@ -340,6 +400,7 @@ def _launch(kernel, name: str, e: int, k0: int, args: tuple, packed: dict, preci
     config = (INTERPRET_CONFIG if INTERPRET else GPU_CONFIG)[name]
     meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
                 NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]),
+                K0P=p if packed["layers"] == 0 else max(16, triton.next_power_of_2(k0)),
                 PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
     kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config, **flags)
 
