@@ -8,12 +8,14 @@ catches a kernel that no longer compiles under the Triton version of the GPU mac
     python -m bench.aot                      # the GPU default configuration of each kernel, 3 precisions
     python -m bench.aot --all                # every autotune configuration too
     python -m bench.aot --json out.json      # also write the rows
-    python -m bench.aot --fused              # only the fully fused G-MLP kernels (slow: minutes per compile)
+    python -m bench.aot --fused              # only the fully fused G-MLP kernels, both widths (slow: minutes
+                                             # per compile; --width anchor|default for one)
     python -m bench.aot --all --spill-table fastik/triton_kernels/spills_sm90a.json
                                              # record which configurations spill under this Triton version
 
 Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64; the fully fused kernels at the
-anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16, dot inputs on P/2 = 64 columns).
+anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16, dot inputs on P/2 = 64 columns) and
+at the default width (hidden_channels=16: P = 256, NB = 16, NG = 64, dot inputs on all 256 columns).
 """
 from __future__ import annotations
 
@@ -46,8 +48,11 @@ KERNELS = (
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
 FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_grad_kernel": "head_grad"}
-FUSED_SIZES = {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16}
-# K0 = 9 ≤ K0P, H + 1 = 61 ≤ IN_K = P/2
+#: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P): the anchors' (hidden_channels=5,
+#: H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P)
+FUSED_WIDTHS = {"anchor": {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16},
+                "default": {"L": 2, "P": 256, "NB": 16, "NG": 64, "DOUT_P": 64, "NORM": True, "IN_K": 256,
+                            "K0P": 16}}
 
 
 @dataclass
@@ -148,12 +153,21 @@ def rows(all_configs: bool, only: list[str] | None = None) -> list[Row]:
     return out
 
 
-def fused_rows(precisions: tuple[str, ...] = ("ieee", "tf32")) -> list[Row]:
-    """The fully fused kernels at their GPU configuration (FUSED_SIZES)."""
+def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> list[Row]:
+    """The fully fused kernels at their GPU configuration, at each of ``widths`` (keys of FUSED_WIDTHS); the
+    width is the first field of each row's config."""
     from fastik.triton_kernels import gmlp_conv as g
 
-    return [compile_row(_jit_function(getattr(g, kernel)), kernel, g.GPU_CONFIG[name], precision, FUSED_SIZES)
-            for kernel, name in FUSED_KERNELS.items() for precision in precisions]
+    out = []
+    for width in widths:
+        sizes = FUSED_WIDTHS[width]
+        for kernel, name in FUSED_KERNELS.items():
+            for precision in precisions:
+                row = compile_row(_jit_function(getattr(g, kernel)), kernel, g.launch_config(name, sizes["P"]),
+                                  precision, sizes)
+                row.config = f"P={sizes['P']},IN_K={sizes['IN_K']},{row.config}"
+                out.append(row)
+    return out
 
 
 def spill_table(result: list[Row]) -> dict[str, list[str]]:
@@ -184,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the rows as JSON to this path")
     p.add_argument("--kernels", help="comma-separated kernel names (default: all), e.g. _message_fwd_kernel")
     p.add_argument("--fused", action="store_true",
-                   help=f"only the fully fused kernels at {FUSED_SIZES} (ieee and tf32; minutes per compile)")
+                   help="only the fully fused kernels, every precision (minutes per compile)")
+    p.add_argument("--width", choices=[*FUSED_WIDTHS, "both"], default="both",
+                   help="with --fused: the anchors' width (P = 128), the default width (P = 256) or both")
     p.add_argument("--spill-table", help="with --all: merge this Triton version's spilling configurations into "
                    "this JSON file (fastik/triton_kernels/spills_sm90a.json is the one the autotune prune reads)")
     args = p.parse_args(argv)
@@ -193,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     t0 = time.perf_counter()
-    result = fused_rows() if args.fused else rows(args.all, args.kernels.split(",") if args.kernels else None)
+    widths = list(FUSED_WIDTHS) if args.width == "both" else [args.width]
+    result = fused_rows(widths) if args.fused else rows(args.all, args.kernels.split(",") if args.kernels else None)
     print(markdown(result, triton.__version__))
     print(f"\n{len(result)} compiles in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.spill_table:

@@ -49,15 +49,28 @@ import triton.language as tl
 
 from ._config import INTERPRET, device_ctx
 
-__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG"]
+__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "launch_config"]
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
 # and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The head-gradient
-# kernel holds few tiles, so it takes larger blocks (its atomics per edge fall as 1 / BLOCK_E); in the
-# interpreter it uses another block size than the others, so that masks differ between the kernels.
+# kernel holds few tiles, so it takes larger blocks (its atomics per edge fall as 1 / BLOCK_E), up to
+# 8192 / P edges (`launch_config`); in the interpreter it uses another block size than the others, so that
+# masks differ between the kernels.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16), "head_grad": dict(BLOCK_E=32)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1), "bwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
               "head_grad": dict(BLOCK_E=64, num_warps=8, num_stages=1)}
+
+
+def launch_config(name: str, p: int, interpret: bool = INTERPRET) -> dict:
+    """The configuration of kernel ``name`` ("fwd", "bwd", "head_grad") for padded width ``p``: the head
+    gradient's blocks hold (BLOCK_E × P) tiles of the MLP, so they shrink as P grows (P = 256: 64 edges spill
+    8.7 KB in TF32, 32 edges 0.3 KB; ptxas, sm_90a)."""
+    if interpret:
+        return dict(INTERPRET_CONFIG[name])
+    config = dict(GPU_CONFIG[name])
+    if name == "head_grad":
+        config["BLOCK_E"] = max(16, min(config["BLOCK_E"], 8192 // p))
+    return config
 
 
 @triton.jit
@@ -136,10 +149,12 @@ def _dot(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PR
 
 @triton.jit
 def _outer_add(g_ptr, a, b, K: tl.constexpr, N: tl.constexpr, PRECISION: tl.constexpr):
-    """G (K, N) row-major at g_ptr += aᵀ b for a (R, K), b (R, N), with atomics: one dot on the tensor cores;
-    2 × 2 half-size dots in IEEE, whose FMA lowering holds both operands whole per thread (one dot made ptxas
-    spill 42 KB in the head-gradient kernel, two × two 0.9 KB)."""
-    if PRECISION == "ieee":
+    """G (K, N) row-major at g_ptr += aᵀ b for a (R, K), b (R, N), with atomics: one dot on the tensor cores
+    up to 128 × 128; else 2 × 2 half-size dots — the dot's result passes through shared memory on its way to
+    the atomics (K · N · 4 bytes: 256 KiB at 256 × 256, more than an H100 has) — and always in IEEE, whose
+    FMA lowering holds both operands whole per thread (one dot made ptxas spill 42 KB in the head-gradient
+    kernel, two × two 0.9 KB)."""
+    if PRECISION == "ieee" or K * N > 128 * 128:
         a0, a1 = _halves(a, K)
         b0, b1 = _halves(b, N)
         _outer_add_tile(g_ptr, a0, b0, N, PRECISION)
@@ -397,7 +412,7 @@ _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pi
 def _launch(kernel, name: str, e: int, k0: int, args: tuple, packed: dict, precision: str, **flags) -> None:
     """One program per BLOCK_E edges (the configuration of kernel ``name``); the packed sizes as constexprs."""
     _, p, nb = packed["mean"].shape
-    config = (INTERPRET_CONFIG if INTERPRET else GPU_CONFIG)[name]
+    config = launch_config(name, p)
     meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
                 NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]),
                 K0P=p if packed["layers"] == 0 else max(16, triton.next_power_of_2(k0)),
