@@ -163,7 +163,7 @@ def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> l
         sizes = FUSED_WIDTHS[width]
         for kernel, name in FUSED_KERNELS.items():
             for precision in precisions:
-                row = compile_row(_jit_function(getattr(g, kernel)), kernel, g.launch_config(name, sizes["P"]),
+                row = compile_row(_jit_function(getattr(g, kernel)), kernel, g.launch_config(name, sizes["IN_K"]),
                                   precision, sizes)
                 row.config = f"P={sizes['P']},IN_K={sizes['IN_K']},{row.config}"
                 out.append(row)

@@ -534,22 +534,27 @@ def _model(e: int, n: int, k: int, din: int, dout: int) -> dict[str, tuple[float
 
 
 def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[float, float]]:
-    """(FLOPs, bytes) of the fully fused kernels as written (dense padded weights, dot inputs on K = IN_K of the
-    P columns, bench/NOTES.md): per hidden layer 2KP + 8P·NB + 4P·NG forward, 4KP + 8P·NB + 4P·NG backward;
-    head Din·2K·Dout_p each way."""
+    """(FLOPs, bytes) of the fully fused kernels as written (dense padded weights; layer 0 reads K0P columns,
+    the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear part and
+    8P·NB + 4P·NG of norm and gate) and the head, Din·2K·Dout_p. Backward: the MLP and the head backward, then per
+    layer its input recomputed, its norm and gate again and backward, its weight and input gradients; the
+    head-gradient kernel: the MLP and Din·2K·Dout_p once more."""
+    import triton
+
     from fastik.triton_kernels.gmlp_conv import used_columns
 
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
     k = used_columns(size, k0, packed.hidden)
-    layer_fwd = 2.0 * k * size + 8.0 * size * nb + 4.0 * size * ng
-    layer_bwd = layer_fwd + 2.0 * k * size
+    k0p = size if layers == 0 else max(16, triton.next_power_of_2(k0))
+    struct = 8.0 * size * nb + 4.0 * size * ng
+    linear = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
+    mlp = sum(linear) + layers * struct
     head = 2.0 * din * k * dout_p
-    mlp = layers * layer_fwd
+    steps = sum(sum(linear[:i]) + i * struct + 2 * (linear[i] + struct) + 2.0 * size * k for i in range(layers))
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     return {"fwd": (e * (mlp + head), io + e * dout_p * f4),
-            "bwd": (e * (layers * (layers + 1) / 2 * layer_fwd + head + layers * layer_bwd + mlp + head),
-                    2 * io + 2 * e * dout_p * f4 + e * din * f4)}
+            "bwd": (e * (2 * (mlp + head) + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4)}
 
 
 def _pooled_items(conv, h, graph, item: Callable[..., None]) -> None:

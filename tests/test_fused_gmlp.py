@@ -76,6 +76,19 @@ def test_any_group_matches_reference(any_group):
     assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
 
 
+def test_head_gradient_over_many_chunks():
+    """The head-gradient kernel's persistent programs take several chunks each (E = 150: five chunks of 32
+    edges over two programs in the interpreter, the last one partial): every gradient matches the reference."""
+    from fastik.triton_kernels.gmlp_conv import INTERPRET_CONFIG
+
+    assert INTERPRET_CONFIG["head_grad"]["CHUNK"] == 32
+    t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
+    ref, fused = twins(t, t, hidden_channels=2)
+    pos, ei = graph(20, 150, 3)
+    x = torch.randn(20, t.dim, dtype=torch.float64, device=DEVICE)
+    assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
+
+
 ATTR_CASES = {  # group, dim, in, out, edge attributes, node attributes
     "so3-attrs": ("so3", 3, "2x0e + 1x1o", "1x0e + 1x1o + 1x2e", "2x0e + 1x1o", "1x0e + 1x1e"),
     "Oh-edge": ("Oh", 3, "1x0e + 1x1o", "2x0e", "1x0e", None),

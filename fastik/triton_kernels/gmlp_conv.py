@@ -22,9 +22,10 @@ weights, is what decides the register budget (ptxas numbers in bench/NOTES.md). 
 kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is live
 across its loop over DIN), then, from the last layer to the first, recomputes each layer's input
 from z (L(L+1)/2 more layer evaluations) and back-propagates through it, adding its parameter
-gradients with atomics; the head's own gradient, IN_K·DOUT_P·DIN atomics per block, has a kernel
-of its own with larger blocks.  Nothing of size E × P is ever written to memory: per edge only
-z (E, K0), env (E,) and their gradients.
+gradients with atomics.  The head's own gradient, IN_K·DOUT_P·DIN entries, has a kernel of its own:
+persistent programs sum it over chunks of CHUNK edges (their h̃ and grad_out rows in a per-program
+scratch, ≤ #SM × CHUNK rows) before one atomic per entry.  Nothing of size E × P is ever written to
+memory: per edge only z (E, K0), env (E,) and their gradients.
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
 MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
@@ -53,23 +54,23 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
 # and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The head-gradient
-# kernel holds few tiles, so it takes larger blocks (its atomics per edge fall as 1 / BLOCK_E), up to
-# 8192 / P edges (`launch_config`); in the interpreter it uses another block size than the others, so that
-# masks differ between the kernels.
-INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16), "head_grad": dict(BLOCK_E=32)}
+# kernel evaluates the MLP on BLOCK_E edges at a time, sums over CHUNK edges (`launch_config`) and reads
+# them back KE at a time; in the interpreter its chunks are short and its programs few, so that tests cross
+# chunk and program boundaries.
+INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16), "head_grad": dict(BLOCK_E=16, KE=16, CHUNK=32)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1), "bwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
-              "head_grad": dict(BLOCK_E=64, num_warps=8, num_stages=1)}
+              "head_grad": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
 
 
-def launch_config(name: str, p: int, interpret: bool = INTERPRET) -> dict:
-    """The configuration of kernel ``name`` ("fwd", "bwd", "head_grad") for padded width ``p``: the head
-    gradient's blocks hold (BLOCK_E × P) tiles of the MLP, so they shrink as P grows (P = 256: 64 edges spill
-    8.7 KB in TF32, 32 edges 0.3 KB; ptxas, sm_90a)."""
+def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
+    """The configuration of kernel ``name`` ("fwd", "bwd", "head_grad") when the dots read ``in_k`` columns
+    (IN_K): the head gradient's chunks hold CHUNK × (IN_K + DOUT_P) floats of scratch per program, so they
+    shrink as IN_K grows (256 edges up to IN_K = 128, 128 beyond: ≤ 160 KiB per program at DOUT_P = 64)."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
     if name == "head_grad":
-        config["BLOCK_E"] = max(16, min(config["BLOCK_E"], 8192 // p))
+        config["CHUNK"] = 256 if in_k <= 128 else 128
     return config
 
 
@@ -272,9 +273,9 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
 
 
 @triton.jit
-def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr, K0P: tl.constexpr):
-    """The block's edges: offsets, mask, z tile (BLOCK_E, K0P), env, src, tgt."""
-    offs_e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
+def _edge_inputs(start, z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr, K0P: tl.constexpr):
+    """The block of edges start, …, start + BLOCK_E - 1: offsets, mask, z tile (BLOCK_E, K0P), env, src, tgt."""
+    offs_e = start + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     offs_k = tl.arange(0, K0P)
     z = tl.load(z_ptr + offs_e[:, None] * K0 + offs_k[None, :],
@@ -286,12 +287,12 @@ def _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr,
 
 
 @triton.jit
-def _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
+def _block_hidden(start, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
                   gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
                   NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
                   BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):
-    """The block's edges and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
-    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
+    """The block of edges from start and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
+    offs_e, mask_e, z, env, src, tgt = _edge_inputs(start, z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
     h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
              triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
     return offs_e, mask_e, tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None], src, tgt
@@ -313,10 +314,10 @@ def _gmlp_conv_fwd_kernel(
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
-                                                 shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
-                                                 PRECISION)
+    offs_e, mask_e, ht, src, tgt = _block_hidden(tl.program_id(0).to(tl.int64) * BLOCK_E, z_ptr, env_ptr, src_ptr,
+                                                 tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
+                                                 exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG,
+                                                 NORM, IN_K, K0P, BLOCK_E, PRECISION)
     ht = _used_cols(ht, P, IN_K)
     acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
     for c in range(DIN):
@@ -331,21 +332,45 @@ def _gmlp_conv_fwd_kernel(
 def _gmlp_head_grad_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, ghead_ptr,
-    eps, E, K0, H, DIN, DOUT,
+    hs_ptr, gs_ptr, eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    CHUNK: tl.constexpr, KE: tl.constexpr,
 ):
-    """grad_head[c] += (h̃ · x[src, c])ᵀ grad_out[tgt] per block: its own kernel, so that its P·DOUT_P·DIN atomics per
-    block are amortised over a larger BLOCK_E than the register-heavy layer backward can take."""
-    offs_e, mask_e, ht, src, tgt = _block_hidden(z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr,
-                                                 shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                                                 triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
-                                                 PRECISION)
-    gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
-    ht = _used_cols(ht, P, IN_K)
-    for c in range(DIN):
-        xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        _outer_add(ghead_ptr + c * P * DOUT_P, ht * xc[:, None], gy, IN_K, DOUT_P, PRECISION)
+    """grad_head[c] += Σ_e (h̃_e · x[src_e, c])ᵀ grad_out[tgt_e], by persistent programs that take chunks of CHUNK
+    edges in turn.  Per chunk: h̃ (BLOCK_E edges at a time) and grad_out[tgt] into the program's scratch rows
+    (hs (CHUNK, IN_K), gs (CHUNK, DOUT_P)); then per input channel c one (IN_K × DOUT_P) sum over the chunk,
+    reading the rows back KE at a time, and one atomic per entry: IN_K·DOUT_P·DIN / CHUNK atomics per edge
+    (per BLOCK_E edges, as the other kernels would, they dominated the predicted time)."""
+    pid = tl.program_id(0)
+    hs_ptr += pid.to(tl.int64) * CHUNK * IN_K
+    gs_ptr += pid.to(tl.int64) * CHUNK * DOUT_P
+    offs_k = tl.arange(0, IN_K)
+    offs_o = tl.arange(0, DOUT_P)
+    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+        start = tl.cast(chunk, tl.int64) * CHUNK
+        for s in range(CHUNK // BLOCK_E):  # padding edges store zero rows (their env and grad_out are 0)
+            rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
+            _, mask_e, ht, _, tgt = _block_hidden(start + s * BLOCK_E, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr,
+                                                  scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
+                                                  gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P,
+                                                  BLOCK_E, PRECISION)
+            tl.store(hs_ptr + rows[:, None] * IN_K + offs_k[None, :], _used_cols(ht, P, IN_K))
+            tl.store(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :],
+                     _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P))
+        tl.debug_barrier()  # the rows are read back by other threads of the program
+        for c in range(DIN):
+            acc = tl.zeros((IN_K, DOUT_P), dtype=gout_ptr.dtype.element_ty)
+            for s in range(CHUNK // KE):
+                rows = s * KE + tl.arange(0, KE)
+                mask_e = start + rows < E
+                src = tl.load(src_ptr + start + rows, mask=mask_e, other=0)
+                xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
+                a = tl.load(hs_ptr + rows[:, None] * IN_K + offs_k[None, :]) * xc[:, None]
+                acc += tl.dot(tl.trans(a), tl.load(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :]),
+                              input_precision=PRECISION)
+            tl.atomic_add(ghead_ptr + c * P * DOUT_P + offs_k[:, None] * DOUT_P + offs_o[None, :], acc, sem="relaxed")
+        tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
 @triton.jit
@@ -386,7 +411,8 @@ def _gmlp_conv_bwd_kernel(
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_PARAMS: tl.constexpr,
 ):
-    offs_e, mask_e, z, env, src, tgt = _edge_inputs(z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
+    offs_e, mask_e, z, env, src, tgt = _edge_inputs(tl.program_id(0).to(tl.int64) * BLOCK_E, z_ptr, env_ptr,
+                                                    src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
     gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
     # the head first, from the MLP's output alone; then each layer from its input, recomputed
     h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
@@ -409,15 +435,35 @@ _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pi
            "trivial", "head")
 
 
-def _launch(kernel, name: str, e: int, k0: int, args: tuple, packed: dict, precision: str, **flags) -> None:
-    """One program per BLOCK_E edges (the configuration of kernel ``name``); the packed sizes as constexprs."""
+def _meta(packed: dict, k0: int, precision: str) -> dict:
+    """The packed sizes as the kernels' constexprs."""
     _, p, nb = packed["mean"].shape
-    config = launch_config(name, p)
-    meta = dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
+    return dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
                 NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]),
                 K0P=p if packed["layers"] == 0 else max(16, triton.next_power_of_2(k0)),
                 PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
+
+
+def _launch(kernel, name: str, e: int, args: tuple, meta: dict, **flags) -> None:
+    """One program per BLOCK_E edges (the configuration of kernel ``name``)."""
+    config = launch_config(name, meta["IN_K"])
     kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config, **flags)
+
+
+def _head_grad_programs(x: torch.Tensor) -> int:
+    """How many persistent programs the head-gradient kernel runs: one per SM (2 in the interpreter)."""
+    if INTERPRET or not x.is_cuda:
+        return 2
+    return torch.cuda.get_device_properties(x.device).multi_processor_count
+
+
+def _launch_head_grad(e: int, args: tuple, sizes: tuple, meta: dict, x: torch.Tensor) -> None:
+    """The head-gradient kernel on min(chunks, programs) persistent programs, each with its scratch rows."""
+    config = launch_config("head_grad", meta["IN_K"])
+    grid = min(triton.cdiv(e, config["CHUNK"]), _head_grad_programs(x))
+    hs = torch.empty(grid, config["CHUNK"], meta["IN_K"], device=x.device, dtype=x.dtype)
+    gs = torch.empty(grid, config["CHUNK"], meta["DOUT_P"], device=x.device, dtype=x.dtype)
+    _gmlp_head_grad_kernel[(grid,)](*args, hs, gs, *sizes, **meta, **config)
 
 
 def used_columns(p: int, k0: int, hidden: int) -> int:
@@ -433,9 +479,9 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
         return out
     with device_ctx(x):
-        _launch(_gmlp_conv_fwd_kernel, "fwd", e, k0, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
-                                                  packed["eps"], e, k0, packed["hidden"], x.shape[1], dout),
-                packed, precision)
+        _launch(_gmlp_conv_fwd_kernel, "fwd", e, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
+                                              packed["eps"], e, k0, packed["hidden"], x.shape[1], dout),
+                _meta(packed, k0, precision))
     return out
 
 
@@ -449,9 +495,10 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
         return tuple(grads)
     sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
     inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))
+    meta = _meta(packed, k0, precision)
     with device_ctx(x):
-        _launch(_gmlp_conv_bwd_kernel, "bwd", e, k0, (*inputs, packed["head"], *grads[:-1], *sizes), packed, precision,
+        _launch(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1], *sizes), meta,
                 NEED_PARAMS=need_params)
         if need_params:
-            _launch(_gmlp_head_grad_kernel, "head_grad", e, k0, (*inputs, grads[-1], *sizes), packed, precision)
+            _launch_head_grad(e, (*inputs, grads[-1]), sizes, meta, x)
     return tuple(grads)
