@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the fully fused kernels, every precision (minutes per compile)")
     p.add_argument("--width", choices=[*FUSED_WIDTHS, "both"], default="both",
                    help="with --fused: the anchors' width (P = 128), the default width (P = 256) or both")
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help="with --fused: comma-separated precisions (default: all; ieee at P = 256 takes ≈ 15 min)")
     p.add_argument("--spill-table", help="with --all: merge this Triton version's spilling configurations into "
                    "this JSON file (fastik/triton_kernels/spills_sm90a.json is the one the autotune prune reads)")
     args = p.parse_args(argv)
@@ -210,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     widths = list(FUSED_WIDTHS) if args.width == "both" else [args.width]
-    result = fused_rows(widths) if args.fused else rows(args.all, args.kernels.split(",") if args.kernels else None)
+    if args.fused:
+        result = fused_rows(widths, tuple(args.precisions.split(",")))
+    else:
+        result = rows(args.all, args.kernels.split(",") if args.kernels else None)
     print(markdown(result, triton.__version__))
     print(f"\n{len(result)} compiles in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.spill_table:

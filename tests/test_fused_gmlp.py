@@ -91,6 +91,27 @@ def test_head_gradient_over_many_chunks():
     assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
 
 
+def test_head_chunk_does_not_change_the_gradients():
+    """The head-gradient kernel's chunk (a tuning knob of gmlp_conv_bwd) changes the summation order only."""
+    from fastik.triton_kernels.gmlp_conv import gmlp_conv_bwd
+
+    t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
+    ref, _ = twins(t, t, hidden_channels=2)
+    pos, (src, tgt) = graph(20, 150, 3)
+    k = ref.kernel
+    r = pos[src] - pos[tgt]
+    z, env = k.embed(r).detach().contiguous(), (k.envelope(r) * ref.scale).detach().contiguous()
+    packed = {name: v.contiguous() if torch.is_tensor(v) else v
+              for name, v in pack_gmlp(k, torch.float64)._asdict().items()}
+    x, gout = (torch.randn(20, t.dim, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    grads = [gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=c)[-1] for c in (None, 16, 64)]
+    assert grads[0].abs().max() > 0
+    assert all(relative_error(g, grads[0]) < 1e-13 for g in grads[1:])
+    for bad in (8, 48):
+        with pytest.raises(ValueError, match="head_chunk must be a power of two"):
+            gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=bad)
+
+
 ATTR_CASES = {  # group, dim, in, out, edge attributes, node attributes
     "so3-attrs": ("so3", 3, "2x0e + 1x1o", "1x0e + 1x1o + 1x2e", "2x0e + 1x1o", "1x0e + 1x1e"),
     "Oh-edge": ("Oh", 3, "1x0e + 1x1o", "2x0e", "1x0e", None),

@@ -93,7 +93,9 @@ def test_dry_run_stage_results(dry_run):
             assert ("fastik-reference", "fp32", width, p) in ok
             for name in (n for n in fused if IMPLS[n].precisions):
                 for precision in ("ieee", "tf32x3", "tf32"):
-                    assert (name, precision, width, p) in ok, (name, precision, width, p)
+                    # the fully fused kernels' IEEE dots spill ≈ 190 KB at the default width: not timed there
+                    skip = precision == "ieee" and width == "default" and IMPLS[name].backend == "fused"
+                    assert ((name, precision, width, p) in ok) != skip, (name, precision, width, p)
     assert ("materialize", "fp32", "default", "fwd+bwd") in ok
     # d: the per-kernel split ran every Triton kernel and reports their (interpreter) configurations
     d = stages["d"]["results"]
@@ -101,6 +103,10 @@ def test_dry_run_stage_results(dry_run):
     for kernel in ("segmented_fwd", "message_fwd", "message_fwd_segmented", "segmented_bwd", "message_bwd"):
         assert f"{kernel} (Triton)" in names
     assert any(n.startswith("G-MLP") for n in names) and "index checks (aminmax src, tgt)" in names
+    for width in ("default", "anchor"):  # the fully fused kernels, their parts and the head gradient's chunk
+        for part in ("fwd", "bwd, 2 kernels", "bwd without parameter gradients"):
+            assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
+        assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
     assert all(c["mode"] == "fixed (interpreter)" for c in d["configs"].values())
     assert d["peaks"]["fp32_matmul_tflops"] > 0 and d["peaks"]["copy_gb_s"] > 0

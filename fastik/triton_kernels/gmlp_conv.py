@@ -233,8 +233,8 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
                P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
                K0P: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr):
     """Gradient w.r.t. the input u of layer l (linear part a) from the gradient dy of its output, (BLOCK_E, P)
-    or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``); with NEED_PARAMS the parameter gradients of the block are added to gw / gb / gscale /
-    gshift (atomics)."""
+    or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``); with NEED_PARAMS the parameter gradients of
+    the block are added to gw / gb / gscale / gshift (atomics)."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
     _, c, rinv, rf, n, sg, gf = _norm_gate(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
                                            gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION)
@@ -287,8 +287,8 @@ def _edge_inputs(start, z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.con
 
 
 @triton.jit
-def _block_hidden(start, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr,
-                  gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
+def _block_hidden(start, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
+                  exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
                   NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
                   BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):
     """The block of edges from start and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
@@ -457,9 +457,14 @@ def _head_grad_programs(x: torch.Tensor) -> int:
     return torch.cuda.get_device_properties(x.device).multi_processor_count
 
 
-def _launch_head_grad(e: int, args: tuple, sizes: tuple, meta: dict, x: torch.Tensor) -> None:
+def _launch_head_grad(e: int, args: tuple, sizes: tuple, meta: dict, x: torch.Tensor, chunk: int | None) -> None:
     """The head-gradient kernel on min(chunks, programs) persistent programs, each with its scratch rows."""
     config = launch_config("head_grad", meta["IN_K"])
+    if chunk is not None:
+        if chunk & (chunk - 1) or chunk < max(config["BLOCK_E"], config["KE"]):
+            raise ValueError(f"head_chunk must be a power of two ≥ {max(config['BLOCK_E'], config['KE'])}, "
+                             f"got {chunk}")
+        config["CHUNK"] = chunk
     grid = min(triton.cdiv(e, config["CHUNK"]), _head_grad_programs(x))
     hs = torch.empty(grid, config["CHUNK"], meta["IN_K"], device=x.device, dtype=x.dtype)
     gs = torch.empty(grid, config["CHUNK"], meta["DOUT_P"], device=x.device, dtype=x.dtype)
@@ -485,9 +490,11 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     return out
 
 
-def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True):
+def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
+                  head_chunk: int | None = None):
     """Gradients of ⟨grad_out, forward⟩: (grad_z, grad_env, grad_x, then one per packed parameter:
-    weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``)."""
+    weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``). ``head_chunk``: edges
+    per chunk of the head-gradient kernel (a power of two; default ``launch_config``'s), for tuning."""
     e, k0 = z.shape
     grads = [torch.zeros_like(t) for t in (z, env, x)] + \
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
@@ -500,5 +507,5 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
         _launch(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1], *sizes), meta,
                 NEED_PARAMS=need_params)
         if need_params:
-            _launch_head_grad(e, (*inputs, grads[-1]), sizes, meta, x)
+            _launch_head_grad(e, (*inputs, grads[-1]), sizes, meta, x, head_chunk)
     return tuple(grads)
