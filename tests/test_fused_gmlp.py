@@ -108,7 +108,7 @@ def test_head_chunk_does_not_change_the_gradients():
     assert grads[0].abs().max() > 0
     assert all(relative_error(g, grads[0]) < 1e-13 for g in grads[1:])
     for bad in (8, 48):
-        with pytest.raises(ValueError, match="head_chunk must be a power of two"):
+        with pytest.raises(ValueError, match="chunk must be a power of two"):
             gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=bad)
 
 

@@ -21,11 +21,14 @@ dot, so a (16 × 128) operand costs 64 registers per thread, a (16 × 32) slice 
 weights, is what decides the register budget (ptxas numbers in bench/NOTES.md).  The backward
 kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is live
 across its loop over DIN), then, from the last layer to the first, recomputes each layer's input
-from z (L(L+1)/2 more layer evaluations) and back-propagates through it, adding its parameter
-gradients with atomics.  The head's own gradient, IN_K·DOUT_P·DIN entries, has a kernel of its own:
-persistent programs sum it over chunks of CHUNK edges (their h̃ and grad_out rows in a per-program
-scratch, ≤ #SM × CHUNK rows) before one atomic per entry.  Nothing of size E × P is ever written to
-memory: per edge only z (E, K0), env (E,) and their gradients.
+from z (L(L+1)/2 more layer evaluations) and back-propagates through it.  The parameter gradients are
+sums over edges, added to memory with atomics — as few as possible: both backward kernels run one
+persistent program per SM, which takes chunks of CHUNK edges in turn, writes the rows a gradient is
+summed from (each layer's input and linear-part gradient; for the head's own gradient, IN_K·DOUT_P·DIN
+entries in a kernel of its own, h̃ and grad_out[tgt]) into a per-program scratch (≤ #SM × CHUNK rows)
+and, after the chunk, sums them with dots over the edge dimension before one atomic per entry.
+Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
+gradients.
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
 MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
@@ -57,20 +60,26 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "
 # kernel evaluates the MLP on BLOCK_E edges at a time, sums over CHUNK edges (`launch_config`) and reads
 # them back KE at a time; in the interpreter its chunks are short and its programs few, so that tests cross
 # chunk and program boundaries.
-INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16), "head_grad": dict(BLOCK_E=16, KE=16, CHUNK=32)}
-GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1), "bwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
+INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
+                    "head_grad": dict(BLOCK_E=16, KE=16, CHUNK=32)}
+GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
+              "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
               "head_grad": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
     """The configuration of kernel ``name`` ("fwd", "bwd", "head_grad") when the dots read ``in_k`` columns
-    (IN_K): the head gradient's chunks hold CHUNK × (IN_K + DOUT_P) floats of scratch per program, so they
-    shrink as IN_K grows (256 edges up to IN_K = 128, 128 beyond: ≤ 160 KiB per program at DOUT_P = 64)."""
+    (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they shrink as IN_K grows
+    — head gradient: IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128, 128 beyond (≤ 160 KiB at
+    DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats per row, 128
+    rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers)."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
     if name == "head_grad":
         config["CHUNK"] = 256 if in_k <= 128 else 128
+    elif name == "bwd":
+        config["CHUNK"] = 128 if in_k <= 128 else 64
     return config
 
 
@@ -149,28 +158,37 @@ def _dot(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PR
 
 
 @triton.jit
-def _outer_add(g_ptr, a, b, K: tl.constexpr, N: tl.constexpr, PRECISION: tl.constexpr):
-    """G (K, N) row-major at g_ptr += aᵀ b for a (R, K), b (R, N), with atomics: one dot on the tensor cores
-    up to 128 × 128; else 2 × 2 half-size dots — the dot's result passes through shared memory on its way to
-    the atomics (K · N · 4 bytes: 256 KiB at 256 × 256, more than an H100 has) — and always in IEEE, whose
-    FMA lowering holds both operands whole per thread (one dot made ptxas spill 42 KB in the head-gradient
-    kernel, two × two 0.9 KB)."""
-    if PRECISION == "ieee" or K * N > 128 * 128:
-        a0, a1 = _halves(a, K)
-        b0, b1 = _halves(b, N)
-        _outer_add_tile(g_ptr, a0, b0, N, PRECISION)
-        _outer_add_tile(g_ptr + N // 2, a0, b1, N, PRECISION)
-        _outer_add_tile(g_ptr + K // 2 * N, a1, b0, N, PRECISION)
-        _outer_add_tile(g_ptr + K // 2 * N + N // 2, a1, b1, N, PRECISION)
+def _ws_offset(l: tl.constexpr, K0P: tl.constexpr, IN_K: tl.constexpr, P: tl.constexpr):
+    """Column of layer l's input rows in the backward's scratch rows [u_0 (K0P) | da_0 (P) | u_1 (IN_K) | da_1 (P) | …];
+    its da rows follow its input's."""
+    if l == 0:
+        off = 0
     else:
-        _outer_add_tile(g_ptr, a, b, N, PRECISION)
+        off = K0P + P + (l - 1) * (IN_K + P)
+    return off
 
 
 @triton.jit
-def _outer_add_tile(g_ptr, a, b, LD, PRECISION: tl.constexpr):
-    """G[:a.shape[1], :b.shape[1]] += aᵀ b, G row-major with leading dimension LD at g_ptr (atomics)."""
-    offs = tl.arange(0, a.shape[1])[:, None] * LD + tl.arange(0, b.shape[1])[None, :]
-    tl.atomic_add(g_ptr + offs, tl.dot(tl.trans(a), b, input_precision=PRECISION), sem="relaxed")
+def _weight_grad(ws_ptr, l: tl.constexpr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
+                 SW: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr):
+    """gw[l] += uᵀ·da and gb[l] += Σ da over a chunk's scratch rows (read KE at a time), one atomic per entry; the
+    result in column tiles of ≤ 16 384 values (64 registers per thread at 8 warps; it passes through shared
+    memory on its way to the atomics)."""
+    KL: tl.constexpr = K0P if l == 0 else IN_K
+    PT: tl.constexpr = min(P, 16384 // KL)
+    u_ptr = ws_ptr + _ws_offset(l, K0P, IN_K, P)
+    offs_k = tl.arange(0, KL)
+    offs_t = tl.arange(0, PT)
+    for t in tl.static_range(P // PT):
+        acc = tl.zeros((KL, PT), dtype=gw_ptr.dtype.element_ty)
+        gb = tl.zeros((PT,), dtype=gw_ptr.dtype.element_ty)
+        for s in range(CHUNK // KE):
+            rows = (s * KE + tl.arange(0, KE))[:, None] * SW
+            da = tl.load(u_ptr + rows + KL + t * PT + offs_t[None, :])
+            acc += tl.dot(tl.trans(tl.load(u_ptr + rows + offs_k[None, :])), da, input_precision=PRECISION)
+            gb += tl.sum(da, 0)
+        tl.atomic_add(gw_ptr + l * P * P + offs_k[:, None] * P + t * PT + offs_t[None, :], acc, sem="relaxed")
+        tl.atomic_add(gb_ptr + l * P + t * PT + offs_t, gb, sem="relaxed")
 
 
 @triton.jit
@@ -229,12 +247,13 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
 
 @triton.jit
 def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-               triv_ptr, w_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, eps,
+               triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps,
                P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
-               K0P: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr):
+               K0P: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr):
     """Gradient w.r.t. the input u of layer l (linear part a) from the gradient dy of its output, (BLOCK_E, P)
-    or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``); with NEED_PARAMS the parameter gradients of
-    the block are added to gw / gb / gscale / gshift (atomics)."""
+    or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``).  With NEED_PARAMS the block's gradients of
+    scale and shift are added to gscale / gshift (atomics), and its rows of u and of the linear part's gradient
+    da are stored at ``rows`` of the scratch (row width SW) for ``_weight_grad``."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
     _, c, rinv, rf, n, sg, gf = _norm_gate(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
                                            gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION)
@@ -258,11 +277,14 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
     else:
         da = dn
     if NEED_PARAMS:
+        KL: tl.constexpr = K0P if l == 0 else IN_K
+        row = ws_ptr + rows[:, None] * SW + _ws_offset(l, K0P, IN_K, P)
         if l == 0:
-            _outer_add(gw_ptr, u, da, K0P, P, PRECISION)
+            ul = u
         else:
-            _outer_add(gw_ptr + l * P * P, _used_cols(u, P, IN_K), da, IN_K, P, PRECISION)
-        tl.atomic_add(gb_ptr + l * P + offs, tl.sum(da, 0), sem="relaxed")
+            ul = _used_cols(u, P, IN_K)
+        tl.store(row + tl.arange(0, KL)[None, :], ul)
+        tl.store(row + KL + offs[None, :], da)
     if l == 0:  # IN_K columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB
         du = _dot(da, w_ptr, P, IN_K, P, True, PRECISION)
     else:
@@ -405,30 +427,44 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 def _gmlp_conv_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr,
+    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    NEED_PARAMS: tl.constexpr,
+    NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr,
 ):
-    offs_e, mask_e, z, env, src, tgt = _edge_inputs(tl.program_id(0).to(tl.int64) * BLOCK_E, z_ptr, env_ptr,
-                                                    src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
-    gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
-    # the head first, from the MLP's output alone; then each layer from its input, recomputed
-    h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-             triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
-    dh = _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-                   P, DOUT_P, IN_K, PRECISION)
-    for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
-        u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
-        dh = _layer_bwd(dh, u, _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION), L - 1 - i, scale_ptr,
-                        shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, w_ptr, gw_ptr, gb_ptr,
-                        gscale_ptr, gshift_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, NEED_PARAMS)
-    KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of dh
-    offs_k = tl.arange(0, KZ)
-    tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
-             mask=mask_e[:, None] & (offs_k < K0)[None, :])
+    """Persistent programs take chunks of CHUNK edges in turn and back-propagate BLOCK_E edges at a time: the head
+    first, from the MLP's output alone, then each layer from its input, recomputed.  With NEED_PARAMS each layer's
+    input and linear-part gradient rows go to the program's scratch (CHUNK rows of SW), and after the chunk
+    ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry."""
+    pid = tl.program_id(0)
+    ws_ptr += pid.to(tl.int64) * CHUNK * SW
+    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+        for s in range(CHUNK // BLOCK_E):
+            rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
+            offs_e, mask_e, z, env, src, tgt = _edge_inputs(tl.cast(chunk, tl.int64) * CHUNK + s * BLOCK_E, z_ptr,
+                                                            env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
+            gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
+            h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                     triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
+            dh = _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
+                           P, DOUT_P, IN_K, PRECISION)
+            for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
+                u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
+                         gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
+                dh = _layer_bwd(dh, u, _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION), L - 1 - i,
+                                scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, w_ptr,
+                                gscale_ptr, gshift_ptr, ws_ptr, rows, eps, P, NB, NG, NORM, IN_K, K0P, SW, PRECISION,
+                                NEED_PARAMS)
+            KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of dh
+            offs_k = tl.arange(0, KZ)
+            tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
+                     mask=mask_e[:, None] & (offs_k < K0)[None, :])
+        if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_out and env are 0)
+            tl.debug_barrier()  # the rows are read back by other threads of the program
+            for l in tl.static_range(L):
+                _weight_grad(ws_ptr, l, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE, PRECISION)
+            tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
 _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pick", "gate_expand",
@@ -450,25 +486,26 @@ def _launch(kernel, name: str, e: int, args: tuple, meta: dict, **flags) -> None
     kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config, **flags)
 
 
-def _head_grad_programs(x: torch.Tensor) -> int:
-    """How many persistent programs the head-gradient kernel runs: one per SM (2 in the interpreter)."""
+def _programs(x: torch.Tensor) -> int:
+    """How many persistent programs the backward kernels run: one per SM (2 in the interpreter)."""
     if INTERPRET or not x.is_cuda:
         return 2
     return torch.cuda.get_device_properties(x.device).multi_processor_count
 
 
-def _launch_head_grad(e: int, args: tuple, sizes: tuple, meta: dict, x: torch.Tensor, chunk: int | None) -> None:
-    """The head-gradient kernel on min(chunks, programs) persistent programs, each with its scratch rows."""
-    config = launch_config("head_grad", meta["IN_K"])
+def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: tuple[int, ...], sizes: tuple,
+                       meta: dict, x: torch.Tensor, chunk: int | None = None, **flags) -> None:
+    """Kernel ``name`` on min(chunks, programs) persistent programs, each with CHUNK scratch rows of every width
+    in ``scratch_widths`` (passed after ``args``); ``chunk`` overrides CHUNK (for tuning)."""
+    config = launch_config(name, meta["IN_K"])
     if chunk is not None:
         if chunk & (chunk - 1) or chunk < max(config["BLOCK_E"], config["KE"]):
-            raise ValueError(f"head_chunk must be a power of two ≥ {max(config['BLOCK_E'], config['KE'])}, "
+            raise ValueError(f"chunk must be a power of two ≥ {max(config['BLOCK_E'], config['KE'])}, "
                              f"got {chunk}")
         config["CHUNK"] = chunk
-    grid = min(triton.cdiv(e, config["CHUNK"]), _head_grad_programs(x))
-    hs = torch.empty(grid, config["CHUNK"], meta["IN_K"], device=x.device, dtype=x.dtype)
-    gs = torch.empty(grid, config["CHUNK"], meta["DOUT_P"], device=x.device, dtype=x.dtype)
-    _gmlp_head_grad_kernel[(grid,)](*args, hs, gs, *sizes, **meta, **config)
+    grid = min(triton.cdiv(e, config["CHUNK"]), _programs(x))
+    scratch = [torch.empty(grid, config["CHUNK"], w, device=x.device, dtype=x.dtype) for w in scratch_widths]
+    kernel[(grid,)](*args, *scratch, *sizes, **meta, **config, **flags)
 
 
 def used_columns(p: int, k0: int, hidden: int) -> int:
@@ -503,9 +540,11 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
     inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))
     meta = _meta(packed, k0, precision)
+    rows = meta["K0P"] + meta["P"] + (meta["L"] - 1) * (meta["IN_K"] + meta["P"]) if meta["L"] else 1
     with device_ctx(x):
-        _launch(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1], *sizes), meta,
-                NEED_PARAMS=need_params)
+        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1]),
+                           (rows if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=rows)
         if need_params:
-            _launch_head_grad(e, (*inputs, grads[-1]), sizes, meta, x, head_chunk)
+            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, grads[-1]),
+                               (meta["IN_K"], meta["DOUT_P"]), sizes, meta, x, head_chunk)
     return tuple(grads)
