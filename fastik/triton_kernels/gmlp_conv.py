@@ -56,10 +56,10 @@ from ._config import INTERPRET, device_ctx
 __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "launch_config"]
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
-# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The head-gradient
-# kernel evaluates the MLP on BLOCK_E edges at a time, sums over CHUNK edges (`launch_config`) and reads
-# them back KE at a time; in the interpreter its chunks are short and its programs few, so that tests cross
-# chunk and program boundaries.
+# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The two backward
+# kernels evaluate the MLP on BLOCK_E edges at a time, sum the parameter gradients over CHUNK edges
+# (`launch_config`) and read their scratch rows back KE at a time; in the interpreter their chunks are short
+# and their programs few, so that tests cross chunk and program boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_grad": dict(BLOCK_E=16, KE=16, CHUNK=32)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
@@ -159,8 +159,8 @@ def _dot(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PR
 
 @triton.jit
 def _ws_offset(l: tl.constexpr, K0P: tl.constexpr, IN_K: tl.constexpr, P: tl.constexpr):
-    """Column of layer l's input rows in the backward's scratch rows [u_0 (K0P) | da_0 (P) | u_1 (IN_K) | da_1 (P) | …];
-    its da rows follow its input's."""
+    """Column of layer l's input in the backward's scratch rows [u_0 (K0P) | da_0 (P) | u_1 (IN_K) | da_1 (P) | …]
+    (its da follows its input)."""
     if l == 0:
         off = 0
     else:
@@ -540,10 +540,10 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
     inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))
     meta = _meta(packed, k0, precision)
-    rows = meta["K0P"] + meta["P"] + (meta["L"] - 1) * (meta["IN_K"] + meta["P"]) if meta["L"] else 1
+    sw = meta["K0P"] + meta["P"] + (meta["L"] - 1) * (meta["IN_K"] + meta["P"]) if meta["L"] else 1  # _ws_offset
     with device_ctx(x):
         _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1]),
-                           (rows if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=rows)
+                           (sw if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=sw)
         if need_params:
             _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, grads[-1]),
                                (meta["IN_K"], meta["DOUT_P"]), sizes, meta, x, head_chunk)
