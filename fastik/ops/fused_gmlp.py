@@ -18,7 +18,7 @@ function in torch, which stores per-edge kernel matrices (E × Din × Dout) for 
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,24 +68,29 @@ _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors th
 
 
 def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
-                          num_targets: int) -> Tensor:
+                          num_targets: int, mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul,
+                          structure_mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul) -> Tensor:
     """The fused op in plain torch (any dtype, differentiable to any order): (num_targets, dout).
 
     Forms the activations (E, P) and the per-edge kernel matrices (E, Din, Dout): for tests and
-    second derivatives, not for scale."""
+    second derivatives, not for scale. ``mm``: the product of the linear layers and the head, ``structure_mm``:
+    of the norm and gate structure matrices — as the kernels split them by precision (`bench.precision`
+    passes roundings to TF32)."""
     p = packed
     size = p.weight.shape[1]
     u = F.pad(z, (0, size - z.shape[1]))
     for l in range(p.layers):
-        a = u @ p.weight[l] + p.bias[l]
+        a = mm(u, p.weight[l]) + p.bias[l]
         n = a
         if p.norm:
-            c = a - (a @ p.mean[l]) @ p.expand[l]
-            n = c * (torch.rsqrt((c * c) @ p.avg[l] + p.eps) @ p.expand[l]) * p.scale[l] + p.shift[l]
-        u = p.trivial[l] * F.silu(n) + n * (torch.sigmoid(n @ p.gate_pick[l]) @ p.gate_expand[l])
+            c = a - structure_mm(structure_mm(a, p.mean[l]), p.expand[l])
+            rinv = torch.rsqrt(structure_mm(c * c, p.avg[l]) + p.eps)
+            n = c * structure_mm(rinv, p.expand[l]) * p.scale[l] + p.shift[l]
+        gates = structure_mm(torch.sigmoid(structure_mm(n, p.gate_pick[l])), p.gate_expand[l])
+        u = p.trivial[l] * F.silu(n) + n * gates
     ht = torch.where(torch.arange(size, device=u.device) == p.hidden, 1.0, u) * env[:, None]
     din = p.head.shape[0]
-    kernels = (ht @ p.head[..., :p.dout].transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
+    kernels = mm(ht, p.head[..., :p.dout].transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
     msg = (kernels * x[src][:, :, None]).sum(1)
     return msg.new_zeros(num_targets, p.dout).index_add_(0, tgt, msg)
 
