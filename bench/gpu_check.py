@@ -542,14 +542,12 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     8P·NB + 4P·NG of norm and gate) and the head, Din·2K·Dout_p. Backward: the MLP and the head backward, then per
     layer its input recomputed, its norm and gate again and backward, its weight and input gradients; the
     head-gradient kernel: the MLP and Din·2K·Dout_p once more."""
-    import triton
-
-    from fastik.triton_kernels.gmlp_conv import used_columns
+    from fastik.triton_kernels.gmlp_conv import used_columns, z_columns
 
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
     k = used_columns(size, k0, packed.hidden)
-    k0p = size if layers == 0 else max(16, triton.next_power_of_2(k0))
+    k0p = z_columns(size, k0, layers)
     struct = 8.0 * size * nb + 4.0 * size * ng
     linear = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
     mlp = sum(linear) + layers * struct

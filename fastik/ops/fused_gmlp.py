@@ -57,7 +57,8 @@ class PackedGMLP(NamedTuple):
 
 
 #: Widest padded activation P the CUDA kernels take: at P = 256 they need ≤ 96 KiB of shared memory and
-#: 255 registers per thread with 0–1.9 KB of spills in TF32 / tf32x3 (ptxas, sm_90a, bench/NOTES.md); every
+#: 255 registers per thread with 0–4.7 KB of spills in TF32 / tf32x3 (ptxas, sm_90a, Triton 3.6 and 3.8;
+#: bench/NOTES.md); every
 #: (16 × P) activation costs P / 16 registers per thread, so P = 512 would spill throughout.
 CUDA_MAX_WIDTH = 256
 #: Widest P at which fp32 IEEE dots (FMA lowering) compile with a few KB of spills at most; at P = 256 the

@@ -475,8 +475,7 @@ def _meta(packed: dict, k0: int, precision: str) -> dict:
     """The packed sizes as the kernels' constexprs."""
     _, p, nb = packed["mean"].shape
     return dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
-                NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]),
-                K0P=p if packed["layers"] == 0 else max(16, triton.next_power_of_2(k0)),
+                NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]), K0P=z_columns(p, k0, packed["layers"]),
                 PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
 
 
@@ -506,6 +505,11 @@ def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: t
     grid = min(triton.cdiv(e, config["CHUNK"]), _programs(x))
     scratch = [torch.empty(grid, config["CHUNK"], w, device=x.device, dtype=x.dtype) for w in scratch_widths]
     kernel[(grid,)](*args, *scratch, *sizes, **meta, **config, **flags)
+
+
+def z_columns(p: int, k0: int, layers: int) -> int:
+    """K0P: the columns of z the kernels read — a power of two ≥ 16 and ≥ k0, or P without hidden layers."""
+    return p if layers == 0 else max(16, triton.next_power_of_2(k0))
 
 
 def used_columns(p: int, k0: int, hidden: int) -> int:
