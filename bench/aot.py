@@ -8,8 +8,8 @@ catches a kernel that no longer compiles under the Triton version of the GPU mac
     python -m bench.aot                      # the GPU default configuration of each kernel, 3 precisions
     python -m bench.aot --all                # every autotune configuration too
     python -m bench.aot --json out.json      # also write the rows
-    python -m bench.aot --fused              # only the fully fused G-MLP kernels, both widths (slow: minutes
-                                             # per compile; --width anchor|default for one)
+    python -m bench.aot --fused              # only the fully fused G-MLP kernels, both widths (≈ 3 min for
+                                             # all 18 on 2 cores; --width anchor|default for one)
     python -m bench.aot --all --spill-table fastik/triton_kernels/spills_sm90a.json
                                              # record which configurations spill under this Triton version
 

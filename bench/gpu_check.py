@@ -365,9 +365,7 @@ def workload_plan(widths: tuple[tuple[str, int], ...]) -> list[dict]:
 
     baselines = [n for n in ("e3nn-tfn", "materialize") if n in IMPLS]
     (dlabel, dwidth), (alabel, awidth) = widths
-    # the fully fused kernels' fp32 IEEE dots spill ≈ 190 KB per thread at the default width (ptxas): not timed
-    not_ieee = [n for n in fastik_impls() if getattr(IMPLS[n], "backend", None) != "fused"]
-    plan = [dict(precision="ieee", width=dlabel, hidden_channels=dwidth, impls=not_ieee + baselines, share=4),
+    plan = [dict(precision="ieee", width=dlabel, hidden_channels=dwidth, impls=fastik_impls() + baselines, share=4),
             dict(precision="ieee", width=alabel, hidden_channels=awidth, impls=fastik_impls(), share=2)]
     moded = [n for n in fused_impls() if IMPLS[n].precisions]
     for label, width in widths:
@@ -707,7 +705,6 @@ def stage_split(ctx: Context) -> None:
         item(f"{name} (Triton)", fn, *model[name])
         r["configs"] = kernel_configs()
         ctx.save()
-    from fastik.ops.fused_gmlp import CUDA_IEEE_WIDTH
     from fastik.triton_kernels import gmlp_conv as gc
 
     for label, channels in s.widths:  # the fully fused kernels (backend="fused"), both widths
@@ -719,7 +716,7 @@ def stage_split(ctx: Context) -> None:
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
         fmodel = _fused_model(e, n, packed, din, z.shape[1])
         size = packed.weight.shape[1]
-        for precision in ("tf32x3", "tf32") + (("ieee",) if size <= CUDA_IEEE_WIDTH else ()):
+        for precision in ("tf32x3", "tf32", "ieee"):
             tag = f"{label}, P={size}, {precision}"
             item(f"gmlp_conv fwd ({tag})",
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])

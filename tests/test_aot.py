@@ -28,6 +28,23 @@ def test_default_configs_compile_for_sm90_without_spills_in_ieee(tmp_path):
     assert all(r["spill_stores"] == 0 for r in rows if r["precision"] == "ieee"), rows
 
 
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="needs ptxas (CUDA toolkit) on PATH")
+def test_fused_kernels_compile_without_spills_at_the_anchor_width(tmp_path):
+    """The fully fused kernels (forward, backward, head gradient) at the anchors' width (P = 128) in the tensor-core
+    modes: ptxas reports no spill at all (the staged dot operands; bench/NOTES.md)."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = tmp_path / "aot.json"
+    res = subprocess.run([sys.executable, "-m", "bench.aot", "--fused", "--width", "anchor", "--precisions",
+                          "tf32,tf32x3", "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 6 and all(r["error"] is None for r in rows), rows
+    assert all(0 < r["registers"] <= 255 and r["spill_stores"] == 0 == r["spill_loads"] for r in rows), rows
+
+
 def test_fused_gradient_chunks_shrink_as_the_width_grows():
     """The persistent kernels' scratch per program: head gradient CHUNK × (IN_K + DOUT_P) floats, 256 edges up to
     IN_K = 128 (the anchors' width reads 64 columns), 128 at the default width (256 columns); backward (every

@@ -93,9 +93,7 @@ def test_dry_run_stage_results(dry_run):
             assert ("fastik-reference", "fp32", width, p) in ok
             for name in (n for n in fused if IMPLS[n].precisions):
                 for precision in ("ieee", "tf32x3", "tf32"):
-                    # the fully fused kernels' IEEE dots spill ≈ 190 KB at the default width: not timed there
-                    skip = precision == "ieee" and width == "default" and IMPLS[name].backend == "fused"
-                    assert ((name, precision, width, p) in ok) != skip, (name, precision, width, p)
+                    assert (name, precision, width, p) in ok, (name, precision, width, p)
     assert ("materialize", "fp32", "default", "fwd+bwd") in ok
     # d: the per-kernel split ran every Triton kernel and reports their (interpreter) configurations
     d = stages["d"]["results"]

@@ -17,7 +17,6 @@ function in torch, which stores per-edge kernel matrices (E × Din × Dout) for 
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable, NamedTuple
 
 import torch
@@ -56,14 +55,11 @@ class PackedGMLP(NamedTuple):
     eps: float
 
 
-#: Widest padded activation P the CUDA kernels take: at P = 256 they need ≤ 96 KiB of shared memory and
-#: 255 registers per thread with 0–4.7 KB of spills in TF32 / tf32x3 (ptxas, sm_90a, Triton 3.6 and 3.8;
-#: bench/NOTES.md); every
-#: (16 × P) activation costs P / 16 registers per thread, so P = 512 would spill throughout.
+#: Widest padded activation P the CUDA kernels take: at P = 256 they need ≤ 64 KiB of shared memory and
+#: ≤ 255 registers per thread, with ≤ 48 B of spill stores (in the prologue) under Triton 3.8 and ≤ 0.5 KB
+#: under 3.6 (ptxas, sm_90a; bench/NOTES.md); every (16 × P) activation costs P / 16 registers per thread, and
+#: wider ones were never compiled.
 CUDA_MAX_WIDTH = 256
-#: Widest P at which fp32 IEEE dots (FMA lowering) compile with a few KB of spills at most; at P = 256 the
-#: backward spills ≈ 190 KB per thread (ptxas, sm_90a): a warning recommends tf32x3.
-CUDA_IEEE_WIDTH = 128
 
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
 
@@ -124,16 +120,9 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
         raise ValueError(f"num_targets must be ≥ 0, got {num_targets}")
     if x.is_cuda and size > CUDA_MAX_WIDTH:
         raise NotImplementedError(
-            f"backend='fused' on CUDA stages ({size // 2} x {size // 2}) blocks of each layer weight in shared "
-            f"memory; above P = {CUDA_MAX_WIDTH} that needs more than an H100 has (bench/NOTES.md). This G-MLP's "
-            f"widest activation pads to P = {size}: use fewer hidden_channels, or backend='triton' (MLP in torch, "
-            "in chunks)")
-    if x.is_cuda and x.dtype == torch.float32 and precision == "ieee" and size > CUDA_IEEE_WIDTH:
-        warnings.warn(
-            f"backend='fused' with precision='ieee' at P = {size}: fp32 IEEE dots run on FMAs, and ptxas spills "
-            "≈ 190 KB per thread in the backward kernel at P = 256 (sm_90a, bench/NOTES.md), so expect it to be "
-            "slow; precision='tf32x3' keeps fp32-level accuracy on the tensor cores (or use fewer hidden_channels)",
-            stacklevel=3)
+            f"backend='fused' on CUDA holds (16 x P) activations in registers and is compiled and checked up to "
+            f"P = {CUDA_MAX_WIDTH} (bench/NOTES.md). This G-MLP's widest activation pads to P = {size}: use fewer "
+            "hidden_channels, or backend='triton' (MLP in torch, in chunks)")
 
 
 def _precision(x: Tensor, precision: str) -> str:

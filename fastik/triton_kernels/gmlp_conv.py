@@ -1,6 +1,6 @@
 """The whole implicit convolution in one kernel (Triton): G-MLP, kernel head, contraction, scatter.
 
-Per block of BLOCK_E edges, in registers (docs/design.md §5.3)::
+Per block of BLOCK_E edges, in registers and a small per-program staging buffer (docs/design.md §5.3)::
 
     u0 = z[e]                                   (BLOCK_E, K0P) kernel input (embedding), zero-padded
     for l < L:                                  one hidden layer of the packed G-MLP
@@ -15,18 +15,24 @@ Per block of BLOCK_E edges, in registers (docs/design.md §5.3)::
 
 MEAN / AVG / EXP / GPICK / GEXP are constant 0/1 (or 1/m) structure matrices, so the
 per-field norm and the gate are small matmuls (in tf32x3 on the TF32 paths, IEEE otherwise: the
-block statistics stay fp32-exact).  Every dot runs as a sequence of dots over KC rows of its
-weight (`_dot`): with BLOCK_E = 16 rows, every warp holds the whole left operand of a tensor-core
-dot, so a (16 × 128) operand costs 64 registers per thread, a (16 × 32) slice 16 — this, not the
-weights, is what decides the register budget (ptxas numbers in bench/NOTES.md).  The backward
-kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is live
-across its loop over DIN), then, from the last layer to the first, recomputes each layer's input
-from z (L(L+1)/2 more layer evaluations) and back-propagates through it.  The parameter gradients are
-sums over edges, added to memory with atomics — as few as possible: both backward kernels run one
-persistent program per SM, which takes chunks of CHUNK edges in turn, writes the rows a gradient is
-summed from (each layer's input and linear-part gradient; for the head's own gradient, IN_K·DOUT_P·DIN
-entries in a kernel of its own, h̃ and grad_out[tgt]) into a per-program scratch (≤ #SM × CHUNK rows)
-and, after the chunk, sums them with dots over the edge dimension before one atomic per entry.
+block statistics stay fp32-exact).  Every dot whose left operand is a computed tile goes through
+a per-program staging buffer (`_mm`): the tile is stored (BLOCK_E · width values, L1/L2-resident) and
+read back as (BLOCK_E, KC) slices, one per iteration of a loop the compiler does not unroll
+(`_staged_dot`).  With BLOCK_E = 16 rows every warp holds the whole left operand of a tensor-core
+dot, so a (16 × 256) tile as one operand would cost 128 registers per thread, a (16 × 32) slice 16;
+slicing the tile in registers (split trees) still left all slices alive at once and made ptxas
+spill 1–2 KB per thread at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The
+head contracts h̃ with each input channel as x[src, c] · (h̃ @ HEAD[c]) (the row scale after the
+dot), so h̃ is staged once per block.
+
+The backward kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is
+live across its loop over DIN), then, from the last layer to the first, recomputes each layer's input from z
+(L(L+1)/2 more layer evaluations) and back-propagates through it.  The parameter gradients are sums over
+edges, added to memory with atomics — as few as possible.  Every kernel runs one persistent program per SM:
+the forward takes blocks of edges in turn, each backward kernel chunks of CHUNK edges; per chunk it writes
+the rows a gradient is summed from (each layer's input and linear-part gradient; for the head's own gradient,
+IN_K·DOUT_P·DIN entries in a kernel of its own, h̃ and grad_out[tgt]) into a per-program scratch (≤ #SM ×
+CHUNK rows) and, after the chunk, sums them with dots over the edge dimension before one atomic per entry.
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
 gradients.
 
@@ -107,54 +113,36 @@ def _join(a, b, P: tl.constexpr):
 
 
 @triton.jit
-def _half_step(K: tl.constexpr, LD, TRANS: tl.constexpr):
-    """Offset of the second half of the K rows of a matrix in ``_tile`` conventions."""
-    if TRANS:
-        step = K // 2
-    else:
-        step = K // 2 * LD
-    return step
+def _stage(u, st_ptr):
+    """Store u (R, K) row-major in the program's staging buffer st (≥ R·K values), for ``_staged_dot``."""
+    R: tl.constexpr = u.shape[0]
+    K: tl.constexpr = u.shape[1]
+    tl.debug_barrier()  # earlier reads of the buffer are done
+    tl.store(st_ptr + tl.arange(0, R)[:, None] * K + tl.arange(0, K)[None, :], u)
+    tl.debug_barrier()  # the tile is read back by other threads
 
 
 @triton.jit
-def _dot_halves(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr,
-                KC: tl.constexpr):
-    """u (R, K) @ M (K, N) for K <= 2 KC: one dot, or one per half of K."""
-    if K <= KC:
-        acc = tl.dot(u, _tile(m_ptr, K, N, LD, TRANS), input_precision=PRECISION)
-    else:
-        u0, u1 = _halves(u, K)
-        acc = tl.dot(u0, _tile(m_ptr, K // 2, N, LD, TRANS), input_precision=PRECISION)
-        acc += tl.dot(u1, _tile(m_ptr + _half_step(K, LD, TRANS), K // 2, N, LD, TRANS), input_precision=PRECISION)
+def _staged_dot(st_ptr, R: tl.constexpr, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """u (R, K) @ M (K, N) for u staged at st (``_stage``): u is read back as (R, KC) dot operands one at a
+    time, in a loop the compiler does not unroll, so a computed tile never exists as a whole dot operand
+    (R·K / 32 registers per thread at 8 warps: 128 for a (16 × 256) tile)."""
+    KC: tl.constexpr = min(K, 32 if PRECISION == "tf32" else 16)
+    rows = tl.arange(0, R)[:, None] * K
+    acc = tl.zeros((R, N), dtype=st_ptr.dtype.element_ty)
+    for k in range(0, K, KC):
+        step = k if TRANS else k * LD
+        acc += tl.dot(tl.load(st_ptr + rows + k + tl.arange(0, KC)[None, :]), _tile(m_ptr + step, KC, N, LD, TRANS),
+                      input_precision=PRECISION)
     return acc
 
 
 @triton.jit
-def _dot_quarters(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr,
-                  KC: tl.constexpr):
-    """u (R, K) @ M (K, N) for K <= 4 KC: ``_dot_halves``, on each half of K when K > 2 KC."""
-    if K <= 2 * KC:
-        acc = _dot_halves(u, m_ptr, K, N, LD, TRANS, PRECISION, KC)
-    else:
-        u0, u1 = _halves(u, K)
-        acc = _dot_halves(u0, m_ptr, K // 2, N, LD, TRANS, PRECISION, KC)
-        acc += _dot_halves(u1, m_ptr + _half_step(K, LD, TRANS), K // 2, N, LD, TRANS, PRECISION, KC)
-    return acc
-
-
-@triton.jit
-def _dot(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr):
-    """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), as one dot per KC rows of M, one
-    after the other: only an (R, KC) slice of u is a dot operand at a time.  KC: 32 in TF32, 16 in the
-    fp32-exact modes (whose operands take two or more registers per value), at least K / 8."""
-    KC: tl.constexpr = max(K // 8, 32 if PRECISION == "tf32" else 16)
-    if K <= 4 * KC:
-        acc = _dot_quarters(u, m_ptr, K, N, LD, TRANS, PRECISION, KC)
-    else:
-        u0, u1 = _halves(u, K)
-        acc = _dot_quarters(u0, m_ptr, K // 2, N, LD, TRANS, PRECISION, KC)
-        acc += _dot_quarters(u1, m_ptr + _half_step(K, LD, TRANS), K // 2, N, LD, TRANS, PRECISION, KC)
-    return acc
+def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
+    """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), through the staging buffer st."""
+    _stage(u, st_ptr)
+    return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION)
 
 
 @triton.jit
@@ -169,17 +157,21 @@ def _ws_offset(l: tl.constexpr, K0P: tl.constexpr, IN_K: tl.constexpr, P: tl.con
 
 
 @triton.jit
-def _weight_grad(ws_ptr, l: tl.constexpr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
-                 SW: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr):
-    """gw[l] += uᵀ·da and gb[l] += Σ da over a chunk's scratch rows (read KE at a time), one atomic per entry; the
-    result in column tiles of ≤ 16 384 values (64 registers per thread at 8 warps; it passes through shared
-    memory on its way to the atomics)."""
+def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr,
+                 K0P: tl.constexpr, SW: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, ST: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """gw[l] += uᵀ·da and gb[l] += Σ da over a chunk's scratch rows (read KE at a time), one atomic per entry.  The
+    result comes in (KL, PT) tiles of ST values (the staging buffer's size, ≤ 16 registers per thread) and goes to
+    the atomics through the staging buffer, 256 entries at a time (a whole tile's atomic addresses, invariant
+    across chunks, are hoisted out of the chunk loop by the compiler: more spills at IN_K = 256)."""
     KL: tl.constexpr = K0P if l == 0 else IN_K
-    PT: tl.constexpr = min(P, 16384 // KL)
+    PT: tl.constexpr = min(P, ST // KL)
+    RG: tl.constexpr = max(256 // PT, 1)  # rows per group of atomics
     u_ptr = ws_ptr + _ws_offset(l, K0P, IN_K, P)
     offs_k = tl.arange(0, KL)
     offs_t = tl.arange(0, PT)
-    for t in tl.static_range(P // PT):
+    offs_g = tl.arange(0, RG)[:, None] * PT + offs_t[None, :]
+    for t in range(P // PT):
         acc = tl.zeros((KL, PT), dtype=gw_ptr.dtype.element_ty)
         gb = tl.zeros((PT,), dtype=gw_ptr.dtype.element_ty)
         for s in range(CHUNK // KE):
@@ -187,8 +179,11 @@ def _weight_grad(ws_ptr, l: tl.constexpr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K:
             da = tl.load(u_ptr + rows + KL + t * PT + offs_t[None, :])
             acc += tl.dot(tl.trans(tl.load(u_ptr + rows + offs_k[None, :])), da, input_precision=PRECISION)
             gb += tl.sum(da, 0)
-        tl.atomic_add(gw_ptr + l * P * P + offs_k[:, None] * P + t * PT + offs_t[None, :], acc, sem="relaxed")
         tl.atomic_add(gb_ptr + l * P + t * PT + offs_t, gb, sem="relaxed")
+        _stage(acc, st_ptr)
+        for k in range(0, KL, RG):
+            tl.atomic_add(gw_ptr + l * P * P + k * P + t * PT + (offs_g // PT) * P + offs_g % PT,
+                          tl.load(st_ptr + k * PT + offs_g), sem="relaxed")
 
 
 @triton.jit
@@ -198,50 +193,65 @@ def _vec(ptr, N: tl.constexpr):
 
 @triton.jit
 def _linear(u, l: tl.constexpr, w_ptr, b_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
-            PRECISION: tl.constexpr):
+            PRECISION: tl.constexpr, st_ptr):
     """EquivariantLinear of hidden layer l on its input u: z (BLOCK_E, K0P) for l = 0, else (BLOCK_E, P)."""
     if l == 0:
-        a = _dot(u, w_ptr, K0P, P, P, False, PRECISION)
+        a = tl.dot(u, _tile(w_ptr, K0P, P, P, False), input_precision=PRECISION)  # z: K0P columns, a small operand
     else:
-        a = _dot(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION)
+        a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION, st_ptr)
     return a + _vec(b_ptr + l * P, P)[None, :]
+
+
+@triton.jit
+def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, eps, P: tl.constexpr,
+            NB: tl.constexpr, NORM: tl.constexpr, SP: tl.constexpr, st_ptr):
+    """Per-field norm of hidden layer l on its linear part a: (c, rinv, n) — a centred (channel mean off the
+    scalar blocks), 1 / rms per block (BLOCK_E, NB), the normed output (without NORM: a, 0, a)."""
+    if NORM:
+        c = a - _expand(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr), exp_ptr, l, NB, P, SP, st_ptr)
+        rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr) + eps)
+        n = c * _expand(rinv, exp_ptr, l, NB, P, SP, st_ptr) * _vec(scale_ptr + l * P, P)[None, :] + \
+            _vec(shift_ptr + l * P, P)[None, :]
+    else:
+        c = a
+        n = a
+        rinv = tl.zeros((a.shape[0], NB), dtype=a.dtype)
+    return c, rinv, n
+
+
+@triton.jit
+def _expand(v, m_ptr, l: tl.constexpr, K: tl.constexpr, P: tl.constexpr, SP: tl.constexpr, st_ptr):
+    """v (BLOCK_E, K) @ M[l] (K, P): a per-block (or per-gate) value broadcast onto the components."""
+    return _mm(v, m_ptr + l * K * P, K, P, P, False, SP, st_ptr)
+
+
+@triton.jit
+def _gates(n, l: tl.constexpr, gpick_ptr, P: tl.constexpr, NG: tl.constexpr, SP: tl.constexpr, st_ptr):
+    """sigmoid of the gate scalars of hidden layer l (BLOCK_E, NG) from its normed output n."""
+    return tl.sigmoid(_mm(n, gpick_ptr + l * P * NG, P, NG, NG, False, SP, st_ptr))
 
 
 @triton.jit
 def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr,
                eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-               PRECISION: tl.constexpr):
-    """Norm and gate of hidden layer l on its linear part a: (output, c, rinv, rf, n, sg, gf) — the output and
-    the intermediates its backward needs (without NORM: c = n = a, rinv = rf = 0)."""
+               PRECISION: tl.constexpr, st_ptr):
+    """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
-    if NORM:
-        mu = tl.dot(_dot(a, mean_ptr + l * P * NB, P, NB, NB, False, SP),
-                    _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision=SP)
-        c = a - mu
-        s = _dot(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP)
-        rinv = tl.rsqrt(s + eps)
-        rf = tl.dot(rinv, _tile(exp_ptr + l * NB * P, NB, P, P, False), input_precision=SP)
-        n = c * rf * _vec(scale_ptr + l * P, P)[None, :] + _vec(shift_ptr + l * P, P)[None, :]
-    else:
-        c = a
-        n = a
-        rinv = tl.zeros((a.shape[0], NB), dtype=a.dtype)
-        rf = tl.zeros_like(a)
-    sg = tl.sigmoid(_dot(n, gpick_ptr + l * P * NG, P, NG, NG, False, SP))
-    gf = tl.dot(sg, _tile(gexp_ptr + l * NG * P, NG, P, P, False), input_precision=SP)
-    y = _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
-    return y, c, rinv, rf, n, sg, gf
+    _, _, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, eps, P, NB, NORM, SP, st_ptr)
+    gf = _expand(_gates(n, l, gpick_ptr, P, NG, SP, st_ptr), gexp_ptr, l, NG, P, SP, st_ptr)
+    return _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
 
 
 @triton.jit
 def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
          gexp_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-         IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr):
+         IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
     """The first L hidden layers on z (BLOCK_E, K0P): (BLOCK_E, P), or z itself for L = 0."""
     u = z
     for l in tl.static_range(L):
-        u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION), l, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
-                       exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION)[0]
+        u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
+                       mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION,
+                       st_ptr)
     return u
 
 
@@ -249,46 +259,52 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
 def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
                triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps,
                P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
-               K0P: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr):
+               K0P: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, st_ptr):
     """Gradient w.r.t. the input u of layer l (linear part a) from the gradient dy of its output, (BLOCK_E, P)
     or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``).  With NEED_PARAMS the block's gradients of
     scale and shift are added to gscale / gshift (atomics), and its rows of u and of the linear part's gradient
-    da are stored at ``rows`` of the scratch (row width SW) for ``_weight_grad``."""
+    da are stored at ``rows`` of the scratch (row width SW) for ``_weight_grad``.
+
+    Register budget: every (BLOCK_E, P) tile alive across a dot is 16 registers per thread at P = 256, so the
+    order below keeps at most three of them (dy, c, n) alive across any dot: u goes to the scratch first, the
+    per-component broadcasts of 1/rms and of the gates (rf, gf) are recomputed from the per-block values where
+    they are used, not kept."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
-    _, c, rinv, rf, n, sg, gf = _norm_gate(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
-                                           gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION)
     offs = tl.arange(0, P)
+    KL: tl.constexpr = K0P if l == 0 else IN_K
+    row = ws_ptr + rows[:, None] * SW + _ws_offset(l, K0P, IN_K, P)
+    if NEED_PARAMS:
+        if l == 0:
+            tl.store(row + tl.arange(0, KL)[None, :], u)
+        else:
+            tl.store(row + tl.arange(0, KL)[None, :], _used_cols(u, P, IN_K))
+    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, eps, P, NB, NORM, SP, st_ptr)
+    sg = _gates(n, l, gpick_ptr, P, NG, SP, st_ptr)
+    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr)
     s = tl.sigmoid(n)
-    dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) + gf)
-    dsg = _dot(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP)
-    dn += tl.dot(dsg * sg * (1 - sg), _tile(gpick_ptr + l * P * NG, NG, P, NG, True), input_precision=SP)
+    dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) + _expand(sg, gexp_ptr, l, NG, P, SP, st_ptr))
+    dn += _mm(dsg * sg * (1 - sg), gpick_ptr + l * P * NG, NG, P, NG, True, SP, st_ptr)
     if NORM:
         scale = _vec(scale_ptr + l * P, P)[None, :]
+        rf = _expand(rinv, exp_ptr, l, NB, P, SP, st_ptr)
         if NEED_PARAMS:
             tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
             tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
         dc = dn * scale * rf
-        drinv = _dot(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP)
+        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr)
         ds = -0.5 * drinv * rinv * rinv * rinv
-        dc += 2 * c * tl.dot(ds, _tile(avg_ptr + l * P * NB, NB, P, NB, True), input_precision=SP)
-        dmu = tl.dot(_dot(dc, exp_ptr + l * NB * P, P, NB, P, True, SP),
-                     _tile(mean_ptr + l * P * NB, NB, P, NB, True), input_precision=SP)
+        dc += 2 * c * _mm(ds, avg_ptr + l * P * NB, NB, P, NB, True, SP, st_ptr)
+        dmu = _mm(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr), mean_ptr + l * P * NB, NB, P, NB,
+                  True, SP, st_ptr)
         da = dc - dmu
     else:
         da = dn
     if NEED_PARAMS:
-        KL: tl.constexpr = K0P if l == 0 else IN_K
-        row = ws_ptr + rows[:, None] * SW + _ws_offset(l, K0P, IN_K, P)
-        if l == 0:
-            ul = u
-        else:
-            ul = _used_cols(u, P, IN_K)
-        tl.store(row + tl.arange(0, KL)[None, :], ul)
         tl.store(row + KL + offs[None, :], da)
     if l == 0:  # IN_K columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB
-        du = _dot(da, w_ptr, P, IN_K, P, True, PRECISION)
+        du = _mm(da, w_ptr, P, IN_K, P, True, PRECISION, st_ptr)
     else:
-        du = _dot(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION)
+        du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr)
         if IN_K < P:  # the input's padding columns meet zero weight rows
             du = _join(du, tl.zeros_like(du), P)
     return du
@@ -312,11 +328,11 @@ def _edge_inputs(start, z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.con
 def _block_hidden(start, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
                   exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
                   NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
-                  BLOCK_E: tl.constexpr, PRECISION: tl.constexpr):
+                  BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
     """The block of edges from start and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
     offs_e, mask_e, z, env, src, tgt = _edge_inputs(start, z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
     h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-             triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
+             triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
     return offs_e, mask_e, tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None], src, tgt
 
 
@@ -332,29 +348,40 @@ def _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P: tl.constexpr):
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    eps, E, K0, H, DIN, DOUT,
+    st_ptr, eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    offs_e, mask_e, ht, src, tgt = _block_hidden(tl.program_id(0).to(tl.int64) * BLOCK_E, z_ptr, env_ptr, src_ptr,
-                                                 tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
-                                                 exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG,
-                                                 NORM, IN_K, K0P, BLOCK_E, PRECISION)
-    ht = _used_cols(ht, P, IN_K)
-    acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
-    for c in range(DIN):
-        xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        acc += _dot(ht * xc[:, None], head_ptr + c * P * DOUT_P, IN_K, DOUT_P, DOUT_P, False, PRECISION)
+    """Persistent programs take blocks of BLOCK_E edges in turn: h̃ by the MLP, then the head contracted with
+    x[src] — out[tgt] += Σ_c x[src, c]·(h̃ @ HEAD[c]), the row scale by x[src, c] after the dot, so h̃ is staged
+    once and each of its (BLOCK_E, KC) slices is read back once for all channels."""
+    pid = tl.program_id(0)
+    st_ptr += pid * BLOCK_E * max(P, DOUT_P)
+    KC: tl.constexpr = min(IN_K, 32 if PRECISION == "tf32" else 16)
+    rows = tl.arange(0, BLOCK_E)[:, None] * IN_K
     offs_o = tl.arange(0, DOUT_P)
-    tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
-                  mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
+    for block in range(pid, tl.cdiv(E, BLOCK_E), tl.num_programs(0)):
+        _, mask_e, ht, src, tgt = _block_hidden(tl.cast(block, tl.int64) * BLOCK_E, z_ptr, env_ptr, src_ptr,
+                                                tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
+                                                exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG,
+                                                NORM, IN_K, K0P, BLOCK_E, PRECISION, st_ptr)
+        _stage(_used_cols(ht, P, IN_K), st_ptr)
+        acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
+        for k in range(0, IN_K, KC):
+            hk = tl.load(st_ptr + rows + k + tl.arange(0, KC)[None, :])
+            for c in range(DIN):
+                xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
+                acc += xc[:, None] * tl.dot(hk, _tile(head_ptr + c * P * DOUT_P + k * DOUT_P, KC, DOUT_P, DOUT_P,
+                                                      False), input_precision=PRECISION)
+        tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
+                      mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
 
 
 @triton.jit
 def _gmlp_head_grad_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, ghead_ptr,
-    hs_ptr, gs_ptr, eps, E, K0, H, DIN, DOUT,
+    hs_ptr, gs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     CHUNK: tl.constexpr, KE: tl.constexpr,
@@ -365,9 +392,11 @@ def _gmlp_head_grad_kernel(
     reading the rows back KE at a time, and one atomic per entry: IN_K·DOUT_P·DIN / CHUNK atomics per edge
     (per BLOCK_E edges, as the other kernels would, they dominated the predicted time)."""
     pid = tl.program_id(0)
-    hs_ptr += pid.to(tl.int64) * CHUNK * IN_K
-    gs_ptr += pid.to(tl.int64) * CHUNK * DOUT_P
-    offs_k = tl.arange(0, IN_K)
+    hs_ptr += pid * CHUNK * IN_K
+    gs_ptr += pid * CHUNK * DOUT_P
+    st_ptr += pid * BLOCK_E * max(P, DOUT_P)
+    KB: tl.constexpr = min(IN_K, 64)  # rows of a gradient tile: (256 × 64) FMA (IEEE) tiles spilled 26 KB
+    offs_k = tl.arange(0, KB)
     offs_o = tl.arange(0, DOUT_P)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
@@ -376,39 +405,41 @@ def _gmlp_head_grad_kernel(
             _, mask_e, ht, _, tgt = _block_hidden(start + s * BLOCK_E, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr,
                                                   scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
                                                   gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P,
-                                                  BLOCK_E, PRECISION)
-            tl.store(hs_ptr + rows[:, None] * IN_K + offs_k[None, :], _used_cols(ht, P, IN_K))
+                                                  BLOCK_E, PRECISION, st_ptr)
+            tl.store(hs_ptr + rows[:, None] * IN_K + tl.arange(0, IN_K)[None, :], _used_cols(ht, P, IN_K))
             tl.store(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :],
                      _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P))
         tl.debug_barrier()  # the rows are read back by other threads of the program
         for c in range(DIN):
-            acc = tl.zeros((IN_K, DOUT_P), dtype=gout_ptr.dtype.element_ty)
-            for s in range(CHUNK // KE):
-                rows = s * KE + tl.arange(0, KE)
-                mask_e = start + rows < E
-                src = tl.load(src_ptr + start + rows, mask=mask_e, other=0)
-                xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-                a = tl.load(hs_ptr + rows[:, None] * IN_K + offs_k[None, :]) * xc[:, None]
-                acc += tl.dot(tl.trans(a), tl.load(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :]),
-                              input_precision=PRECISION)
-            tl.atomic_add(ghead_ptr + c * P * DOUT_P + offs_k[:, None] * DOUT_P + offs_o[None, :], acc, sem="relaxed")
+            for r in range(IN_K // KB):
+                acc = tl.zeros((KB, DOUT_P), dtype=gout_ptr.dtype.element_ty)
+                for s in range(CHUNK // KE):
+                    rows = s * KE + tl.arange(0, KE)
+                    mask_e = start + rows < E
+                    src = tl.load(src_ptr + start + rows, mask=mask_e, other=0)
+                    xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
+                    a = tl.load(hs_ptr + rows[:, None] * IN_K + r * KB + offs_k[None, :]) * xc[:, None]
+                    acc += tl.dot(tl.trans(a), tl.load(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :]),
+                                  input_precision=PRECISION)
+                tl.atomic_add(ghead_ptr + c * P * DOUT_P + (r * KB + offs_k[:, None]) * DOUT_P + offs_o[None, :], acc,
+                              sem="relaxed")
         tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
 @triton.jit
 def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-              P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, PRECISION: tl.constexpr):
+              P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
     """Head backward of a block but the head's own gradient: grad_x (atomics), grad_env (stored); returns
-    grad_h (BLOCK_E, P)."""
+    grad_h (BLOCK_E, P).  grad_out[tgt] (gy) is staged once and read back in every channel's dot."""
     offs_k = tl.arange(0, P)
     h1 = _used_cols(tl.where((offs_k == H)[None, :], 1.0, h), P, IN_K)
-    ht = h1 * env[:, None]
-    dht = tl.zeros_like(ht)
-    for c in range(DIN):
+    dht = tl.zeros_like(h1)
+    _stage(gy, st_ptr)
+    for c in range(DIN):  # h̃ = h1·env is formed where it is used: one tile fewer alive across the dots
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        t = _dot(gy, head_ptr + c * P * DOUT_P, DOUT_P, IN_K, DOUT_P, True, PRECISION)
+        t = _staged_dot(st_ptr, gy.shape[0], head_ptr + c * P * DOUT_P, DOUT_P, IN_K, DOUT_P, True, PRECISION)
         dht += t * xc[:, None]
-        tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * ht, 1), mask=mask_e, sem="relaxed")
+        tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * h1, 1) * env, mask=mask_e, sem="relaxed")
     tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
     if IN_K < P:
         dht = _join(dht, tl.zeros_like(dht), P)
@@ -427,7 +458,7 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 def _gmlp_conv_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr,
+    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
@@ -438,7 +469,8 @@ def _gmlp_conv_bwd_kernel(
     input and linear-part gradient rows go to the program's scratch (CHUNK rows of SW), and after the chunk
     ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry."""
     pid = tl.program_id(0)
-    ws_ptr += pid.to(tl.int64) * CHUNK * SW
+    ws_ptr += pid * CHUNK * SW
+    st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         for s in range(CHUNK // BLOCK_E):
             rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -446,16 +478,16 @@ def _gmlp_conv_bwd_kernel(
                                                             env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
             gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
             h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                     triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
+                     triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
             dh = _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-                           P, DOUT_P, IN_K, PRECISION)
+                           P, DOUT_P, IN_K, PRECISION, st_ptr)
             for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
                 u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
-                         gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION)
-                dh = _layer_bwd(dh, u, _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION), L - 1 - i,
-                                scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, w_ptr,
-                                gscale_ptr, gshift_ptr, ws_ptr, rows, eps, P, NB, NG, NORM, IN_K, K0P, SW, PRECISION,
-                                NEED_PARAMS)
+                         gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
+                a = _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr)
+                dh = _layer_bwd(dh, u, a, L - 1 - i, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
+                                gexp_ptr, triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps, P, NB, NG, NORM,
+                                IN_K, K0P, SW, PRECISION, NEED_PARAMS, st_ptr)
             KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of dh
             offs_k = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
@@ -463,7 +495,8 @@ def _gmlp_conv_bwd_kernel(
         if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_out and env are 0)
             tl.debug_barrier()  # the rows are read back by other threads of the program
             for l in tl.static_range(L):
-                _weight_grad(ws_ptr, l, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE, PRECISION)
+                _weight_grad(ws_ptr, st_ptr, l, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE, BLOCK_E * max(P, DOUT_P),
+                             PRECISION)
             tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
@@ -479,14 +512,8 @@ def _meta(packed: dict, k0: int, precision: str) -> dict:
                 PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
 
 
-def _launch(kernel, name: str, e: int, args: tuple, meta: dict, **flags) -> None:
-    """One program per BLOCK_E edges (the configuration of kernel ``name``)."""
-    config = launch_config(name, meta["IN_K"])
-    kernel[(triton.cdiv(e, config["BLOCK_E"]),)](*args, **meta, **config, **flags)
-
-
 def _programs(x: torch.Tensor) -> int:
-    """How many persistent programs the backward kernels run: one per SM (2 in the interpreter)."""
+    """How many persistent programs the kernels run: one per SM (2 in the interpreter)."""
     if INTERPRET or not x.is_cuda:
         return 2
     return torch.cuda.get_device_properties(x.device).multi_processor_count
@@ -494,17 +521,20 @@ def _programs(x: torch.Tensor) -> int:
 
 def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: tuple[int, ...], sizes: tuple,
                        meta: dict, x: torch.Tensor, chunk: int | None = None, **flags) -> None:
-    """Kernel ``name`` on min(chunks, programs) persistent programs, each with CHUNK scratch rows of every width
-    in ``scratch_widths`` (passed after ``args``); ``chunk`` overrides CHUNK (for tuning)."""
+    """Kernel ``name`` on min(work items, programs) persistent programs — a work item is a chunk of CHUNK edges
+    (backward kernels) or a block of BLOCK_E (forward) — each with CHUNK scratch rows of every width in
+    ``scratch_widths`` and a staging buffer of BLOCK_E·max(P, DOUT_P) values (passed after ``args``, in that
+    order); ``chunk`` overrides CHUNK (for tuning)."""
     config = launch_config(name, meta["IN_K"])
     if chunk is not None:
         if chunk & (chunk - 1) or chunk < max(config["BLOCK_E"], config["KE"]):
             raise ValueError(f"chunk must be a power of two ≥ {max(config['BLOCK_E'], config['KE'])}, "
                              f"got {chunk}")
         config["CHUNK"] = chunk
-    grid = min(triton.cdiv(e, config["CHUNK"]), _programs(x))
+    grid = min(triton.cdiv(e, config.get("CHUNK", config["BLOCK_E"])), _programs(x))
     scratch = [torch.empty(grid, config["CHUNK"], w, device=x.device, dtype=x.dtype) for w in scratch_widths]
-    kernel[(grid,)](*args, *scratch, *sizes, **meta, **config, **flags)
+    stage = torch.empty(grid, config["BLOCK_E"] * max(meta["P"], meta["DOUT_P"]), device=x.device, dtype=x.dtype)
+    kernel[(grid,)](*args, *scratch, stage, *sizes, **meta, **config, **flags)
 
 
 def z_columns(p: int, k0: int, layers: int) -> int:
@@ -525,9 +555,9 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
         return out
     with device_ctx(x):
-        _launch(_gmlp_conv_fwd_kernel, "fwd", e, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS),
-                                              packed["eps"], e, k0, packed["hidden"], x.shape[1], dout),
-                _meta(packed, k0, precision))
+        _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS)),
+                           (), (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout), _meta(packed, k0, precision),
+                           x)
     return out
 
 
