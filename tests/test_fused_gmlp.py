@@ -259,6 +259,32 @@ def test_packed_reference_is_the_kernel_math():
     assert relative_error(ref.bias(y) if ref.bias is not None else y, y_ref) < 1e-13
 
 
+def test_packed_gradients_live_on_the_supports():
+    """The op's gradients w.r.t. the packed weight and head equal packed_conv_reference's, which uses them through
+    their supports: zero on the structural zeros, where the kernels add no atomics (a few % of the entries are
+    support: the parameter atomics per edge shrink by that factor)."""
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "1x0e + 1x1o")
+    ref, _ = twins(t, t, hidden_channels=2)
+    k = ref.kernel
+    packed = pack_gmlp(k, torch.float64)
+    assert 0 < packed.head_support.mean() < 0.5 and 0 < packed.weight_support.mean() < 0.5
+    assert (packed.head * (1 - packed.head_support)).abs().max() == 0
+    assert (packed.weight * (1 - packed.weight_support)).abs().max() == 0
+    pos, (src, tgt) = graph(10, 60, 3)
+    r = pos[src] - pos[tgt]
+    z, env = k.embed(r).detach(), (k.envelope(r) * ref.scale).detach()
+    x, gout = (torch.randn(10, t.dim, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    grads = []
+    for conv in (fused_gmlp_conv, packed_conv_reference):
+        w, head = (packed.weight.detach().clone().requires_grad_(), packed.head.detach().clone().requires_grad_())
+        y = conv(z, env, x, packed._replace(weight=w, head=head), src, tgt, 10)
+        grads.append(torch.autograd.grad(y, (w, head), gout))
+    for (g_fused, g_ref), support in zip(zip(*grads), (packed.weight_support, packed.head_support)):
+        assert g_ref.abs().max() > 0 and (g_ref * (1 - support)).abs().max() == 0
+        assert relative_error(g_fused, g_ref) < 1e-12
+
+
 def test_no_edge_times_width_tensor():
     """Forward + backward of the fused path create nothing of ≥ 16·E elements (inputs: E·(dim + attr dim))."""
     G = fastik.group("so3")

@@ -140,6 +140,7 @@ def test_head_density_is_schurs(name, couplings):
     # hidden couplings: 16·16·16 each; the bias column (h̃'s constant 1, mh = 1) couples 0e<-0e (1) and 1o<-1o (3)
     expected = 16 ** 3 * sum(couplings) + 16 * 16 * (1 + 3)
     assert int((w != 0).sum()) == expected
+    assert torch.equal(kernel.head.structured(torch.float64).support(), w != 0)  # what the fused kernels update
     assert kernel.head.structured(torch.float64).flops_per_edge() < 0.2 * 2 * w.numel()
 
 
@@ -150,3 +151,4 @@ def test_hidden_linear_density_is_schurs():
     # Schur: only equivalent irreps connect, by multiples of the identity (SO(3): 1o ≅ 1e)
     expected = 16 * 16 * 1 + 48 * 16 * 1 + 4 * (16 * 16 * 3) + 16 * 16 * 5
     assert int((lin.weight(torch.float64) != 0).sum()) == expected
+    assert int(lin.structured(torch.float64).support().sum()) == expected

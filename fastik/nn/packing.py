@@ -72,8 +72,27 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         size, nb, ng = _sizes(kernel)
         layers = _layers(kernel.mlp)
         cache[key] = {"sizes": (size, nb, ng), "layers": layers,
-                      **{k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()}}
+                      **{k: v.to(device, dtype) for k, v in _structure(kernel, size, nb, ng).items()},
+                      **{k: v.to(device, dtype) for k, v in _supports(kernel, layers, size).items()}}
     return cache[key]
+
+
+def _supports(kernel: nn.Module, layers: list, size: int) -> dict[str, Tensor]:
+    """Where the packed weight and head can be non-zero (1.0) — the blocks' supports in the packed layouts."""
+    weights = [_packed_weight(lin.structured(torch.float64).support().double(), size) for lin, _, _ in layers]
+    return {"weight_support": torch.stack(weights) if weights else torch.zeros(1, size, size, dtype=torch.float64),
+            "head_support": _packed_head(kernel.head.structured(torch.float64).support().double(), size)}
+
+
+def _packed_weight(w: Tensor, size: int) -> Tensor:
+    """A layer's (out, in) matrix in the packed layout: (P, P), transposed, zero-padded."""
+    return F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1]))
+
+
+def _packed_head(head: Tensor, size: int) -> Tensor:
+    """W̃ (Dout, H+1, Din) in the packed layout: (Din, P, DOUT_P), zero-padded."""
+    dout = head.shape[0]
+    return F.pad(head.permute(2, 1, 0), (0, _pow2(dout, 32) - dout, 0, size - head.shape[1]))
 
 
 def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
@@ -91,7 +110,7 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     weights, biases, scales, shifts = [], [], [], []
     for lin, norm, _ in const["layers"]:
         w = lin.weight(dtype)  # (out, in)
-        weights.append(F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1])))
+        weights.append(_packed_weight(w, size))
         b = lin.bias.bias(dtype) if lin.bias is not None else w.new_zeros(w.shape[0])
         biases.append(F.pad(b, (0, size - b.shape[0])))
         if norm is None:
@@ -104,10 +123,10 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     if not weights:
         weights, biases = [head.new_zeros(size, size)], [head.new_zeros(size)]
         scales, shifts = [head.new_ones(size)], [head.new_zeros(size)]
-    dout, _, din = head.shape
-    head = F.pad(head.permute(2, 1, 0), (0, _pow2(dout, 32) - dout, 0, size - head.shape[1]))  # Dout split too
+    dout = head.shape[0]
     norms = [norm for _, norm, _ in const["layers"] if norm is not None]
     return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
                       const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
-                      const["trivial"], head, dout, kernel.hidden_type.dim, len(const["layers"]), bool(norms),
+                      const["trivial"], _packed_head(head, size), const["weight_support"], const["head_support"], dout,
+                      kernel.hidden_type.dim, len(const["layers"]), bool(norms),
                       norms[0].eps if norms else 0.0)

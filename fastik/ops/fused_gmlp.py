@@ -35,6 +35,10 @@ class PackedGMLP(NamedTuple):
     ``n = c · (rsqrt((c·c) @ avg[l] + eps) @ expand[l]) · scale[l] + shift[l]`` (else n = a); then
     ``u = trivial[l] · silu(n) + n · (sigmoid(n @ gate_pick[l]) @ gate_expand[l])``.
     Head: ``head[c, k, o]`` = W̃[o, k, c] for k < H, the bias at k = H; zero padding.
+    ``weight_support`` / ``head_support`` (1 or 0, same layouts): the entries of weight and head that are not
+    structural zeros of an equivariant map. The op uses ``weight · weight_support`` and ``head · head_support``
+    (the kernels assume the product is the tensor itself: zeros off the support, as packing makes them), and
+    their gradients are zero off the support — the kernels add no atomics there.
     Tensors have max(layers, 1) leading entries (unused when ``layers`` is 0).
     """
     weight: Tensor       # (L, P, P)
@@ -48,6 +52,8 @@ class PackedGMLP(NamedTuple):
     gate_expand: Tensor  # (L, NG, P) constant
     trivial: Tensor      # (L, P) constant
     head: Tensor         # (Din, P, DOUT_P)
+    weight_support: Tensor  # (L, P, P) constant
+    head_support: Tensor    # (Din, P, DOUT_P) constant
     dout: int
     hidden: int
     layers: int
@@ -62,6 +68,7 @@ class PackedGMLP(NamedTuple):
 CUDA_MAX_WIDTH = 256
 
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
+_TENSORS = 13  # PackedGMLP's tensor fields come first
 
 
 def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
@@ -77,7 +84,7 @@ def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP,
     size = p.weight.shape[1]
     u = F.pad(z, (0, size - z.shape[1]))
     for l in range(p.layers):
-        a = mm(u, p.weight[l]) + p.bias[l]
+        a = mm(u, p.weight[l] * p.weight_support[l]) + p.bias[l]
         n = a
         if p.norm:
             c = a - structure_mm(structure_mm(a, p.mean[l]), p.expand[l])
@@ -87,7 +94,8 @@ def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP,
         u = p.trivial[l] * F.silu(n) + n * gates
     ht = torch.where(torch.arange(size, device=u.device) == p.hidden, 1.0, u) * env[:, None]
     din = p.head.shape[0]
-    kernels = mm(ht, p.head[..., :p.dout].transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
+    head = (p.head * p.head_support)[..., :p.dout]
+    kernels = mm(ht, head.transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
     msg = (kernels * x[src][:, :, None]).sum(1)
     return msg.new_zeros(num_targets, p.dout).index_add_(0, tgt, msg)
 
@@ -113,7 +121,7 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
     for name, t in (("src", src), ("tgt", tgt)):
         if t.dtype != torch.int64 or t.shape != (e,):
             raise ValueError(f"{name} must be int64 of shape (E,) = ({e},), got {t.dtype} {tuple(t.shape)}")
-    for name, t in [("z", z), ("env", env)] + [(k, getattr(p, k)) for k in p._fields[:11]]:
+    for name, t in [("z", z), ("env", env)] + [(k, getattr(p, k)) for k in p._fields[:_TENSORS]]:
         if t.dtype != x.dtype or t.device != x.device:
             raise ValueError(f"{name} is {t.dtype} on {t.device}, x is {x.dtype} on {x.device}: use one")
     if num_targets < 0:
@@ -209,7 +217,7 @@ def _backward(ctx, grad_out: Tensor):
         grads = [g if m else None for g, m in zip(grads, mask)]
     gz, genv, gx, *gp = grads
     by_name = dict(zip(_TRAINED, gp))
-    packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:11]]  # a list input takes a list, Nones included
+    packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]  # a list input takes a list, Nones too
     return gz, genv, gx, None, None, None, packed_grads, None, None, None, None, None, None, None
 
 
@@ -233,5 +241,5 @@ def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: 
     Differentiable w.r.t. z, env, x and the packed parameters (weight, bias, scale, shift, head).
     """
     _check(z, env, x, packed, src, tgt, num_targets, precision)
-    return torch.ops.fastik.gmlp_conv(z, env, x, src, tgt, num_targets, list(packed[:11]), *packed[11:],
+    return torch.ops.fastik.gmlp_conv(z, env, x, src, tgt, num_targets, list(packed[:_TENSORS]), *packed[_TENSORS:],
                                       precision, bool(indices_checked))

@@ -176,9 +176,17 @@ class StructuredLinear:
 
     def dense(self, dtype: torch.dtype) -> Tensor:
         """The dense (dout, din) matrix (zeros where no block connects)."""
+        return self._assembled(dtype, support=False)
+
+    def support(self) -> Tensor:
+        """bool (dout, din): the entries some block's basis reaches — everywhere else the dense matrix is a
+        structural zero for every value of the coefficients."""
+        return self._assembled(torch.float64, support=True) > 0
+
+    def _assembled(self, dtype: torch.dtype, support: bool) -> Tensor:
         w = torch.zeros(self.dout, self.din, dtype=dtype, device=_device(self.terms))
         for t in self.terms:
-            block = torch.einsum("uvt,tab->uavb", t.coef.to(dtype), t.basis.to(dtype))
+            block = torch.einsum("uvt,tab->uavb", *_factors(t, dtype, support))
             w[t.out, t.inp] = block.reshape(t.out.stop - t.out.start, t.inp.stop - t.inp.start)
         return w
 
@@ -290,9 +298,16 @@ class StructuredHead:
 
     def dense(self, dtype: torch.dtype) -> Tensor:
         """The dense (dout, k, din) weight W̃ (zeros where Schur's lemma forbids a connection)."""
+        return self._assembled(dtype, support=False)
+
+    def support(self) -> Tensor:
+        """bool (dout, k, din): the entries of W̃ some block's basis reaches (structural zeros elsewhere)."""
+        return self._assembled(torch.float64, support=True) > 0
+
+    def _assembled(self, dtype: torch.dtype, support: bool) -> Tensor:
         w = torch.zeros(self.dout, self.k, self.din, dtype=dtype, device=_device(self.terms))
         for t in self.terms:
-            block = torch.einsum("uvwt,tabc->uawcvb", t.coef.to(dtype), t.basis.to(dtype))
+            block = torch.einsum("uvwt,tabc->uawcvb", *_factors(t, dtype, support))
             u, a, ww, c, v, b = block.shape
             w[t.out, t.hid, t.inp] = block.reshape(u * a, ww * c, v * b)
         return w
@@ -322,6 +337,14 @@ class StructuredHead:
         one = torch.ones(1, 1, 1, 1, dtype=weight.dtype, device=weight.device)
         term = HeadTerm(slice(0, dout), slice(0, din), slice(0, k), weight.permute(0, 2, 1)[..., None], one)
         return StructuredHead(dout, k, din, [term])
+
+
+def _factors(term: LinearTerm | HeadTerm, dtype: torch.dtype, support: bool) -> tuple[Tensor, Tensor]:
+    """A block's (coefficients, basis) in ``dtype``; for its support, ones and |basis| (a sum of non-negative
+    terms is zero only where every basis element is)."""
+    if support:
+        return torch.ones(term.coef.shape, dtype=dtype, device=term.coef.device), term.basis.to(dtype).abs()
+    return term.coef.to(dtype), term.basis.to(dtype)
 
 
 def _device(terms: list) -> torch.device | None:

@@ -157,10 +157,11 @@ def _ws_offset(l: tl.constexpr, K0P: tl.constexpr, IN_K: tl.constexpr, P: tl.con
 
 
 @triton.jit
-def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr,
+def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, wsup_ptr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr,
                  K0P: tl.constexpr, SW: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, ST: tl.constexpr,
                  PRECISION: tl.constexpr):
-    """gw[l] += uᵀ·da and gb[l] += Σ da over a chunk's scratch rows (read KE at a time), one atomic per entry.  The
+    """gw[l] += uᵀ·da and gb[l] += Σ da over a chunk's scratch rows (read KE at a time), one atomic per entry of
+    the weight's support (wsup ≠ 0: the structural zeros of an equivariant weight get no gradient).  The
     result comes in (KL, PT) tiles of ST values (the staging buffer's size, ≤ 16 registers per thread) and goes to
     the atomics through the staging buffer, 256 entries at a time (a whole tile's atomic addresses, invariant
     across chunks, are hoisted out of the chunk loop by the compiler: more spills at IN_K = 256)."""
@@ -182,8 +183,9 @@ def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, gw_ptr, gb_ptr, P: tl.constexp
         tl.atomic_add(gb_ptr + l * P + t * PT + offs_t, gb, sem="relaxed")
         _stage(acc, st_ptr)
         for k in range(0, KL, RG):
-            tl.atomic_add(gw_ptr + l * P * P + k * P + t * PT + (offs_g // PT) * P + offs_g % PT,
-                          tl.load(st_ptr + k * PT + offs_g), sem="relaxed")
+            entries = l * P * P + k * P + t * PT + (offs_g // PT) * P + offs_g % PT
+            tl.atomic_add(gw_ptr + entries, tl.load(st_ptr + k * PT + offs_g), mask=tl.load(wsup_ptr + entries) != 0,
+                          sem="relaxed")
 
 
 @triton.jit
@@ -380,8 +382,8 @@ def _gmlp_conv_fwd_kernel(
 @triton.jit
 def _gmlp_head_grad_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, ghead_ptr,
-    hs_ptr, gs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, hsup_ptr,
+    ghead_ptr, hs_ptr, gs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     CHUNK: tl.constexpr, KE: tl.constexpr,
@@ -389,8 +391,9 @@ def _gmlp_head_grad_kernel(
     """grad_head[c] += Σ_e (h̃_e · x[src_e, c])ᵀ grad_out[tgt_e], by persistent programs that take chunks of CHUNK
     edges in turn.  Per chunk: h̃ (BLOCK_E edges at a time) and grad_out[tgt] into the program's scratch rows
     (hs (CHUNK, IN_K), gs (CHUNK, DOUT_P)); then per input channel c one (IN_K × DOUT_P) sum over the chunk,
-    reading the rows back KE at a time, and one atomic per entry: IN_K·DOUT_P·DIN / CHUNK atomics per edge
-    (per BLOCK_E edges, as the other kernels would, they dominated the predicted time)."""
+    reading the rows back KE at a time, and one atomic per entry of the head's support (hsup ≠ 0: structural
+    zeros get no gradient): at most IN_K·DOUT_P·DIN / CHUNK atomics per edge (per BLOCK_E edges, as the other
+    kernels would, they dominated the predicted time)."""
     pid = tl.program_id(0)
     hs_ptr += pid * CHUNK * IN_K
     gs_ptr += pid * CHUNK * DOUT_P
@@ -421,8 +424,8 @@ def _gmlp_head_grad_kernel(
                     a = tl.load(hs_ptr + rows[:, None] * IN_K + r * KB + offs_k[None, :]) * xc[:, None]
                     acc += tl.dot(tl.trans(a), tl.load(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :]),
                                   input_precision=PRECISION)
-                tl.atomic_add(ghead_ptr + c * P * DOUT_P + (r * KB + offs_k[:, None]) * DOUT_P + offs_o[None, :], acc,
-                              sem="relaxed")
+                entries = c * P * DOUT_P + (r * KB + offs_k[:, None]) * DOUT_P + offs_o[None, :]
+                tl.atomic_add(ghead_ptr + entries, acc, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
         tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
@@ -458,7 +461,7 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 def _gmlp_conv_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
+    wsup_ptr, gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
     eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
@@ -495,8 +498,8 @@ def _gmlp_conv_bwd_kernel(
         if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_out and env are 0)
             tl.debug_barrier()  # the rows are read back by other threads of the program
             for l in tl.static_range(L):
-                _weight_grad(ws_ptr, st_ptr, l, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE, BLOCK_E * max(P, DOUT_P),
-                             PRECISION)
+                _weight_grad(ws_ptr, st_ptr, l, wsup_ptr, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE,
+                             BLOCK_E * max(P, DOUT_P), PRECISION)
             tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
@@ -564,7 +567,8 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
                   head_chunk: int | None = None):
     """Gradients of ⟨grad_out, forward⟩: (grad_z, grad_env, grad_x, then one per packed parameter:
-    weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``). ``head_chunk``: edges
+    weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``; weight and head only on
+    their supports ``weight_support`` / ``head_support``, zero elsewhere). ``head_chunk``: edges
     per chunk of the head-gradient kernel (a power of two; default ``launch_config``'s), for tuning."""
     e, k0 = z.shape
     grads = [torch.zeros_like(t) for t in (z, env, x)] + \
@@ -572,13 +576,14 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     if e == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
     sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
-    inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))
+    inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))  # all but the head
     meta = _meta(packed, k0, precision)
     sw = meta["K0P"] + meta["P"] + (meta["L"] - 1) * (meta["IN_K"] + meta["P"]) if meta["L"] else 1  # _ws_offset
     with device_ctx(x):
-        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], *grads[:-1]),
+        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], packed["weight_support"],
+                                                             *grads[:-1]),
                            (sw if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=sw)
         if need_params:
-            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, grads[-1]),
+            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, packed["head_support"], grads[-1]),
                                (meta["IN_K"], meta["DOUT_P"]), sizes, meta, x, head_chunk)
     return tuple(grads)
