@@ -71,6 +71,11 @@ INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16, KE=16, CHUN
 GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
               "head_grad": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
+#: Persistent programs per SM on a GPU: the forward takes 123 registers per thread at the anchors' width (TF32 and
+#: tf32x3, Triton 3.8), so two of its 8-warp programs fit on an SM and hide each other's staging barriers; where
+#: they do not fit (P = 256: ≈ 230 registers) the second wave takes the later blocks, at no loss. The backward
+#: kernels take 255 registers and a scratch per program.
+PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_grad": 1}
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
@@ -515,11 +520,11 @@ def _meta(packed: dict, k0: int, precision: str) -> dict:
                 PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
 
 
-def _programs(x: torch.Tensor) -> int:
-    """How many persistent programs the kernels run: one per SM (2 in the interpreter)."""
+def _programs(x: torch.Tensor, per_sm: int) -> int:
+    """How many persistent programs a kernel runs: ``per_sm`` per SM (2 in the interpreter)."""
     if INTERPRET or not x.is_cuda:
         return 2
-    return torch.cuda.get_device_properties(x.device).multi_processor_count
+    return per_sm * torch.cuda.get_device_properties(x.device).multi_processor_count
 
 
 def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: tuple[int, ...], sizes: tuple,
@@ -534,7 +539,7 @@ def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: t
             raise ValueError(f"chunk must be a power of two ≥ {max(config['BLOCK_E'], config['KE'])}, "
                              f"got {chunk}")
         config["CHUNK"] = chunk
-    grid = min(triton.cdiv(e, config.get("CHUNK", config["BLOCK_E"])), _programs(x))
+    grid = min(triton.cdiv(e, config.get("CHUNK", config["BLOCK_E"])), _programs(x, PROGRAMS_PER_SM[name]))
     scratch = [torch.empty(grid, config["CHUNK"], w, device=x.device, dtype=x.dtype) for w in scratch_widths]
     stage = torch.empty(grid, config["BLOCK_E"] * max(meta["P"], meta["DOUT_P"]), device=x.device, dtype=x.dtype)
     kernel[(grid,)](*args, *scratch, stage, *sizes, **meta, **config, **flags)
