@@ -272,10 +272,9 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
     scale and shift are added to gscale / gshift (atomics), and its rows of u and of the linear part's gradient
     da are stored at ``rows`` of the scratch (row width SW) for ``_weight_grad``.
 
-    Register budget: every (BLOCK_E, P) tile alive across a dot is 16 registers per thread at P = 256, so the
-    order below keeps at most three of them (dy, c, n) alive across any dot: u goes to the scratch first, the
-    per-component broadcasts of 1/rms and of the gates (rf, gf) are recomputed from the per-block values where
-    they are used, not kept."""
+    Register budget: every (BLOCK_E, P) tile alive across a dot is 16 registers per thread at P = 256, so few
+    are kept (dy, c, n, sigmoid(n) at most): u goes to the scratch first, the per-component broadcasts of 1/rms
+    and of the gates (rf, gf) are recomputed from the per-block values where they are used."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
     offs = tl.arange(0, P)
     KL: tl.constexpr = K0P if l == 0 else IN_K
@@ -364,7 +363,7 @@ def _gmlp_conv_fwd_kernel(
     once and each of its (BLOCK_E, KC) slices is read back once for all channels."""
     pid = tl.program_id(0)
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
-    KC: tl.constexpr = min(IN_K, 32 if PRECISION == "tf32" else 16)
+    KC: tl.constexpr = min(IN_K, 32 if PRECISION == "tf32" else 16)  # the slices of ``_staged_dot``
     rows = tl.arange(0, BLOCK_E)[:, None] * IN_K
     offs_o = tl.arange(0, DOUT_P)
     for block in range(pid, tl.cdiv(E, BLOCK_E), tl.num_programs(0)):
