@@ -68,7 +68,7 @@ class PackedGMLP(NamedTuple):
 CUDA_MAX_WIDTH = 256
 
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
-_TENSORS = 13  # PackedGMLP's tensor fields come first
+_TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
 
 
 def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
