@@ -259,9 +259,6 @@ def test_packed_reference_is_the_kernel_math():
     assert relative_error(ref.bias(y) if ref.bias is not None else y, y_ref) < 1e-13
 
 
-@pytest.mark.skipif(tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14),
-                    reason="torch 2.13's custom-op autograd rejects the op's backward structure when only packed "
-                           "tensors ask for gradients (not seen through the layer); see the closing note")
 def test_packed_gradients_live_on_the_supports():
     """The op's gradients w.r.t. the packed weight and head equal packed_conv_reference's, which uses them through
     their supports: zero on the structural zeros, where the kernels add no atomics (a few % of the entries are

@@ -152,10 +152,12 @@ def _kernel_args(p: PackedGMLP) -> dict:
     return {k: v.contiguous() if isinstance(v, Tensor) else v for k, v in p._asdict().items()}
 
 
+# No argument has a default: torch 2.13 drops trailing arguments equal to their default before its
+# tensor-list autograd records the inputs' structure, and then rejects the backward's full-length return.
 @torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
 def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
             tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str, indices_checked: bool = False) -> Tensor:
+            precision: str, indices_checked: bool) -> Tensor:
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, num_targets, precision)
     if not indices_checked:
@@ -167,7 +169,7 @@ def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_tar
 
 @_fwd_op.register_fake
 def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision,
-              indices_checked=False):
+              indices_checked):
     _check(z, env, x, _packed(tuple(tensors), (dout, hidden, layers, norm, eps)), src, tgt, num_targets, precision)
     return x.new_empty(num_targets, dout)
 
@@ -175,7 +177,7 @@ def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, n
 @torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
             tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str, need_params: bool, indices_checked: bool = False) -> list[Tensor]:
+            precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
     if not indices_checked:
@@ -187,7 +189,7 @@ def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tg
 
 @_bwd_op.register_fake
 def _bwd_fake(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision, need_params,
-              indices_checked=False):
+              indices_checked):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
                                                           for k in _TRAINED]
@@ -218,7 +220,8 @@ def _backward(ctx, grad_out: Tensor):
     gz, genv, gx, *gp = grads
     by_name = dict(zip(_TRAINED, gp))
     packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]  # a list input takes a list, Nones too
-    return gz, genv, gx, None, None, None, packed_grads, None, None, None, None, None, None, None
+    # one entry per input: src, tgt, num_targets; the list; the packed metadata, precision, indices_checked
+    return (gz, genv, gx, None, None, None, packed_grads) + (None,) * (len(ctx.meta) + 1)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup)
