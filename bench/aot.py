@@ -34,7 +34,7 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not for the interpreter
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr"}
+INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hblk_ptr", "hcnt_ptr"}
 FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "HAS_EID": False}
 #: (module, kernel, autotune-config function, GPU default config name)
 KERNELS = (

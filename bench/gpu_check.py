@@ -535,11 +535,12 @@ def _model(e: int, n: int, k: int, din: int, dout: int) -> dict[str, tuple[float
 
 
 def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[float, float]]:
-    """(FLOPs, bytes) of the fully fused kernels as written (dense padded weights; layer 0 reads K0P columns,
-    the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear part and
-    8P·NB + 4P·NG of norm and gate) and the head, Din·2K·Dout_p. Backward: the MLP and the head backward, then per
-    layer its input recomputed, its norm and gate again and backward, its weight and input gradients; the
-    head-gradient kernel: the MLP and Din·2K·Dout_p once more."""
+    """(FLOPs, bytes) of the fully fused kernels as written (dense padded layer weights; layer 0 reads K0P
+    columns, the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear
+    part and 8P·NB + 4P·NG of norm and gate) and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the
+    MLP and the (dense) head backward, Din·2K·Dout_p, then per layer its input recomputed, its norm and gate again
+    and backward, its weight and input gradients; the head-gradient kernel: the MLP and Din·2K·Dout_p once more."""
+    from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import used_columns, z_columns
 
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
@@ -552,7 +553,8 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     head = 2.0 * din * k * dout_p
     steps = sum(sum(linear[:i]) + i * struct + 2 * (linear[i] + struct) + 2.0 * size * k for i in range(layers))
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
-    return {"fwd": (e * (mlp + head), io + e * dout_p * f4),
+    head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
+    return {"fwd": (e * (mlp + head_tiles), io + e * dout_p * f4),
             "bwd": (e * (2 * (mlp + head) + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4)}
 
 

@@ -319,6 +319,18 @@ def test_op_input_errors():
         fused_gmlp_conv(z.float(), env, x, p, idx, idx, 3)
     with pytest.raises(ValueError, match="precision"):
         fused_gmlp_conv(z, env, x, p, idx, idx, 3, precision="fp16")
+    bad_block = p.head_blocks.clone()
+    bad_block[0, 0] = bad_block.shape[1]  # a tile past the head
+    bad_count = p.head_block_count.clone()
+    bad_count[0] = bad_block.shape[1] + 1  # more tiles than the head has
+    for bad in (p._replace(head_blocks=bad_block), p._replace(head_block_count=bad_count),
+                p._replace(out_cols=torch.zeros_like(p.out_cols))):
+        with pytest.raises(IndexError, match="head_blocks"):
+            fused_gmlp_conv(z, env, x, bad, idx, idx, 3)
+    with pytest.raises(ValueError, match="head_block_count"):
+        fused_gmlp_conv(z, env, x, p._replace(head_block_count=p.head_block_count[:-1]), idx, idx, 3)
+    with pytest.raises(ValueError, match="out_cols"):
+        fused_gmlp_conv(z, env, x, p._replace(out_cols=p.out_cols.int()), idx, idx, 3)
 
 
 def test_frozen_parameters_forces_only():

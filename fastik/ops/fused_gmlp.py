@@ -34,7 +34,12 @@ class PackedGMLP(NamedTuple):
     Hidden layer l: ``a = u @ weight[l] + bias[l]``; with ``norm``, ``c = a - (a @ mean[l]) @ expand[l]``,
     ``n = c · (rsqrt((c·c) @ avg[l] + eps) @ expand[l]) · scale[l] + shift[l]`` (else n = a); then
     ``u = trivial[l] · silu(n) + n · (sigmoid(n @ gate_pick[l]) @ gate_expand[l])``.
-    Head: ``head[c, k, o]`` = W̃[o, k, c] for k < H, the bias at k = H; zero padding.
+    Head: ``head[c, k, o]`` = W̃[out_cols[o], rows[k], c] with h̃ = [u[:, :H], 1]: the bias at k = H; zero padding.
+    The last layer's outputs (so h̃'s first H columns) and the head's output columns come in an order that groups
+    the components the head connects alike (``fastik.nn.packing._head_order``; ``out_cols[o]`` ≥ dout:
+    padding), so the head's non-zeros lie in few (16 × 16) tiles: row t of ``head_blocks`` (DOUT_P / 16,
+    P / 16 · Din) lists output tile t's non-zero ones first, as k·Din + c (row tile k, input channel c), and
+    ``head_block_count[t]`` how many there are.
     ``weight_support`` / ``head_support`` (1 or 0, same layouts): the entries of weight and head that are not
     structural zeros of an equivariant map. The op uses ``weight · weight_support`` and ``head · head_support``
     (the kernels assume the product is the tensor itself: zeros off the support, as packing makes them), and
@@ -54,6 +59,9 @@ class PackedGMLP(NamedTuple):
     head: Tensor         # (Din, P, DOUT_P)
     weight_support: Tensor  # (L, P, P) constant
     head_support: Tensor    # (Din, P, DOUT_P) constant
+    out_cols: Tensor        # (DOUT_P,) int64 constant
+    head_blocks: Tensor       # (DOUT_P / 16, P / 16 · Din) int64 constant
+    head_block_count: Tensor  # (DOUT_P / 16,) int64 constant
     dout: int
     hidden: int
     layers: int
@@ -67,8 +75,12 @@ class PackedGMLP(NamedTuple):
 #: wider ones were never compiled.
 CUDA_MAX_WIDTH = 256
 
+#: Side of the head's tiles that the fused forward multiplies (one per non-zero tile of the grouped head).
+HEAD_TILE = 16
+
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
 _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
+_INDEX = ("out_cols", "head_blocks", "head_block_count")  # its int64 tensors
 
 
 def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
@@ -94,7 +106,7 @@ def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP,
         u = p.trivial[l] * F.silu(n) + n * gates
     ht = torch.where(torch.arange(size, device=u.device) == p.hidden, 1.0, u) * env[:, None]
     din = p.head.shape[0]
-    head = (p.head * p.head_support)[..., :p.dout]
+    head = (p.head * p.head_support)[..., torch.argsort(p.out_cols)[:p.dout]]  # output columns in their order
     kernels = mm(ht, head.transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
     msg = (kernels * x[src][:, :, None]).sum(1)
     return msg.new_zeros(num_targets, p.dout).index_add_(0, tgt, msg)
@@ -118,12 +130,19 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
         raise ValueError(f"env must be (E,) = ({e},), got {tuple(env.shape)}")
     if x.dim() != 2 or p.head.shape[0] != x.shape[1]:
         raise ValueError(f"x must be (N, {p.head.shape[0]}), got {tuple(x.shape)}")
+    din, dout_p = p.head.shape[0], p.head.shape[2]
+    tiles = (dout_p // HEAD_TILE, size // HEAD_TILE * din)
+    if p.out_cols.shape != (dout_p,) or p.head_blocks.shape != tiles or p.head_block_count.shape != tiles[:1]:
+        raise ValueError(f"packed out_cols {tuple(p.out_cols.shape)}, head_blocks {tuple(p.head_blocks.shape)} and "
+                         f"head_block_count {tuple(p.head_block_count.shape)} must be ({dout_p},), {tiles} and "
+                         f"({tiles[0]},) (build them with ImplicitKernel.packed)")
     for name, t in (("src", src), ("tgt", tgt)):
         if t.dtype != torch.int64 or t.shape != (e,):
             raise ValueError(f"{name} must be int64 of shape (E,) = ({e},), got {t.dtype} {tuple(t.shape)}")
     for name, t in [("z", z), ("env", env)] + [(k, getattr(p, k)) for k in p._fields[:_TENSORS]]:
-        if t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"{name} is {t.dtype} on {t.device}, x is {x.dtype} on {x.device}: use one")
+        dtype = torch.int64 if name in _INDEX else x.dtype
+        if t.dtype != dtype or t.device != x.device:
+            raise ValueError(f"{name} is {t.dtype} on {t.device}, must be {dtype} on {x.device} (the device of x)")
     if num_targets < 0:
         raise ValueError(f"num_targets must be ≥ 0, got {num_targets}")
     if x.is_cuda and size > CUDA_MAX_WIDTH:
@@ -131,6 +150,18 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
             f"backend='fused' on CUDA holds (16 x P) activations in registers and is compiled and checked up to "
             f"P = {CUDA_MAX_WIDTH} (bench/NOTES.md). This G-MLP's widest activation pads to P = {size}: use fewer "
             "hidden_channels, or backend='triton' (MLP in torch, in chunks)")
+
+
+def _check_head_indices(p: PackedGMLP) -> None:
+    """The packed head's index tensors in range, before any launch (one sync): out_cols a permutation of
+    range(DOUT_P), every tile index in [0, P / HEAD_TILE · Din), every count in [0, that]."""
+    tiles = p.head_blocks.shape[1]
+    ok = torch.stack([(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all(),
+                      ((p.head_blocks >= 0) & (p.head_blocks < tiles)).all(),
+                      ((p.head_block_count >= 0) & (p.head_block_count <= tiles)).all()])
+    if not bool(ok.all()):
+        raise IndexError("packed out_cols / head_blocks / head_block_count out of range: build them with "
+                         "ImplicitKernel.packed")
 
 
 def _precision(x: Tensor, precision: str) -> str:
@@ -162,6 +193,7 @@ def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_tar
     _check(z, env, x, p, src, tgt, num_targets, precision)
     if not indices_checked:
         check_indices(x, src, tgt, num_targets)
+        _check_head_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
     return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision))
@@ -182,6 +214,7 @@ def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tg
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
     if not indices_checked:
         check_indices(x, src, tgt, grad_out.shape[0])
+        _check_head_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params))
@@ -238,8 +271,9 @@ def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: 
         packed: the G-MLP (:meth:`fastik.nn.ImplicitKernel.packed`).
         src, tgt: (E,) int64 source / target of each edge (checked before any launch).
         precision: dot precision of the weight matmuls: "ieee", "tf32" or "tf32x3" (float32 only).
-        indices_checked: the caller has validated these very src / tgt (ranges) and they are unchanged
-            since: skip the check and its host sync, forward and backward.
+        indices_checked: the caller has validated these very src / tgt (ranges) and packed index tensors
+            (built by ``ImplicitKernel.packed``), unchanged since: skip the check and its host sync, forward and
+            backward.
 
     Differentiable w.r.t. z, env, x and the packed parameters (weight, bias, scale, shift, head).
     """

@@ -11,7 +11,9 @@ Per block of BLOCK_E edges, in registers and a small per-program staging buffer 
         g  = sigmoid(n @ GPICK[l]) @ GEXP[l]    gate of every component       (gates: NG columns)
         u  = TRIV[l] * silu(n) + n * g          SiLU on scalars, gated fields elsewhere
     h̃  = [u[:, :H], 1] * env[e]                 envelope and head bias column
-    out[tgt[e]] += Σ_c x[src[e], c] · (h̃ @ HEAD[c])        (atomics)
+    for each output tile t, for each non-zero (16 × 16) tile (k, c) of HEAD[:, :, t]:
+        acc_t += x[src[e], c] · (h̃[:, k] @ HEAD[c, k, t])
+    out[tgt[e], out_cols[t]] += acc_t           (atomics)
 
 MEAN / AVG / EXP / GPICK / GEXP are constant 0/1 (or 1/m) structure matrices, so the
 per-field norm and the gate are small matmuls (in tf32x3 on the TF32 paths, IEEE otherwise: the
@@ -23,7 +25,9 @@ dot, so a (16 × 256) tile as one operand would cost 128 registers per thread, a
 slicing the tile in registers (split trees) still left all slices alive at once and made ptxas
 spill 1–2 KB per thread at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The
 head contracts h̃ with each input channel as x[src, c] · (h̃ @ HEAD[c]) (the row scale after the
-dot), so h̃ is staged once per block.
+dot), so h̃ is staged once per block; the forward multiplies only HEAD's non-zero (16 × 16) tiles (the
+packing orders h̃'s and the outputs' components so that Schur's lemma leaves few: ≈ 20 % at the default
+width, so3), the backward kernels the dense HEAD in the same order, given grad_out's columns in that order.
 
 The backward kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is
 live across its loop over DIN), then, from the last layer to the first, recomputes each layer's input from z
@@ -54,9 +58,11 @@ backward's dots skip it, and so do their gradients (with half of their atomics).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..ops.fused_gmlp import HEAD_TILE
 from ._config import INTERPRET, device_ctx
 
 __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "launch_config"]
@@ -76,6 +82,7 @@ GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
 #: they do not fit (P = 256: ≈ 230 registers) the second wave takes the later blocks, at no loss. The backward
 #: kernels take 255 registers and a scratch per program.
 PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_grad": 1}
+_HT = tl.constexpr(HEAD_TILE)  # the side of the head's tiles (packing lists the non-zero ones)
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
@@ -354,33 +361,37 @@ def _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P: tl.constexpr):
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    st_ptr, eps, E, K0, H, DIN, DOUT,
+    ocol_ptr, hblk_ptr, hcnt_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Persistent programs take blocks of BLOCK_E edges in turn: h̃ by the MLP, then the head contracted with
-    x[src] — out[tgt] += Σ_c x[src, c]·(h̃ @ HEAD[c]), the row scale by x[src, c] after the dot, so h̃ is staged
-    once and each of its (BLOCK_E, KC) slices is read back once for all channels."""
+    x[src] one output tile t at a time — acc = Σ x[src, c]·(h̃[:, k] @ HEAD[c, k, t]) over the tile's non-zero
+    (row tile k, channel c) tiles (the first hcnt[t] of row t of hblk, as k·DIN + c), the row scale by x[src, c] after the dot —
+    and out[tgt, out_cols[t]] += acc; h̃ is staged once per block and read back a (BLOCK_E, 16) slice at a time."""
     pid = tl.program_id(0)
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
-    KC: tl.constexpr = min(IN_K, 32 if PRECISION == "tf32" else 16)  # the slices of ``_staged_dot``
     rows = tl.arange(0, BLOCK_E)[:, None] * IN_K
-    offs_o = tl.arange(0, DOUT_P)
+    offs_t = tl.arange(0, _HT)
     for block in range(pid, tl.cdiv(E, BLOCK_E), tl.num_programs(0)):
         _, mask_e, ht, src, tgt = _block_hidden(tl.cast(block, tl.int64) * BLOCK_E, z_ptr, env_ptr, src_ptr,
                                                 tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
                                                 exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG,
                                                 NORM, IN_K, K0P, BLOCK_E, PRECISION, st_ptr)
         _stage(_used_cols(ht, P, IN_K), st_ptr)
-        acc = tl.zeros((BLOCK_E, DOUT_P), dtype=ht.dtype)
-        for k in range(0, IN_K, KC):
-            hk = tl.load(st_ptr + rows + k + tl.arange(0, KC)[None, :])
-            for c in range(DIN):
+        for t in range(DOUT_P // _HT):
+            acc = tl.zeros((BLOCK_E, _HT), dtype=ht.dtype)
+            for j in range(tl.load(hcnt_ptr + t)):
+                kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
+                k = kc // DIN * _HT
+                c = kc % DIN
                 xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-                acc += xc[:, None] * tl.dot(hk, _tile(head_ptr + c * P * DOUT_P + k * DOUT_P, KC, DOUT_P, DOUT_P,
-                                                      False), input_precision=PRECISION)
-        tl.atomic_add(out_ptr + tgt[:, None] * DOUT + offs_o[None, :], acc,
-                      mask=mask_e[:, None] & (offs_o < DOUT)[None, :], sem="relaxed")
+                hk = tl.load(st_ptr + rows + k + offs_t[None, :])
+                acc += xc[:, None] * tl.dot(hk, _tile(head_ptr + c * P * DOUT_P + k * DOUT_P + t * _HT, _HT, _HT,
+                                                      DOUT_P, False), input_precision=PRECISION)
+            cols = tl.load(ocol_ptr + t * _HT + offs_t)
+            tl.atomic_add(out_ptr + tgt[:, None] * DOUT + cols[None, :], acc,
+                          mask=mask_e[:, None] & (cols < DOUT)[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -509,6 +520,7 @@ def _gmlp_conv_bwd_kernel(
 
 _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pick", "gate_expand",
            "trivial", "head")
+_HEAD_INDEX = ("out_cols", "head_blocks", "head_block_count")  # the forward's order and tiles of the head
 
 
 def _meta(packed: dict, k0: int, precision: str) -> dict:
@@ -562,7 +574,8 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
         return out
     with device_ctx(x):
-        _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e, (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS)),
+        _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e,
+                           (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS + _HEAD_INDEX)),
                            (), (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout), _meta(packed, k0, precision),
                            x)
     return out
@@ -579,8 +592,10 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
     if e == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
-    sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], grad_out.shape[1])
-    inputs = (grad_out, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))  # all but the head
+    dout_p = packed["head"].shape[2]  # grad_out's columns in the head's order (out_cols), zero-padded: (N, DOUT_P)
+    gout = F.pad(grad_out, (0, dout_p - grad_out.shape[1])).index_select(1, packed["out_cols"])
+    sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout_p)
+    inputs = (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))  # all but the head
     meta = _meta(packed, k0, precision)
     sw = meta["K0P"] + meta["P"] + (meta["L"] - 1) * (meta["IN_K"] + meta["P"]) if meta["L"] else 1  # _ws_offset
     with device_ctx(x):
@@ -588,6 +603,7 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
                                                              *grads[:-1]),
                            (sw if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=sw)
         if need_params:
-            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, packed["head_support"], grads[-1]),
+            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e,
+                               (*inputs, packed["head_support"], grads[-1]),
                                (meta["IN_K"], meta["DOUT_P"]), sizes, meta, x, head_chunk)
     return tuple(grads)
