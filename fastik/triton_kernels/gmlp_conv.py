@@ -25,15 +25,17 @@ dot, so a (16 × 256) tile as one operand would cost 128 registers per thread, a
 slicing the tile in registers (split trees) still left all slices alive at once and made ptxas
 spill 1–2 KB per thread at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The
 head contracts h̃ with each input channel as x[src, c] · (h̃ @ HEAD[c]) (the row scale after the
-dot), so h̃ is staged once per block; the forward multiplies only HEAD's non-zero (16 × 16) tiles (the
-packing orders h̃'s and the outputs' components so that Schur's lemma leaves few: ≈ 20 % at the default
+dot), so h̃ is stored once and read per slice; the forward multiplies only HEAD's non-zero (16 × 16) tiles
+(the packing orders h̃'s and the outputs' components so that Schur's lemma leaves few: ≈ 20 % at the default
 width, so3), the backward kernels the dense HEAD in the same order, given grad_out's columns in that order.
 
 The backward kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is
 live across its loop over DIN), then, from the last layer to the first, recomputes each layer's input from z
 (L(L+1)/2 more layer evaluations) and back-propagates through it.  The parameter gradients are sums over
-edges, added to memory with atomics — as few as possible.  Every kernel runs one persistent program per SM:
-the forward takes blocks of edges in turn, each backward kernel chunks of CHUNK edges; per chunk it writes
+edges, added to memory with atomics — as few as possible.  Every kernel runs persistent programs
+(PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn. The forward writes the chunk's h̃ rows into a per-program
+scratch and then applies the head to the whole chunk (each head tile read serves CHUNK edges); per chunk a
+backward kernel writes
 the rows a gradient is summed from (each layer's input and linear-part gradient; for the head's own gradient,
 IN_K·DOUT_P·DIN entries in a kernel of its own, h̃ and grad_out[tgt]) into a per-program scratch (≤ #SM ×
 CHUNK rows) and, after the chunk, sums them with dots over the edge dimension before one atomic per entry.
@@ -68,19 +70,20 @@ from ._config import INTERPRET, device_ctx
 __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "launch_config"]
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
-# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The two backward
-# kernels evaluate the MLP on BLOCK_E edges at a time, sum the parameter gradients over CHUNK edges
-# (`launch_config`) and read their scratch rows back KE at a time; in the interpreter their chunks are short
-# and their programs few, so that tests cross chunk and program boundaries.
-INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
+# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. Every kernel evaluates
+# the MLP on BLOCK_E edges at a time into CHUNK scratch rows per program: the forward applies the head to a
+# chunk of 64 (each head tile read serves 64 edges; at 128 its dots took 187 registers), the backward kernels
+# sum the parameter gradients over a chunk (`launch_config`) and read their scratch rows back KE at a time; in
+# the interpreter the chunks are short and the programs few, so that tests cross chunk and program boundaries.
+INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_grad": dict(BLOCK_E=16, KE=16, CHUNK=32)}
-GPU_CONFIG = {"fwd": dict(BLOCK_E=16, num_warps=8, num_stages=1),
+GPU_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=64, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
               "head_grad": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
-#: Persistent programs per SM on a GPU: the forward takes 123 registers per thread at the anchors' width (TF32 and
-#: tf32x3, Triton 3.8), so two of its 8-warp programs fit on an SM and hide each other's staging barriers; where
-#: they do not fit (P = 256: ≈ 230 registers) the second wave takes the later blocks, at no loss. The backward
-#: kernels take 255 registers and a scratch per program.
+#: Persistent programs per SM on a GPU: the forward takes ≤ 128 registers per thread at the anchors' width in TF32
+#: (and tf32x3 under Triton 3.6), so two of its 8-warp programs fit on an SM and hide each other's staging
+#: barriers; where they do not fit (P = 256: ≈ 225 registers) the second wave takes the later chunks, at no loss.
+#: The backward kernels take 255 registers and a scratch per program.
 PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_grad": 1}
 _HT = tl.constexpr(HEAD_TILE)  # the side of the head's tiles (packing lists the non-zero ones)
 
@@ -90,7 +93,7 @@ def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
     (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they shrink as IN_K grows
     — head gradient: IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128, 128 beyond (≤ 160 KiB at
     DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats per row, 128
-    rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers)."""
+    rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers); forward: h̃, IN_K floats per row, 64 rows."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
@@ -361,37 +364,49 @@ def _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P: tl.constexpr):
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    ocol_ptr, hblk_ptr, hcnt_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
+    ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
-    """Persistent programs take blocks of BLOCK_E edges in turn: h̃ by the MLP, then the head contracted with
-    x[src] one output tile t at a time — acc = Σ x[src, c]·(h̃[:, k] @ HEAD[c, k, t]) over the tile's non-zero
-    (row tile k, channel c) tiles (the first hcnt[t] of row t of hblk, as k·DIN + c), the row scale by x[src, c] after the dot —
-    and out[tgt, out_cols[t]] += acc; h̃ is staged once per block and read back a (BLOCK_E, 16) slice at a time."""
+    """Persistent programs take chunks of CHUNK edges in turn.  Per chunk: h̃ by the MLP, BLOCK_E edges at a time,
+    into the program's scratch rows (hs (CHUNK, IN_K)); then the head contracted with x[src] for the whole chunk,
+    one output tile t at a time — acc = Σ x[src, c]·(h̃[:, k] @ HEAD[c, k, t]) over the tile's non-zero
+    (row tile k, channel c) tiles (the first hcnt[t] of row t of hblk, as k·DIN + c), the row scale by x[src, c]
+    after the dot — and out[tgt, out_cols[t]] += acc.  Every head tile read (from L2) serves CHUNK edges, not
+    BLOCK_E, and the head's dots have CHUNK rows."""
     pid = tl.program_id(0)
+    hs_ptr += pid * CHUNK * IN_K
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
-    rows = tl.arange(0, BLOCK_E)[:, None] * IN_K
+    rows = tl.arange(0, CHUNK)
     offs_t = tl.arange(0, _HT)
-    for block in range(pid, tl.cdiv(E, BLOCK_E), tl.num_programs(0)):
-        _, mask_e, ht, src, tgt = _block_hidden(tl.cast(block, tl.int64) * BLOCK_E, z_ptr, env_ptr, src_ptr,
-                                                tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
-                                                exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG,
-                                                NORM, IN_K, K0P, BLOCK_E, PRECISION, st_ptr)
-        _stage(_used_cols(ht, P, IN_K), st_ptr)
+    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+        start = tl.cast(chunk, tl.int64) * CHUNK
+        for s in range(CHUNK // BLOCK_E):  # padding edges store zero rows (their env is 0)
+            _, _, ht, _, _ = _block_hidden(start + s * BLOCK_E, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr,
+                                           scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                                           triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, PRECISION,
+                                           st_ptr)
+            tl.store(hs_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * IN_K + tl.arange(0, IN_K)[None, :],
+                     _used_cols(ht, P, IN_K))
+        tl.debug_barrier()  # the rows are read back by other threads of the program
+        mask_e = start + rows < E
+        src = tl.load(src_ptr + start + rows, mask=mask_e, other=0)
+        tgt = tl.load(tgt_ptr + start + rows, mask=mask_e, other=0)
         for t in range(DOUT_P // _HT):
-            acc = tl.zeros((BLOCK_E, _HT), dtype=ht.dtype)
+            acc = tl.zeros((CHUNK, _HT), dtype=hs_ptr.dtype.element_ty)
             for j in range(tl.load(hcnt_ptr + t)):
                 kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
                 k = kc // DIN * _HT
                 c = kc % DIN
                 xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-                hk = tl.load(st_ptr + rows + k + offs_t[None, :])
+                hk = tl.load(hs_ptr + rows[:, None] * IN_K + k + offs_t[None, :])
                 acc += xc[:, None] * tl.dot(hk, _tile(head_ptr + c * P * DOUT_P + k * DOUT_P + t * _HT, _HT, _HT,
                                                       DOUT_P, False), input_precision=PRECISION)
             cols = tl.load(ocol_ptr + t * _HT + offs_t)
             tl.atomic_add(out_ptr + tgt[:, None] * DOUT + cols[None, :], acc,
                           mask=mask_e[:, None] & (cols < DOUT)[None, :], sem="relaxed")
+        tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
 @triton.jit
@@ -574,10 +589,10 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
         return out
     with device_ctx(x):
+        meta = _meta(packed, k0, precision)
         _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e,
                            (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS + _HEAD_INDEX)),
-                           (), (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout), _meta(packed, k0, precision),
-                           x)
+                           (meta["IN_K"],), (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout), meta, x)
     return out
 
 
