@@ -100,7 +100,7 @@ def _head_order(head_support: Tensor, hidden: int, dout: int) -> tuple[Tensor, T
     the components the head connects alike next to each other — one component of one irrep type, all its
     copies: Schur's lemma then leaves the head's non-zeros in dense tiles, about as few as its true density.
     Padding (and the bias column H of h̃) keep their places; without hidden layers h̃ is z: rows unchanged."""
-    din, size, dout_p = head_support.shape
+    _, size, dout_p = head_support.shape
     s = head_support != 0
     rows = torch.arange(size)
     cols = torch.arange(dout_p)
@@ -121,8 +121,13 @@ def _grouped(const: dict[str, Tensor], rows: Tensor, cols: Tensor, layers: int) 
             t = out[key].clone()
             t[last] = t[last].index_select(dim, rows)
             out[key] = t
-    out["head_support"] = out["head_support"][:, rows][:, :, cols]
+    out["head_support"] = _in_head_order(out["head_support"], rows, cols)
     return out
+
+
+def _in_head_order(head: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """A packed head (Din, P, DOUT_P) with its rows in the order ``rows`` and its columns in the order ``cols``."""
+    return head.index_select(1, rows).index_select(2, cols)
 
 
 def _head_tiles(head_support: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,7 +196,7 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     norms = [norm for _, norm, _ in const["layers"] if norm is not None]
     return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
                       const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
-                      const["trivial"], _packed_head(head, size)[:, const["rows"]][:, :, const["cols"]],
+                      const["trivial"], _in_head_order(_packed_head(head, size), const["rows"], const["cols"]),
                       const["weight_support"], const["head_support"], const["cols"], const["head_blocks"],
                       const["head_block_count"], dout, kernel.hidden_type.dim, len(const["layers"]), bool(norms),
                       norms[0].eps if norms else 0.0)

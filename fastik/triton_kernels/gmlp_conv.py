@@ -618,7 +618,6 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
                                                              *grads[:-1]),
                            (sw if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=sw)
         if need_params:
-            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e,
-                               (*inputs, packed["head_support"], grads[-1]),
+            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, packed["head_support"], grads[-1]),
                                (meta["IN_K"], meta["DOUT_P"]), sizes, meta, x, head_chunk)
     return tuple(grads)
