@@ -33,12 +33,12 @@ The backward kernel first evaluates the MLP and back-propagates through the head
 live across its loop over DIN), then, from the last layer to the first, recomputes each layer's input from z
 (L(L+1)/2 more layer evaluations) and back-propagates through it.  The parameter gradients are sums over
 edges, added to memory with atomics — as few as possible.  Every kernel runs persistent programs
-(PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn. The forward writes the chunk's h̃ rows into a per-program
-scratch and then applies the head to the whole chunk (each head tile read serves CHUNK edges); per chunk a
-backward kernel writes
-the rows a gradient is summed from (each layer's input and linear-part gradient; for the head's own gradient,
-IN_K·DOUT_P·DIN entries in a kernel of its own, h̃ and grad_out[tgt]) into a per-program scratch (≤ #SM ×
-CHUNK rows) and, after the chunk, sums them with dots over the edge dimension before one atomic per entry.
+(PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn. The forward writes the chunk's h̃ rows into a
+per-program scratch and then applies the head to the whole chunk (each head tile read serves CHUNK edges);
+per chunk a backward kernel writes the rows a gradient is summed from (each layer's input and linear-part
+gradient; for the head's own gradient, IN_K·DOUT_P·DIN entries in a kernel of its own, h̃ and grad_out[tgt])
+into a per-program scratch (≤ #SM × CHUNK rows) and, after the chunk, sums them with dots over the edge
+dimension before one atomic per entry.
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
 gradients.
 
