@@ -34,8 +34,10 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not for the interpreter
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hblk_ptr", "hcnt_ptr"}
-FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "HAS_EID": False}
+INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hblk_ptr", "hcnt_ptr", "rblk_ptr",
+                  "rcnt_ptr", "cblk_ptr", "ccnt_ptr"}
+FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "NEED_HEAD": True,
+              "HAS_EID": False}
 #: (module, kernel, autotune-config function, GPU default config name)
 KERNELS = (
     ("message_fwd", "_message_fwd_kernel", "_fwd_configs", "GPU_CONFIG"),
@@ -47,7 +49,7 @@ KERNELS = (
 )
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
-FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_grad_kernel": "head_grad"}
+FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_bwd_kernel": "head_bwd"}
 #: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P): the anchors' (hidden_channels=5,
 #: H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P)
 FUSED_WIDTHS = {"anchor": {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16},
@@ -162,9 +164,11 @@ def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> l
     for width in widths:
         sizes = FUSED_WIDTHS[width]
         for kernel, name in FUSED_KERNELS.items():
+            fn = _jit_function(getattr(g, kernel))
+            constexprs = {**sizes, "SW": g.scratch_width(sizes["P"], sizes["IN_K"], sizes["K0P"], sizes["L"])}
+            constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
             for precision in precisions:
-                row = compile_row(_jit_function(getattr(g, kernel)), kernel, g.launch_config(name, sizes["IN_K"]),
-                                  precision, sizes)
+                row = compile_row(fn, kernel, g.launch_config(name, sizes["IN_K"]), precision, constexprs)
                 row.config = f"P={sizes['P']},IN_K={sizes['IN_K']},{row.config}"
                 out.append(row)
     return out

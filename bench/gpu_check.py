@@ -82,7 +82,7 @@ class Sizes:
     escnn_edges: tuple[int, ...]
     peak_matmul_n: int
     copy_bytes: int
-    head_chunks: tuple[int, ...]          # chunk sizes of the fused head-gradient kernel timed in stage d
+    head_chunks: tuple[int, ...]          # chunk sizes of the fused head kernel (grad_x, grad_env, head) in stage d
 
 
 GPU_SIZES = Sizes(channels=16, widths=(("default", 16), ("anchor", 5)), correctness_edges=100_000,
@@ -538,8 +538,9 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     """(FLOPs, bytes) of the fully fused kernels as written (dense padded layer weights; layer 0 reads K0P
     columns, the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear
     part and 8P·NB + 4P·NG of norm and gate) and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the
-    MLP and the (dense) head backward, Din·2K·Dout_p, then per layer its input recomputed, its norm and gate again
-    and backward, its weight and input gradients; the head-gradient kernel: the MLP and Din·2K·Dout_p once more."""
+    head's tiles (grad_h̃; no MLP), then per layer its input recomputed, its norm and gate again and backward, its
+    weight and input gradients; the head kernel: the MLP, then the tiles twice (grad_x and grad_env, the head's
+    gradient)."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import used_columns, z_columns
 
@@ -550,12 +551,11 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     struct = 8.0 * size * nb + 4.0 * size * ng
     linear = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
     mlp = sum(linear) + layers * struct
-    head = 2.0 * din * k * dout_p
     steps = sum(sum(linear[:i]) + i * struct + 2 * (linear[i] + struct) + 2.0 * size * k for i in range(layers))
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     return {"fwd": (e * (mlp + head_tiles), io + e * dout_p * f4),
-            "bwd": (e * (2 * (mlp + head) + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4)}
+            "bwd": (e * (mlp + 3 * head_tiles + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4)}
 
 
 def _pooled_items(conv, h, graph, item: Callable[..., None]) -> None:
@@ -726,11 +726,11 @@ def stage_split(ctx: Context) -> None:
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
-        for chunk in s.head_chunks:  # the head gradient's chunk: atomics / CHUNK against scratch per program
+        for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows
             item(f"gmlp_conv bwd, head chunk {chunk} ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", head_chunk=chunk))
     r["fully_fused"] = ("backend='fused' kernels timed above (gmlp_conv fwd / bwd at both widths, the backward "
-                        "without parameter gradients, the head gradient's chunk) and as layers in stage c "
+                        "without parameter gradients, the head kernel's chunk) and as layers in stage c "
                         "(fastik-fused* rows)")
     configs = r["configs"]
     r["autotune_without_size_key"] = sorted(name for name, c in configs.items()

@@ -8,7 +8,7 @@ import torch
 import fastik
 from fastik.nn.packing import fusable, pack_gmlp
 from fastik.ops._contract import triton_available
-from fastik.ops.fused_gmlp import fused_gmlp_conv, packed_conv_reference
+from fastik.ops.fused_gmlp import HEAD_TILE_LISTS, fused_gmlp_conv, packed_conv_reference
 
 from conftest import FIELDS, LargestTensor, relative_error
 
@@ -77,12 +77,12 @@ def test_any_group_matches_reference(any_group):
     assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
 
 
-def test_head_gradient_over_many_chunks():
-    """The head-gradient kernel's persistent programs take several chunks each (E = 150: five chunks of 32
-    edges over two programs in the interpreter, the last one partial): every gradient matches the reference."""
+def test_backward_over_many_chunks():
+    """The backward kernels' persistent programs take several chunks each (E = 150: five chunks of 32 edges over
+    two programs in the interpreter, the last one partial): every gradient matches the reference."""
     from fastik.triton_kernels.gmlp_conv import INTERPRET_CONFIG
 
-    assert INTERPRET_CONFIG["head_grad"]["CHUNK"] == 32
+    assert INTERPRET_CONFIG["head_bwd"]["CHUNK"] == INTERPRET_CONFIG["bwd"]["CHUNK"] == 32
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=2)
     pos, ei = graph(20, 150, 3)
@@ -91,7 +91,8 @@ def test_head_gradient_over_many_chunks():
 
 
 def test_head_chunk_does_not_change_the_gradients():
-    """The head-gradient kernel's chunk (a tuning knob of gmlp_conv_bwd) changes the summation order only."""
+    """The head kernel's chunk (a tuning knob of gmlp_conv_bwd) changes the summation order only: of the head's
+    gradient, grad_x and grad_env."""
     from fastik.triton_kernels.gmlp_conv import gmlp_conv_bwd
 
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
@@ -103,9 +104,10 @@ def test_head_chunk_does_not_change_the_gradients():
     packed = {name: v.contiguous() if torch.is_tensor(v) else v
               for name, v in pack_gmlp(k, torch.float64)._asdict().items()}
     x, gout = (torch.randn(20, t.dim, dtype=torch.float64, device=DEVICE) for _ in range(2))
-    grads = [gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=c)[-1] for c in (None, 16, 64)]
-    assert grads[0].abs().max() > 0
-    assert all(relative_error(g, grads[0]) < 1e-13 for g in grads[1:])
+    grads = [gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=c) for c in (None, 16, 64)]
+    for i in (1, 2, -1):  # grad_env, grad_x, the head's
+        assert grads[0][i].abs().max() > 0
+        assert all(relative_error(g[i], grads[0][i]) < 1e-13 for g in grads[1:])
     for bad in (8, 48):
         with pytest.raises(ValueError, match="chunk must be a power of two"):
             gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=bad)
@@ -319,16 +321,19 @@ def test_op_input_errors():
         fused_gmlp_conv(z.float(), env, x, p, idx, idx, 3)
     with pytest.raises(ValueError, match="precision"):
         fused_gmlp_conv(z, env, x, p, idx, idx, 3, precision="fp16")
-    bad_block = p.head_blocks.clone()
-    bad_block[0, 0] = bad_block.shape[1]  # a tile past the head
-    bad_count = p.head_block_count.clone()
-    bad_count[0] = bad_block.shape[1] + 1  # more tiles than the head has
-    for bad in (p._replace(head_blocks=bad_block), p._replace(head_block_count=bad_count),
-                p._replace(out_cols=torch.zeros_like(p.out_cols))):
+    bad = [p._replace(out_cols=torch.zeros_like(p.out_cols))]
+    for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
+        bad_block = getattr(p, blocks).clone()
+        bad_block[0, 0] = bad_block.shape[1]  # a tile past the head
+        bad_count = getattr(p, counts).clone()
+        bad_count[0] = bad_block.shape[1] + 1  # more tiles than the head has
+        bad += [p._replace(**{blocks: bad_block}), p._replace(**{counts: bad_count})]
+    for packed in bad:
         with pytest.raises(IndexError, match="head_blocks"):
-            fused_gmlp_conv(z, env, x, bad, idx, idx, 3)
-    with pytest.raises(ValueError, match="head_block_count"):
-        fused_gmlp_conv(z, env, x, p._replace(head_block_count=p.head_block_count[:-1]), idx, idx, 3)
+            fused_gmlp_conv(z, env, x, packed, idx, idx, 3)
+    for name in HEAD_TILE_LISTS:
+        with pytest.raises(ValueError, match=name):
+            fused_gmlp_conv(z, env, x, p._replace(**{name: getattr(p, name)[:-1]}), idx, idx, 3)
     with pytest.raises(ValueError, match="out_cols"):
         fused_gmlp_conv(z, env, x, p._replace(out_cols=p.out_cols.int()), idx, idx, 3)
 

@@ -16,18 +16,25 @@ def _tiles(support: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("group, fields, layers", [("so3", "2x0e + 2x1o", 2), ("O", "1x0e + 1x1o + 1x2e", 1),
                                                    ("o3", "1x0e + 1x1o + 1x1e", 2), ("Cinf", "1x0e + 1x1o", 0),
                                                    ("C4", "1x0e + 1x1o", 1)])
-def test_head_blocks_are_the_non_zero_tiles(group, fields, layers):
-    """Row t of head_blocks starts with exactly the non-zero tiles of output tile t of the (grouped) head's support,
-    by row tile, then channel, as k·Din + c, head_block_count[t] of them, and holds every tile once; out_cols
+def test_head_tile_lists_are_the_non_zero_tiles(group, fields, layers):
+    """Each tile list starts, per group, with exactly the non-zero tiles of the (grouped) head's support in order,
+    its count of them, and holds every tile once: head_blocks per output tile t as k·Din + c (row tile, channel),
+    head_row_blocks per row tile k as t·Din + c, head_channel_blocks per channel c as k·(DOUT_P / 16) + t; out_cols
     orders the outputs (padding last)."""
     ft = fastik.FieldType(fastik.group(group), fields)
     p = pack_gmlp(fastik.ImplicitPointConv(ft, ft, hidden_channels=3, hidden_layers=layers).kernel, torch.float64)
     nz = _tiles(p.head_support)
-    din, tiles = nz.shape[0], nz.shape[0] * nz.shape[1]
-    assert p.head_blocks.shape == (nz.shape[2], tiles) and p.head_block_count.sum() > 0
-    for t, (row, count) in enumerate(zip(p.head_blocks.tolist(), p.head_block_count.tolist())):
-        assert row[:count] == [k * din + c for k in range(nz.shape[1]) for c in range(din) if nz[c, k, t]]
-        assert sorted(row) == list(range(tiles))
+    din, kt, tt = nz.shape
+    expected = {"head": [[k * din + c for k in range(kt) for c in range(din) if nz[c, k, t]] for t in range(tt)],
+                "head_row": [[t * din + c for t in range(tt) for c in range(din) if nz[c, k, t]] for k in range(kt)],
+                "head_channel": [[k * tt + t for k in range(kt) for t in range(tt) if nz[c, k, t]]
+                                 for c in range(din)]}
+    assert p.head_block_count.sum() > 0
+    for name, lists in expected.items():
+        blocks, counts = getattr(p, f"{name}_blocks"), getattr(p, f"{name}_block_count")
+        assert blocks.shape == (len(lists), din * kt * tt // len(lists)) and counts.tolist() == list(map(len, lists))
+        for row, want in zip(blocks.tolist(), lists):
+            assert row[:len(want)] == want and sorted(row) == list(range(blocks.shape[1]))
     assert (p.head * (1 - p.head_support)).abs().max() == 0
     assert sorted(p.out_cols.tolist()) == list(range(p.head.shape[2]))
     assert p.out_cols[ft.dim:].tolist() == list(range(ft.dim, p.head.shape[2]))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.fused_gmlp import HEAD_TILE, PackedGMLP
+from ..ops.fused_gmlp import HEAD_TILE, HEAD_TILE_LISTS, PackedGMLP
 from ._buffers import constant
 from .linear import EquivariantLinear
 from .nonlinearities import _SILU_SCALE, GatedNonlinearity
@@ -66,7 +66,7 @@ def _sizes(kernel: nn.Module) -> tuple[int, int, int]:
 def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> dict:
     """What packing needs besides the parameters, built once per dtype and device: the sizes (P, NB, NG), the
     layers, the structure matrices and supports (in the grouped order of :func:`_head_order`), that order
-    (``rows``, ``cols``) and the head's tile list."""
+    (``rows``, ``cols``) and the head's tile lists."""
     cache = kernel.__dict__.setdefault("_packed_structure", {})
     key = (dtype, device)
     if key not in cache:
@@ -75,10 +75,9 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         const = {**_structure(kernel, size, nb, ng), **_supports(kernel, layers, size)}
         rows, cols = _head_order(const["head_support"], kernel.hidden_type.dim if layers else 0, kernel.out_type.dim)
         const = _grouped(const, rows, cols, len(layers))
-        blocks, counts = _head_tiles(const["head_support"])
         cache[key] = {"sizes": (size, nb, ng), "layers": layers, "rows": rows.to(device), "cols": cols.to(device),
                       **{k: v.to(device, dtype) for k, v in const.items()},
-                      "head_blocks": blocks.to(device), "head_block_count": counts.to(device)}
+                      **{k: v.to(device) for k, v in _head_tiles(const["head_support"]).items()}}
     return cache[key]
 
 
@@ -130,16 +129,24 @@ def _in_head_order(head: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return head.index_select(1, rows).index_select(2, cols)
 
 
-def _head_tiles(head_support: Tensor) -> tuple[Tensor, Tensor]:
-    """The (HEAD_TILE × HEAD_TILE) tiles of the grouped head (Din, P, DOUT_P) with a non-zero, per output tile t:
-    ``blocks`` (DOUT_P / HEAD_TILE, P / HEAD_TILE · Din) holds in row t the flat indices k·Din + c (row tile k,
-    input channel c) of t's non-zero tiles first, in that order, then the others; ``counts`` (DOUT_P /
-    HEAD_TILE,) how many are non-zero. Static shapes (traceable)."""
+def _head_tiles(head_support: Tensor) -> dict[str, Tensor]:
+    """The (HEAD_TILE × HEAD_TILE) tiles of the grouped head (Din, P, DOUT_P) with a non-zero, listed three ways
+    (static shapes, traceable), each list a row per group with the group's non-zero tiles first, in order, then
+    the others, and a count per group of the non-zero ones:
+
+    - per output tile t: ``head_blocks`` (DOUT_P/16, P/16 · Din), k·Din + c; ``head_block_count`` (DOUT_P/16,);
+    - per row tile k: ``head_row_blocks`` (P/16, DOUT_P/16 · Din), t·Din + c; ``head_row_block_count`` (P/16,);
+    - per input channel c: ``head_channel_blocks`` (Din, P/16 · DOUT_P/16), k·(DOUT_P/16) + t;
+      ``head_channel_block_count`` (Din,)."""
     din, size, dout_p = head_support.shape
     t = HEAD_TILE
     nz = (head_support != 0).reshape(din, size // t, t, dout_p // t, t).any(4).any(2)  # (Din, row tiles, out tiles)
-    nz = nz.permute(2, 1, 0).reshape(dout_p // t, -1)  # (out tiles, row tile · Din + channel)
-    return torch.argsort(~nz, dim=1, stable=True), nz.sum(1)
+    lists = {}
+    for name, order in (("head", (2, 1, 0)), ("head_row", (1, 2, 0)), ("head_channel", (0, 1, 2))):
+        by_group = nz.permute(order).reshape(nz.shape[order[0]], -1)
+        lists[f"{name}_blocks"] = torch.argsort(~by_group, dim=1, stable=True)
+        lists[f"{name}_block_count"] = by_group.sum(1)
+    return lists
 
 
 def _supports(kernel: nn.Module, layers: list, size: int) -> dict[str, Tensor]:
@@ -197,6 +204,6 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
                       const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
                       const["trivial"], _in_head_order(_packed_head(head, size), const["rows"], const["cols"]),
-                      const["weight_support"], const["head_support"], const["cols"], const["head_blocks"],
-                      const["head_block_count"], dout, kernel.hidden_type.dim, len(const["layers"]), bool(norms),
-                      norms[0].eps if norms else 0.0)
+                      const["weight_support"], const["head_support"], const["cols"],
+                      *(const[k] for k in HEAD_TILE_LISTS), dout, kernel.hidden_type.dim, len(const["layers"]),
+                      bool(norms), norms[0].eps if norms else 0.0)

@@ -37,9 +37,10 @@ class PackedGMLP(NamedTuple):
     Head: ``head[c, k, o]`` = W̃[out_cols[o], rows[k], c] with h̃ = [u[:, :H], 1]: the bias at k = H; zero padding.
     The last layer's outputs (so h̃'s first H columns) and the head's output columns come in an order that groups
     the components the head connects alike (``fastik.nn.packing._head_order``; ``out_cols[o]`` ≥ dout:
-    padding), so the head's non-zeros lie in few (16 × 16) tiles: row t of ``head_blocks`` (DOUT_P / 16,
-    P / 16 · Din) lists output tile t's non-zero ones first, as k·Din + c (row tile k, input channel c), and
-    ``head_block_count[t]`` how many there are.
+    padding), so the head's non-zeros lie in few (16 × 16) tiles, listed per output tile t (row t of
+    ``head_blocks``, as k·Din + c: row tile k, input channel c), per row tile k (``head_row_blocks``, as
+    t·Din + c) and per input channel c (``head_channel_blocks``, as k·(DOUT_P / 16) + t): a group's non-zero
+    tiles first, ``*_block_count`` of them (``fastik.nn.packing._head_tiles``).
     ``weight_support`` / ``head_support`` (1 or 0, same layouts): the entries of weight and head that are not
     structural zeros of an equivariant map. The op uses ``weight · weight_support`` and ``head · head_support``
     (the kernels assume the product is the tensor itself: zeros off the support, as packing makes them), and
@@ -62,6 +63,10 @@ class PackedGMLP(NamedTuple):
     out_cols: Tensor        # (DOUT_P,) int64 constant
     head_blocks: Tensor       # (DOUT_P / 16, P / 16 · Din) int64 constant
     head_block_count: Tensor  # (DOUT_P / 16,) int64 constant
+    head_row_blocks: Tensor       # (P / 16, DOUT_P / 16 · Din) int64 constant
+    head_row_block_count: Tensor  # (P / 16,) int64 constant
+    head_channel_blocks: Tensor       # (Din, P / 16 · DOUT_P / 16) int64 constant
+    head_channel_block_count: Tensor  # (Din,) int64 constant
     dout: int
     hidden: int
     layers: int
@@ -75,12 +80,15 @@ class PackedGMLP(NamedTuple):
 #: wider ones were never compiled.
 CUDA_MAX_WIDTH = 256
 
-#: Side of the head's tiles that the fused forward multiplies (one per non-zero tile of the grouped head).
+#: Side of the head's tiles that the fused kernels multiply (one per non-zero tile of the grouped head).
 HEAD_TILE = 16
+#: The head's tile lists (PackedGMLP fields): per output tile, per row tile, per input channel; each with its counts.
+HEAD_TILE_LISTS = ("head_blocks", "head_block_count", "head_row_blocks", "head_row_block_count",
+                   "head_channel_blocks", "head_channel_block_count")
 
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
 _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
-_INDEX = ("out_cols", "head_blocks", "head_block_count")  # its int64 tensors
+_INDEX = ("out_cols",) + HEAD_TILE_LISTS  # its int64 tensors
 
 
 def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
@@ -131,11 +139,14 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
     if x.dim() != 2 or p.head.shape[0] != x.shape[1]:
         raise ValueError(f"x must be (N, {p.head.shape[0]}), got {tuple(x.shape)}")
     din, dout_p = p.head.shape[0], p.head.shape[2]
-    tiles = (dout_p // HEAD_TILE, size // HEAD_TILE * din)
-    if p.out_cols.shape != (dout_p,) or p.head_blocks.shape != tiles or p.head_block_count.shape != tiles[:1]:
-        raise ValueError(f"packed out_cols {tuple(p.out_cols.shape)}, head_blocks {tuple(p.head_blocks.shape)} and "
-                         f"head_block_count {tuple(p.head_block_count.shape)} must be ({dout_p},), {tiles} and "
-                         f"({tiles[0]},) (build them with ImplicitKernel.packed)")
+    kt, tt = size // HEAD_TILE, dout_p // HEAD_TILE
+    shapes = {"out_cols": (dout_p,), "head_blocks": (tt, kt * din), "head_block_count": (tt,),
+              "head_row_blocks": (kt, tt * din), "head_row_block_count": (kt,),
+              "head_channel_blocks": (din, kt * tt), "head_channel_block_count": (din,)}
+    for name, shape in shapes.items():
+        if getattr(p, name).shape != shape:
+            raise ValueError(f"packed {name} must be {shape} for this head, got {tuple(getattr(p, name).shape)} "
+                             "(build it with ImplicitKernel.packed)")
     for name, t in (("src", src), ("tgt", tgt)):
         if t.dtype != torch.int64 or t.shape != (e,):
             raise ValueError(f"{name} must be int64 of shape (E,) = ({e},), got {t.dtype} {tuple(t.shape)}")
@@ -154,14 +165,15 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
 
 def _check_head_indices(p: PackedGMLP) -> None:
     """The packed head's index tensors in range, before any launch (one sync): out_cols a permutation of
-    range(DOUT_P), every tile index in [0, P / HEAD_TILE · Din), every count in [0, that]."""
-    tiles = p.head_blocks.shape[1]
-    ok = torch.stack([(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all(),
-                      ((p.head_blocks >= 0) & (p.head_blocks < tiles)).all(),
-                      ((p.head_block_count >= 0) & (p.head_block_count <= tiles)).all()])
-    if not bool(ok.all()):
-        raise IndexError("packed out_cols / head_blocks / head_block_count out of range: build them with "
-                         "ImplicitKernel.packed")
+    range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that]."""
+    ok = [(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all()]
+    for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
+        n = getattr(p, blocks).shape[1]
+        ok += [((getattr(p, blocks) >= 0) & (getattr(p, blocks) < n)).all(),
+               ((getattr(p, counts) >= 0) & (getattr(p, counts) <= n)).all()]
+    if not bool(torch.stack(ok).all()):
+        raise IndexError("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) "
+                         "or its count out of range: build them with ImplicitKernel.packed")
 
 
 def _precision(x: Tensor, precision: str) -> str:

@@ -10,9 +10,9 @@ Per block of BLOCK_E edges, in registers and a small per-program staging buffer 
         n  = c * (r @ EXP[l]) * scale[l] + shift[l]
         g  = sigmoid(n @ GPICK[l]) @ GEXP[l]    gate of every component       (gates: NG columns)
         u  = TRIV[l] * silu(n) + n * g          SiLU on scalars, gated fields elsewhere
-    h̃  = [u[:, :H], 1] * env[e]                 envelope and head bias column
+    h1 = [u[:, :H], 1]                          head bias column (h̃ = h1 · env[e])
     for each output tile t, for each non-zero (16 × 16) tile (k, c) of HEAD[:, :, t]:
-        acc_t += x[src[e], c] · (h̃[:, k] @ HEAD[c, k, t])
+        acc_t += env[e] · x[src[e], c] · (h1[:, k] @ HEAD[c, k, t])
     out[tgt[e], out_cols[t]] += acc_t           (atomics)
 
 MEAN / AVG / EXP / GPICK / GEXP are constant 0/1 (or 1/m) structure matrices, so the
@@ -24,23 +24,25 @@ read back as (BLOCK_E, KC) slices, one per iteration of a loop the compiler does
 dot, so a (16 × 256) tile as one operand would cost 128 registers per thread, a (16 × 32) slice 16;
 slicing the tile in registers (split trees) still left all slices alive at once and made ptxas
 spill 1–2 KB per thread at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The
-head contracts h̃ with each input channel as x[src, c] · (h̃ @ HEAD[c]) (the row scale after the
-dot), so h̃ is stored once and read per slice; the forward multiplies only HEAD's non-zero (16 × 16) tiles
-(the packing orders h̃'s and the outputs' components so that Schur's lemma leaves few: ≈ 20 % at the default
-width, so3), the backward kernels the dense HEAD in the same order, given grad_out's columns in that order.
+head contracts h1 with each input channel as env · x[src, c] · (h1 @ HEAD[c]) (the row scale after the
+dot), and every kernel multiplies only HEAD's non-zero (16 × 16) tiles (the packing orders h̃'s and the
+outputs' components so that Schur's lemma leaves few: ≈ 17 % of the dense head at the default width, so3),
+listed per output tile (forward, head gradient), per row tile (grad_h̃) and per input channel (grad_x); the
+backward kernels take grad_out with its columns in the head's order.
 
-The backward kernel first evaluates the MLP and back-propagates through the head (nothing of the layers is
-live across its loop over DIN), then, from the last layer to the first, recomputes each layer's input from z
-(L(L+1)/2 more layer evaluations) and back-propagates through it.  The parameter gradients are sums over
-edges, added to memory with atomics — as few as possible.  Every kernel runs persistent programs
-(PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn. The forward writes the chunk's h̃ rows into a
-per-program scratch and then applies the head to the whole chunk (each head tile read serves CHUNK edges);
-per chunk a backward kernel writes the rows a gradient is summed from (each layer's input and linear-part
-gradient; for the head's own gradient, IN_K·DOUT_P·DIN entries in a kernel of its own, h̃ and grad_out[tgt])
-into a per-program scratch (≤ #SM × CHUNK rows) and, after the chunk, sums them with dots over the edge
-dimension before one atomic per entry.
+The backward is two kernels.  The G-MLP's side (``_gmlp_conv_bwd_kernel``) needs no h̃: per block of edges
+grad_h̃ = env · Σ x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) on the tiles, then, from the last layer to the first,
+each layer's input recomputed from z (L(L+1)/2 layer evaluations) and back-propagated.  The head's side
+(``_gmlp_head_bwd_kernel``) evaluates the MLP once per chunk: grad_x, grad_env and the head's own gradient.
+The parameter gradients are sums over edges, added to memory with atomics — as few as possible.  Every kernel
+runs persistent programs (PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn.  The forward and the head
+kernel write the chunk's h1 rows (and grad_out[tgt]) into a per-program scratch and then apply the head to the
+whole chunk (each head tile read serves CHUNK edges); the backward kernel writes the rows a layer's weight
+gradient is summed from (each layer's input and linear-part gradient) into its scratch and, after the chunk,
+sums them with dots over the edge dimension before one atomic per entry; the head kernel sums each non-zero
+tile of the head's gradient over the chunk the same way.
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
-gradients.
+gradients (the scratch holds ≤ #programs × CHUNK rows).
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
 MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
@@ -70,34 +72,37 @@ from ._config import INTERPRET, device_ctx
 __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "launch_config"]
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
-# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. Every kernel evaluates
-# the MLP on BLOCK_E edges at a time into CHUNK scratch rows per program: the forward applies the head to a
-# chunk of 64 (each head tile read serves 64 edges; at 128 its dots took 187 registers), the backward kernels
-# sum the parameter gradients over a chunk (`launch_config`) and read their scratch rows back KE at a time; in
+# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. Every kernel runs the
+# MLP on BLOCK_E edges at a time: the forward and the head kernel into CHUNK scratch rows per program, then the
+# head on the chunk (forward: 64 edges, each head tile read serves 64; at 128 its dots took 187 registers); the
+# backward kernels sum the parameter gradients over a chunk (`launch_config`), reading their scratch rows back
+# KE at a time; the backward kernel's grad_h̃ stays per BLOCK_E edges (per chunk, its scratch addresses were live
+# across the layers' backward and ptxas spilled 0.1–0.4 KB at P = 256); in
 # the interpreter the chunks are short and the programs few, so that tests cross chunk and program boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
-                    "head_grad": dict(BLOCK_E=16, KE=16, CHUNK=32)}
+                    "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=64, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
-              "head_grad": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
+              "head_bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
 #: Persistent programs per SM on a GPU: the forward takes ≤ 128 registers per thread at the anchors' width in TF32
 #: (and tf32x3 under Triton 3.6), so two of its 8-warp programs fit on an SM and hide each other's staging
 #: barriers; where they do not fit (P = 256: ≈ 225 registers) the second wave takes the later chunks, at no loss.
 #: The backward kernels take 255 registers and a scratch per program.
-PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_grad": 1}
+PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_bwd": 1}
 _HT = tl.constexpr(HEAD_TILE)  # the side of the head's tiles (packing lists the non-zero ones)
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
-    """The configuration of kernel ``name`` ("fwd", "bwd", "head_grad") when the dots read ``in_k`` columns
+    """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd") when the dots read ``in_k`` columns
     (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they shrink as IN_K grows
-    — head gradient: IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128, 128 beyond (≤ 160 KiB at
-    DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats per row, 128
-    rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers); forward: h̃, IN_K floats per row, 64 rows."""
+    — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128, 128 beyond
+    (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats
+    per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers); forward: h1, IN_K floats per row,
+    64 rows."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
-    if name == "head_grad":
+    if name == "head_bwd":
         config["CHUNK"] = 256 if in_k <= 128 else 128
     elif name == "bwd":
         config["CHUNK"] = 128 if in_k <= 128 else 64
@@ -327,37 +332,66 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
 
 
 @triton.jit
-def _edge_inputs(start, z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E: tl.constexpr, K0P: tl.constexpr):
-    """The block of edges start, …, start + BLOCK_E - 1: offsets, mask, z tile (BLOCK_E, K0P), env, src, tgt."""
+def _z_rows(start, z_ptr, E, K0, BLOCK_E: tl.constexpr, K0P: tl.constexpr):
+    """The block of edges start, …, start + BLOCK_E - 1: offsets, mask and z tile (BLOCK_E, K0P), zero-padded."""
     offs_e = start + tl.arange(0, BLOCK_E)
     mask_e = offs_e < E
     offs_k = tl.arange(0, K0P)
     z = tl.load(z_ptr + offs_e[:, None] * K0 + offs_k[None, :],
                 mask=mask_e[:, None] & (offs_k < K0)[None, :], other=0.0)
-    env = tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)
-    src = tl.load(src_ptr + offs_e, mask=mask_e, other=0)
-    tgt = tl.load(tgt_ptr + offs_e, mask=mask_e, other=0)
-    return offs_e, mask_e, z, env, src, tgt
+    return offs_e, mask_e, z
 
 
 @triton.jit
-def _block_hidden(start, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
-                  exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr,
-                  NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
-                  BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
-    """The block of edges from start and h̃ = [MLP(z)[:H], 1]·env (BLOCK_E, P): (offsets, mask, h̃, src, tgt)."""
-    offs_e, mask_e, z, env, src, tgt = _edge_inputs(start, z_ptr, env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
-    h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-             triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
-    return offs_e, mask_e, tl.where((tl.arange(0, P) == H)[None, :], 1.0, h) * env[:, None], src, tgt
+def _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK: tl.constexpr):
+    """The chunk of edges start, …, start + CHUNK - 1: scratch rows, mask, src, tgt and env (CHUNK,)."""
+    rows = tl.arange(0, CHUNK)
+    mask_e = start + rows < E
+    src = tl.load(src_ptr + start + rows, mask=mask_e, other=0)
+    tgt = tl.load(tgt_ptr + start + rows, mask=mask_e, other=0)
+    env = tl.load(env_ptr + start + rows, mask=mask_e, other=0.0)
+    return rows, mask_e, src, tgt, env
 
 
 @triton.jit
-def _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P: tl.constexpr):
-    """grad_out[tgt] of the block (BLOCK_E, DOUT_P), zero in padding."""
+def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+              triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr,
+              NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
+              PRECISION: tl.constexpr, st_ptr):
+    """h1 = [MLP(z)[:, :H], 1] (h̃ before the envelope) of the chunk of CHUNK edges from start, by the MLP on
+    BLOCK_E edges at a time, into the program's scratch rows hs (CHUNK, IN_K); padding edges get z = 0's."""
+    for s in range(CHUNK // BLOCK_E):
+        _, _, z = _z_rows(start + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
+        h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
+        h1 = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h)
+        tl.store(hs_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * IN_K + tl.arange(0, IN_K)[None, :],
+                 _used_cols(h1, P, IN_K))
+
+
+@triton.jit
+def _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
+    """grad_out[tgt] (N, DOUT_P) of the chunk's edges into the program's scratch rows gs (CHUNK, DOUT_P); zero for
+    padding edges."""
     offs_o = tl.arange(0, DOUT_P)
-    return tl.load(gout_ptr + tgt[:, None] * DOUT + offs_o[None, :],
-                   mask=mask_e[:, None] & (offs_o < DOUT)[None, :], other=0.0)
+    for s in range(CHUNK // BLOCK_E):
+        rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
+        mask_e = start + rows < E
+        tgt = tl.load(tgt_ptr + start + rows, mask=mask_e, other=0)
+        tl.store(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :],
+                 tl.load(gout_ptr + tgt[:, None] * DOUT_P + offs_o[None, :], mask=mask_e[:, None], other=0.0))
+
+
+@triton.jit
+def _cols(s_ptr, rows, col, W):
+    """Columns col, …, col + 15 of the scratch rows ``rows`` of width W: (len(rows), 16)."""
+    return tl.load(s_ptr + rows[:, None] * W + col + tl.arange(0, _HT)[None, :])
+
+
+@triton.jit
+def _head_tile(head_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: tl.constexpr):
+    """HEAD[c, k:k+16, t:t+16] (16 × 16), or with TRANS its transpose."""
+    return _tile(head_ptr + c * P * DOUT_P + k * DOUT_P + t, _HT, _HT, DOUT_P, TRANS)
 
 
 @triton.jit
@@ -369,40 +403,32 @@ def _gmlp_conv_fwd_kernel(
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
-    """Persistent programs take chunks of CHUNK edges in turn.  Per chunk: h̃ by the MLP, BLOCK_E edges at a time,
-    into the program's scratch rows (hs (CHUNK, IN_K)); then the head contracted with x[src] for the whole chunk,
-    one output tile t at a time — acc = Σ x[src, c]·(h̃[:, k] @ HEAD[c, k, t]) over the tile's non-zero
-    (row tile k, channel c) tiles (the first hcnt[t] of row t of hblk, as k·DIN + c), the row scale by x[src, c]
-    after the dot — and out[tgt, out_cols[t]] += acc.  Every head tile read (from L2) serves CHUNK edges, not
-    BLOCK_E, and the head's dots have CHUNK rows."""
+    """Persistent programs take chunks of CHUNK edges in turn.  Per chunk: h1 = [MLP(z)[:, :H], 1] into the
+    program's scratch rows (``_chunk_h1``); then the head contracted with x[src] for the whole chunk, one output
+    tile t at a time — acc = Σ env·x[src, c]·(h1[:, k] @ HEAD[c, k, t]) over the tile's non-zero (row tile k,
+    channel c) tiles (the first hcnt[t] of row t of hblk, as k·DIN + c), the row scale after the dot — and
+    out[tgt, out_cols[t]] += acc.  Every head tile read (from L2) serves CHUNK edges, not BLOCK_E, and the head's
+    dots have CHUNK rows."""
     pid = tl.program_id(0)
     hs_ptr += pid * CHUNK * IN_K
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
-    rows = tl.arange(0, CHUNK)
     offs_t = tl.arange(0, _HT)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        for s in range(CHUNK // BLOCK_E):  # padding edges store zero rows (their env is 0)
-            _, _, ht, _, _ = _block_hidden(start + s * BLOCK_E, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr,
-                                           scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                                           triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, PRECISION,
-                                           st_ptr)
-            tl.store(hs_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * IN_K + tl.arange(0, IN_K)[None, :],
-                     _used_cols(ht, P, IN_K))
+        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                  triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK, PRECISION, st_ptr)
         tl.debug_barrier()  # the rows are read back by other threads of the program
-        mask_e = start + rows < E
-        src = tl.load(src_ptr + start + rows, mask=mask_e, other=0)
-        tgt = tl.load(tgt_ptr + start + rows, mask=mask_e, other=0)
+        rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
             acc = tl.zeros((CHUNK, _HT), dtype=hs_ptr.dtype.element_ty)
             for j in range(tl.load(hcnt_ptr + t)):
                 kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
                 k = kc // DIN * _HT
                 c = kc % DIN
-                xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-                hk = tl.load(hs_ptr + rows[:, None] * IN_K + k + offs_t[None, :])
-                acc += xc[:, None] * tl.dot(hk, _tile(head_ptr + c * P * DOUT_P + k * DOUT_P + t * _HT, _HT, _HT,
-                                                      DOUT_P, False), input_precision=PRECISION)
+                xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * env
+                acc += xc[:, None] * tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, c, k, t * _HT, P,
+                                                                                     DOUT_P, False),
+                                            input_precision=PRECISION)
             cols = tl.load(ocol_ptr + t * _HT + offs_t)
             tl.atomic_add(out_ptr + tgt[:, None] * DOUT + cols[None, :], acc,
                           mask=mask_e[:, None] & (cols < DOUT)[None, :], sem="relaxed")
@@ -410,73 +436,92 @@ def _gmlp_conv_fwd_kernel(
 
 
 @triton.jit
-def _gmlp_head_grad_kernel(
+def _gmlp_head_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, hsup_ptr,
-    ghead_ptr, hs_ptr, gs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
+    hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, hs_ptr, gs_ptr, st_ptr,
+    eps, E, K0, H, DIN,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    CHUNK: tl.constexpr, KE: tl.constexpr,
+    NEED_HEAD: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr,
 ):
-    """grad_head[c] += Σ_e (h̃_e · x[src_e, c])ᵀ grad_out[tgt_e], by persistent programs that take chunks of CHUNK
-    edges in turn.  Per chunk: h̃ (BLOCK_E edges at a time) and grad_out[tgt] into the program's scratch rows
-    (hs (CHUNK, IN_K), gs (CHUNK, DOUT_P)); then per input channel c one (IN_K × DOUT_P) sum over the chunk,
-    reading the rows back KE at a time, and one atomic per entry of the head's support (hsup ≠ 0: structural
-    zeros get no gradient): at most IN_K·DOUT_P·DIN / CHUNK atomics per edge (per BLOCK_E edges, as the other
-    kernels would, they dominated the predicted time)."""
+    """The head's side of the backward on HEAD's non-zero tiles, by persistent programs that take chunks of CHUNK
+    edges in turn.  Per chunk: h1 (``_chunk_h1``) and grad_out[tgt] (gy) into the program's scratch rows (hs
+    (CHUNK, IN_K), gs (CHUNK, DOUT_P)); then per input channel c (tiles listed per channel: cblk, ccnt)
+    s_c = Σ_{k,t} rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t): grad_x[src, c] += env·s_c (atomics) and
+    grad_env = Σ_c x[src, c]·s_c (stored); with NEED_HEAD, per non-zero (16 × 16) tile (hblk, hcnt)
+    grad_head[c, k, t] += Σ_e (env·x[src, c]·h1_k)ᵀ gy_t, one sum over the chunk (the rows read back KE at a
+    time) and one atomic per entry of the head's support (hsup ≠ 0: structural zeros get no gradient) — per edge
+    256 / CHUNK atomics per non-zero tile."""
     pid = tl.program_id(0)
     hs_ptr += pid * CHUNK * IN_K
     gs_ptr += pid * CHUNK * DOUT_P
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
-    KB: tl.constexpr = min(IN_K, 64)  # rows of a gradient tile: (256 × 64) FMA (IEEE) tiles spilled 26 KB
-    offs_k = tl.arange(0, KB)
-    offs_o = tl.arange(0, DOUT_P)
+    TT: tl.constexpr = DOUT_P // _HT
+    offs_t = tl.arange(0, _HT)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        for s in range(CHUNK // BLOCK_E):  # padding edges store zero rows (their env and grad_out are 0)
-            rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
-            _, mask_e, ht, _, tgt = _block_hidden(start + s * BLOCK_E, z_ptr, env_ptr, src_ptr, tgt_ptr, w_ptr, b_ptr,
-                                                  scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
-                                                  gexp_ptr, triv_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P,
-                                                  BLOCK_E, PRECISION, st_ptr)
-            tl.store(hs_ptr + rows[:, None] * IN_K + tl.arange(0, IN_K)[None, :], _used_cols(ht, P, IN_K))
-            tl.store(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :],
-                     _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P))
+        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+                  triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK, PRECISION, st_ptr)
+        _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
         tl.debug_barrier()  # the rows are read back by other threads of the program
+        rows, mask_e, src, _, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
+        ge = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
         for c in range(DIN):
-            for r in range(IN_K // KB):
-                acc = tl.zeros((KB, DOUT_P), dtype=gout_ptr.dtype.element_ty)
-                for s in range(CHUNK // KE):
-                    rows = s * KE + tl.arange(0, KE)
-                    mask_e = start + rows < E
-                    src = tl.load(src_ptr + start + rows, mask=mask_e, other=0)
-                    xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-                    a = tl.load(hs_ptr + rows[:, None] * IN_K + r * KB + offs_k[None, :]) * xc[:, None]
-                    acc += tl.dot(tl.trans(a), tl.load(gs_ptr + rows[:, None] * DOUT_P + offs_o[None, :]),
-                                  input_precision=PRECISION)
-                entries = c * P * DOUT_P + (r * KB + offs_k[:, None]) * DOUT_P + offs_o[None, :]
-                tl.atomic_add(ghead_ptr + entries, acc, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
+            sc = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
+            for j in range(tl.load(ccnt_ptr + c)):
+                kt = tl.load(cblk_ptr + c * (P // _HT) * TT + j)
+                k = kt // TT * _HT
+                t = kt % TT * _HT
+                m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, c, k, t, P, DOUT_P, False),
+                           input_precision=PRECISION)
+                sc += tl.sum(m * _cols(gs_ptr, rows, t, DOUT_P), 1)
+            tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
+            ge += tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * sc
+        tl.store(genv_ptr + start + rows, ge, mask=mask_e)
+        if NEED_HEAD:
+            for t in range(TT):
+                for j in range(tl.load(hcnt_ptr + t)):
+                    kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
+                    k = kc // DIN * _HT
+                    ch = kc % DIN  # not c: the channel loop's int32 counter
+                    acc = tl.zeros((_HT, _HT), dtype=hs_ptr.dtype.element_ty)
+                    for s in range(CHUNK // KE):
+                        rows_s = s * KE + tl.arange(0, KE)
+                        mask_s = start + rows_s < E
+                        src_s = tl.load(src_ptr + start + rows_s, mask=mask_s, other=0)
+                        xe = tl.load(x_ptr + src_s * DIN + ch, mask=mask_s, other=0.0) * \
+                            tl.load(env_ptr + start + rows_s, mask=mask_s, other=0.0)
+                        acc += tl.dot(tl.trans(_cols(hs_ptr, rows_s, k, IN_K) * xe[:, None]),
+                                      _cols(gs_ptr, rows_s, t * _HT, DOUT_P), input_precision=PRECISION)
+                    entries = ch * P * DOUT_P + (k + offs_t[:, None]) * DOUT_P + t * _HT + offs_t[None, :]
+                    tl.atomic_add(ghead_ptr + entries, acc, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
         tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
 @triton.jit
-def _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-              P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
-    """Head backward of a block but the head's own gradient: grad_x (atomics), grad_env (stored); returns
-    grad_h (BLOCK_E, P).  grad_out[tgt] (gy) is staged once and read back in every channel's dot."""
-    offs_k = tl.arange(0, P)
-    h1 = _used_cols(tl.where((offs_k == H)[None, :], 1.0, h), P, IN_K)
-    dht = tl.zeros_like(h1)
-    _stage(gy, st_ptr)
-    for c in range(DIN):  # h̃ = h1·env is formed where it is used: one tile fewer alive across the dots
-        xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-        t = _staged_dot(st_ptr, gy.shape[0], head_ptr + c * P * DOUT_P, DOUT_P, IN_K, DOUT_P, True, PRECISION)
-        dht += t * xc[:, None]
-        tl.atomic_add(gx_ptr + src * DIN + c, tl.sum(t * h1, 1) * env, mask=mask_e, sem="relaxed")
-    tl.store(genv_ptr + offs_e, tl.sum(dht * h1, 1), mask=mask_e)
-    if IN_K < P:
-        dht = _join(dht, tl.zeros_like(dht), P)
-    return tl.where((offs_k < H)[None, :], dht * env[:, None], 0.0)
+def _block_grad_h(offs_e, mask_e, gout_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rblk_ptr, rcnt_ptr, st_ptr, DIN,
+                  P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, PRECISION: tl.constexpr):
+    """The gradient of h1 = h̃ / env for a block of edges, (BLOCK_E, IN_K), into the staging buffer st, on HEAD's
+    non-zero tiles: per row tile k (tiles listed per row tile: rblk, rcnt)
+    Σ_{t,c} x[src, c]·(gy_t @ HEAD[c, k, t]ᵀ), gy_t = grad_out[tgt, t-tile] read where used (consecutive tiles
+    share t)."""
+    TT: tl.constexpr = DOUT_P // _HT
+    offs_t = tl.arange(0, _HT)
+    rows = tl.arange(0, offs_e.shape[0])
+    src = tl.load(src_ptr + offs_e, mask=mask_e, other=0)
+    tgt = tl.load(tgt_ptr + offs_e, mask=mask_e, other=0)
+    for kk in range(IN_K // _HT):
+        k = kk * _HT
+        acc = tl.zeros((offs_e.shape[0], _HT), dtype=st_ptr.dtype.element_ty)
+        for j in range(tl.load(rcnt_ptr + kk)):
+            tc = tl.load(rblk_ptr + kk * TT * DIN + j)
+            t = tc // DIN * _HT
+            c = tc % DIN
+            xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
+            gy = tl.load(gout_ptr + tgt[:, None] * DOUT_P + t + offs_t[None, :], mask=mask_e[:, None], other=0.0)
+            acc += xc[:, None] * tl.dot(gy, _head_tile(head_ptr, c, k, t, P, DOUT_P, True), input_precision=PRECISION)
+        tl.store(st_ptr + rows[:, None] * IN_K + k + offs_t[None, :], acc)
 
 
 @triton.jit
@@ -491,29 +536,34 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 def _gmlp_conv_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    wsup_ptr, gz_ptr, genv_ptr, gx_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
-    eps, E, K0, H, DIN, DOUT,
+    rblk_ptr, rcnt_ptr, wsup_ptr, gz_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
+    eps, E, K0, H, DIN,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr,
 ):
-    """Persistent programs take chunks of CHUNK edges in turn and back-propagate BLOCK_E edges at a time: the head
-    first, from the MLP's output alone, then each layer from its input, recomputed.  With NEED_PARAMS each layer's
-    input and linear-part gradient rows go to the program's scratch (CHUNK rows of SW), and after the chunk
+    """The G-MLP's side of the backward, by persistent programs that take chunks of CHUNK edges in turn and
+    back-propagate BLOCK_E edges at a time: grad_h̃ from the head's non-zero tiles (``_block_grad_h``: it needs no
+    h̃), then each layer from the last to the first, its input recomputed from z.  With NEED_PARAMS each layer's
+    input and linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW), and after the chunk
     ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry."""
     pid = tl.program_id(0)
     ws_ptr += pid * CHUNK * SW
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
+    KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of z's gradient
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         for s in range(CHUNK // BLOCK_E):
             rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
-            offs_e, mask_e, z, env, src, tgt = _edge_inputs(tl.cast(chunk, tl.int64) * CHUNK + s * BLOCK_E, z_ptr,
-                                                            env_ptr, src_ptr, tgt_ptr, E, K0, BLOCK_E, K0P)
-            gy = _target_rows(gout_ptr, tgt, mask_e, DOUT, DOUT_P)
-            h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                     triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
-            dh = _head_bwd(h, env, gy, x_ptr, src, mask_e, head_ptr, gx_ptr, genv_ptr, offs_e, H, DIN,
-                           P, DOUT_P, IN_K, PRECISION, st_ptr)
+            offs_e, mask_e, z = _z_rows(tl.cast(chunk, tl.int64) * CHUNK + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
+            tl.debug_barrier()  # earlier reads of the staging buffer are done
+            _block_grad_h(offs_e, mask_e, gout_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rblk_ptr, rcnt_ptr, st_ptr, DIN,
+                          P, DOUT_P, IN_K, PRECISION)
+            tl.debug_barrier()  # the tiles are read back by other threads
+            offs_k = tl.arange(0, IN_K)  # grad_h̃ = env · grad_h1 on h's H columns (the bias column gets none)
+            dh = tl.load(st_ptr + tl.arange(0, BLOCK_E)[:, None] * IN_K + offs_k[None, :])
+            dh = tl.where((offs_k < H)[None, :], dh * tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)[:, None], 0.0)
+            if IN_K < P:
+                dh = _join(dh, tl.zeros_like(dh), P)
             for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
                 u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
                          gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
@@ -521,10 +571,9 @@ def _gmlp_conv_bwd_kernel(
                 dh = _layer_bwd(dh, u, a, L - 1 - i, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
                                 gexp_ptr, triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps, P, NB, NG, NORM,
                                 IN_K, K0P, SW, PRECISION, NEED_PARAMS, st_ptr)
-            KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of dh
-            offs_k = tl.arange(0, KZ)
-            tl.store(gz_ptr + offs_e[:, None] * K0 + offs_k[None, :], dh,
-                     mask=mask_e[:, None] & (offs_k < K0)[None, :])
+            offs_z = tl.arange(0, KZ)
+            tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
+                     mask=mask_e[:, None] & (offs_z < K0)[None, :])
         if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_out and env are 0)
             tl.debug_barrier()  # the rows are read back by other threads of the program
             for l in tl.static_range(L):
@@ -535,7 +584,9 @@ def _gmlp_conv_bwd_kernel(
 
 _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pick", "gate_expand",
            "trivial", "head")
-_HEAD_INDEX = ("out_cols", "head_blocks", "head_block_count")  # the forward's order and tiles of the head
+_FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
+_BWD_TILES = ("head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
+_HEAD_BWD = ("head_support", "head_blocks", "head_block_count", "head_channel_blocks", "head_channel_block_count")
 
 
 def _meta(packed: dict, k0: int, precision: str) -> dict:
@@ -582,6 +633,12 @@ def used_columns(p: int, k0: int, hidden: int) -> int:
     return p // 2 if max(k0, hidden + 1) <= p // 2 and p >= 64 else p
 
 
+def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
+    """SW: the width of the backward kernel's rows of layer inputs and gradients, [u_0 (K0P) | da_0 (P) | u_1
+    (IN_K) | da_1 (P) | …] (``_ws_offset``); 1 without hidden layers."""
+    return k0p + p + (layers - 1) * (in_k + p) if layers else 1
+
+
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
     """(num_targets, dout): the convolution of the packed G-MLP (inputs validated and contiguous)."""
     e, k0 = z.shape
@@ -591,7 +648,7 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     with device_ctx(x):
         meta = _meta(packed, k0, precision)
         _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e,
-                           (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS + _HEAD_INDEX)),
+                           (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS + _FWD_TILES)),
                            (meta["IN_K"],), (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout), meta, x)
     return out
 
@@ -601,7 +658,8 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     """Gradients of ⟨grad_out, forward⟩: (grad_z, grad_env, grad_x, then one per packed parameter:
     weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``; weight and head only on
     their supports ``weight_support`` / ``head_support``, zero elsewhere). ``head_chunk``: edges
-    per chunk of the head-gradient kernel (a power of two; default ``launch_config``'s), for tuning."""
+    per chunk of the head kernel (grad_x, grad_env, the head's gradient; a power of two; default
+    ``launch_config``'s), for tuning."""
     e, k0 = z.shape
     grads = [torch.zeros_like(t) for t in (z, env, x)] + \
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
@@ -609,15 +667,16 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
         return tuple(grads)
     dout_p = packed["head"].shape[2]  # grad_out's columns in the head's order (out_cols), zero-padded: (N, DOUT_P)
     gout = F.pad(grad_out, (0, dout_p - grad_out.shape[1])).index_select(1, packed["out_cols"])
-    sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout_p)
-    inputs = (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS[:-1]))  # all but the head
+    sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1])
+    inputs = (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS))
     meta = _meta(packed, k0, precision)
-    sw = meta["K0P"] + meta["P"] + (meta["L"] - 1) * (meta["IN_K"] + meta["P"]) if meta["L"] else 1  # _ws_offset
+    sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
+    gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     with device_ctx(x):
-        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", e, (*inputs, packed["head"], packed["weight_support"],
-                                                             *grads[:-1]),
-                           (sw if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=sw)
-        if need_params:
-            _launch_persistent(_gmlp_head_grad_kernel, "head_grad", e, (*inputs, packed["head_support"], grads[-1]),
-                               (meta["IN_K"], meta["DOUT_P"]), sizes, meta, x, head_chunk)
+        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", e,
+                           (*inputs, *(packed[k] for k in _BWD_TILES), packed["weight_support"], gz, gw, gb, gscale,
+                            gshift), (sw if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=sw)
+        _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", e,
+                           (*inputs, *(packed[k] for k in _HEAD_BWD), gx, genv, ghead), (meta["IN_K"], dout_p), sizes,
+                           meta, x, head_chunk, NEED_HEAD=need_params)
     return tuple(grads)
