@@ -8,7 +8,7 @@ import torch
 import fastik
 from fastik.nn.packing import fusable, pack_gmlp
 from fastik.ops._contract import triton_available
-from fastik.ops.fused_gmlp import HEAD_TILE_LISTS, fused_gmlp_conv, packed_conv_reference
+from fastik.ops.fused_gmlp import HEAD_TILE, HEAD_TILE_LISTS, fused_gmlp_conv, packed_conv_reference
 
 from conftest import FIELDS, LargestTensor, relative_error
 
@@ -328,6 +328,13 @@ def test_op_input_errors():
         bad_count = getattr(p, counts).clone()
         bad_count[0] = bad_block.shape[1] + 1  # more tiles than the head has
         bad += [p._replace(**{blocks: bad_block}), p._replace(**{counts: bad_count})]
+    beyond = p.head.shape[1] // HEAD_TILE - 1  # a row tile in range, but past h̃'s H + 1 columns
+    assert beyond * HEAD_TILE > p.hidden
+    for blocks, k in (("head_blocks", beyond * t.dim), ("head_channel_blocks", beyond * p.head.shape[2] // HEAD_TILE)):
+        assert getattr(p, blocks.replace("blocks", "block_count"))[0] > 0
+        listed = getattr(p, blocks).clone()
+        listed[0, 0] = k
+        bad.append(p._replace(**{blocks: listed}))
     for packed in bad:
         with pytest.raises(IndexError, match="head_blocks"):
             fused_gmlp_conv(z, env, x, packed, idx, idx, 3)

@@ -165,15 +165,23 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
 
 def _check_head_indices(p: PackedGMLP) -> None:
     """The packed head's index tensors in range, before any launch (one sync): out_cols a permutation of
-    range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that]."""
+    range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that], and every listed
+    tile of the lists with a row-tile coordinate within h̃'s H + 1 columns (the kernels' scratch rows of h̃ end
+    there, at IN_K ≥ H + 1)."""
     ok = [(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all()]
     for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
         n = getattr(p, blocks).shape[1]
         ok += [((getattr(p, blocks) >= 0) & (getattr(p, blocks) < n)).all(),
                ((getattr(p, counts) >= 0) & (getattr(p, counts) <= n)).all()]
+    row_tiles = p.hidden // HEAD_TILE + 1  # the row tiles h̃'s columns 0, …, H fill
+    for blocks, counts, per_row in ((p.head_blocks, p.head_block_count, p.head.shape[0]),  # k·Din + c
+                                    (p.head_channel_blocks, p.head_channel_block_count, p.head.shape[2] // HEAD_TILE)):
+        unlisted = torch.arange(blocks.shape[1], device=blocks.device) >= counts[:, None]
+        ok.append(((blocks // per_row < row_tiles) | unlisted).all())
     if not bool(torch.stack(ok).all()):
         raise IndexError("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) "
-                         "or its count out of range: build them with ImplicitKernel.packed")
+                         "or its count out of range, or a listed tile below h̃'s H + 1 rows: build them with "
+                         "ImplicitKernel.packed")
 
 
 def _precision(x: Tensor, precision: str) -> str:

@@ -606,17 +606,16 @@ def _programs(x: torch.Tensor, per_sm: int) -> int:
 
 def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: tuple[int, ...], sizes: tuple,
                        meta: dict, x: torch.Tensor, chunk: int | None = None, **flags) -> None:
-    """Kernel ``name`` on min(work items, programs) persistent programs — a work item is a chunk of CHUNK edges
-    (backward kernels) or a block of BLOCK_E (forward) — each with CHUNK scratch rows of every width in
-    ``scratch_widths`` and a staging buffer of BLOCK_E·max(P, DOUT_P) values (passed after ``args``, in that
-    order); ``chunk`` overrides CHUNK (for tuning)."""
+    """Kernel ``name`` on min(chunks of CHUNK edges, programs) persistent programs, each with CHUNK scratch rows of
+    every width in ``scratch_widths`` and a staging buffer of BLOCK_E·max(P, DOUT_P) values (passed after
+    ``args``, in that order); ``chunk`` overrides CHUNK (for tuning)."""
     config = launch_config(name, meta["IN_K"])
     if chunk is not None:
         if chunk & (chunk - 1) or chunk < max(config["BLOCK_E"], config["KE"]):
             raise ValueError(f"chunk must be a power of two ≥ {max(config['BLOCK_E'], config['KE'])}, "
                              f"got {chunk}")
         config["CHUNK"] = chunk
-    grid = min(triton.cdiv(e, config.get("CHUNK", config["BLOCK_E"])), _programs(x, PROGRAMS_PER_SM[name]))
+    grid = min(triton.cdiv(e, config["CHUNK"]), _programs(x, PROGRAMS_PER_SM[name]))
     scratch = [torch.empty(grid, config["CHUNK"], w, device=x.device, dtype=x.dtype) for w in scratch_widths]
     stage = torch.empty(grid, config["BLOCK_E"] * max(meta["P"], meta["DOUT_P"]), device=x.device, dtype=x.dtype)
     kernel[(grid,)](*args, *scratch, stage, *sizes, **meta, **config, **flags)
