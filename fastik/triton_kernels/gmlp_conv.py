@@ -77,7 +77,7 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "
 # head on the chunk (forward: 64 edges, each head tile read serves 64; at 128 its dots took 187 registers); the
 # backward kernels sum the parameter gradients over a chunk (`launch_config`), reading their scratch rows back
 # KE at a time; the backward kernel's grad_h̃ stays per BLOCK_E edges (per chunk, its scratch addresses were live
-# across the layers' backward and ptxas spilled 0.1–0.4 KB at P = 256); in
+# across the layers' backward and ptxas spilled 60–280 B at P = 256); in
 # the interpreter the chunks are short and the programs few, so that tests cross chunk and program boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32)}
