@@ -12,11 +12,11 @@ $V/bin/python -c "import triton, sys; sys.exit(not triton.__version__.startswith
   || $V/bin/python -m pip install -q "triton==3.6.*"
 # numpy < 2.4: Triton 3.6's interpreter converts 1-element arrays with int(), an error since numpy 2.4
 # ("only 0-dimensional arrays can be converted to Python scalars"); compiled kernels are not affected
-$V/bin/python -c "import numpy, pytest, sys; sys.exit(numpy.lib.NumpyVersion(numpy.__version__) >= '2.4.0')" \
-  2>/dev/null || $V/bin/python -m pip install -q "numpy<2.4" pytest
+$V/bin/python -c "import numpy, pytest, xdist, sys; sys.exit(numpy.lib.NumpyVersion(numpy.__version__) >= '2.4.0')" \
+  2>/dev/null || $V/bin/python -m pip install -q "numpy<2.4" pytest pytest-xdist
 $V/bin/python -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__)"
 # tests/conftest.py and tests/fused_helpers.py set TRITON_INTERPRET=1 without CUDA; set here as well, so
 # the interpreter is on before anything imports triton whatever the test order. FASTIK_FORCE_FALLBACK:
 # never load the tree's fastik._C, built against the main venv's torch, into this torch
-TRITON_INTERPRET=1 FASTIK_FORCE_FALLBACK=1 PYTHONPATH=$PWD $V/bin/python -m pytest -q -p no:cacheprovider \
+TRITON_INTERPRET=1 FASTIK_FORCE_FALLBACK=1 PYTHONPATH=$PWD $V/bin/python -m pytest -q -p no:cacheprovider -n "${FASTIK_TEST_WORKERS:-auto}" \
   tests/test_fused.py tests/test_fused_segmented.py tests/test_layer_triton.py tests/test_fused_gmlp.py "$@"
