@@ -35,7 +35,7 @@ os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not for the interp
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hblk_ptr", "hcnt_ptr", "rblk_ptr",
-                  "rcnt_ptr", "cblk_ptr", "ccnt_ptr"}
+                  "rcnt_ptr", "cblk_ptr", "ccnt_ptr", "gcol_ptr", "cidx_ptr"}
 FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "NEED_HEAD": True,
               "HAS_EID": False}
 #: (module, kernel, autotune-config function, GPU default config name)

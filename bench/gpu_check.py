@@ -537,8 +537,9 @@ def _model(e: int, n: int, k: int, din: int, dout: int) -> dict[str, tuple[float
 def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[float, float]]:
     """(FLOPs, bytes) of the fully fused kernels as written (dense padded layer weights; layer 0 reads K0P
     columns, the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear
-    part and 8P·NB + 4P·NG of norm and gate) and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the
-    head's tiles (grad_h̃; no MLP), then per layer its input recomputed, its norm and gate again and backward, its
+    part and the norm's two block sums, 4P·NB; the spreads onto the components and the gate scalars are gathers)
+    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the head's tiles (grad_h̃; no MLP), then per
+    layer its input recomputed, its norm again, the backward's sums per block and per gate (4P·NB + 2P·NG), its
     weight and input gradients; the head kernel: the MLP, then the tiles twice (grad_x and grad_env, the head's
     gradient)."""
     from fastik.ops.fused_gmlp import HEAD_TILE
@@ -548,10 +549,11 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
     k = used_columns(size, k0, packed.hidden)
     k0p = z_columns(size, k0, layers)
-    struct = 8.0 * size * nb + 4.0 * size * ng
+    norm = 4.0 * size * nb
+    sums = 4.0 * size * nb + 2.0 * size * ng
     linear = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
-    mlp = sum(linear) + layers * struct
-    steps = sum(sum(linear[:i]) + i * struct + 2 * (linear[i] + struct) + 2.0 * size * k for i in range(layers))
+    mlp = sum(linear) + layers * norm
+    steps = sum(sum(linear[:i]) + i * norm + 2 * linear[i] + norm + sums + 2.0 * size * k for i in range(layers))
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     return {"fwd": (e * (mlp + head_tiles), io + e * dout_p * f4),

@@ -46,16 +46,17 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class LargestTensor(TorchDispatchMode):
-    """Dispatch mode recording the largest number of elements of any tensor an op returns, and the op."""
+    """Dispatch mode recording the largest number of elements of any tensor an op returns, and the op; tensors
+    of a shape in ``ignore`` (e.g. the parameters') are not counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore: tuple = ()) -> None:
         super().__init__()
-        self.numel, self.op = 0, None
+        self.numel, self.op, self.ignore = 0, None, {tuple(s) for s in ignore}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
+            if isinstance(t, torch.Tensor) and t.numel() > self.numel and tuple(t.shape) not in self.ignore:
                 self.numel, self.op = t.numel(), func
         return out
 

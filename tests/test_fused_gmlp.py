@@ -235,6 +235,43 @@ def test_forces_in_loss_double_backward():
     assert_same_grads(force_loss_grads(fused), force_loss_grads(ref), 0, TOL64)
 
 
+def test_double_backward_in_chunks(monkeypatch):
+    """Second derivatives of the op (every first-order output with a random cotangent, grad_out differentiable
+    too) equal packed_conv_reference's, taken over chunks of a few edges; no tensor of the double backward has
+    E·Din·Dout elements (packed_conv_reference's, whole, has)."""
+    import fastik.ops.fused_gmlp as fg
+
+    G = fastik.group("so3")
+    t = fastik.FieldType(G, "2x0e + 2x1o")
+    conv = fastik.ImplicitPointConv(t, t, hidden_channels=2).double()
+    p = pack_gmlp(conv.kernel, torch.float64)
+    n, e = 10, 96  # E·Din·Dout above twice the per-chunk copies of the weights (2 048 values)
+    pos, ei = graph(n, e, 3)
+    z = conv.kernel.embed(pos[ei[0]] - pos[ei[1]], None, None, None).detach().requires_grad_()
+    env = torch.rand(e, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    x = torch.randn(n, t.dim, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    gy = torch.randn(n, t.dim, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    params = [getattr(p, k).detach().requires_grad_() for k in ("weight", "bias", "scale", "shift", "head")]
+    packed = p._replace(**dict(zip(("weight", "bias", "scale", "shift", "head"), params)))
+    wrt = [z, env, x, *params]
+    cots = [torch.randn_like(v) for v in wrt]
+
+    def second(op):
+        firsts = torch.autograd.grad(op(z, env, x, packed, ei[0], ei[1], n), wrt, gy, create_graph=True)
+        return torch.autograd.grad(sum((f * c).sum() for f, c in zip(firsts, cots)), [gy, *wrt])
+
+    dense = t.dim * t.dim * e
+    with LargestTensor() as mode:
+        expected = second(packed_conv_reference)
+    assert mode.numel >= dense
+    monkeypatch.setattr(fg, "DOUBLE_BACKWARD_FLOATS", dense // 5)  # chunks of ≈ e / 5 edges
+    with LargestTensor(ignore=[v.shape for v in params]) as mode:  # the parameters' gradients are not per edge
+        found = second(fused_gmlp_conv)
+    assert mode.numel < dense / 2, f"{mode.op} created a tensor of {mode.numel} elements"
+    for a, b in zip(found, expected):
+        assert relative_error(a, b) < TOL64
+
+
 def test_fourier_elu_runs_unfused():
     G = fastik.group("so2", dim=2)
     t = fastik.FieldType(G, "2x0 + 1x1")

@@ -1,4 +1,4 @@
-"""The packed G-MLP's head order and tile list (fastik.nn.packing): no Triton needed."""
+"""The packed G-MLP's head order, tile lists and structure vectors (fastik.nn.packing): no Triton needed."""
 import pytest
 import torch
 
@@ -38,6 +38,32 @@ def test_head_tile_lists_are_the_non_zero_tiles(group, fields, layers):
     assert (p.head * (1 - p.head_support)).abs().max() == 0
     assert sorted(p.out_cols.tolist()) == list(range(p.head.shape[2]))
     assert p.out_cols[ft.dim:].tolist() == list(range(ft.dim, p.head.shape[2]))
+
+
+@pytest.mark.parametrize("group, fields, norm", [("so3", "2x0e + 2x1o", True), ("O", "1x0e + 1x1o + 1x2e", True),
+                                                 ("o3", "1x0e + 1x1o + 1x1e", False), ("so2", "1x0 + 1x1", True)])
+def test_structure_vectors_are_the_structure_matrices(group, fields, norm):
+    """column_index / column_scale / gate_columns (what the kernels gather with) rebuild expand, mean, avg,
+    gate_expand and gate_pick exactly, and reproduce their products with a random activation."""
+    G = fastik.group(group, dim=2 if group == "so2" else 3)
+    ft = fastik.FieldType(G, fields)
+    p = pack_gmlp(fastik.ImplicitPointConv(ft, ft, hidden_channels=3, norm=norm).kernel, torch.float64)
+    layers, _, size = p.column_index.shape
+    nb, ng = p.mean.shape[2], p.gate_pick.shape[2]
+    block, gate, scalar = p.column_index.unbind(1)
+    expand, mean, avg, spread, pick = p.column_scale.unbind(1)
+    one_hot = lambda index, n, value: torch.nn.functional.one_hot(index, n).double() * value[..., None]
+    assert torch.equal(one_hot(block, nb, expand).transpose(1, 2), p.expand)
+    assert torch.equal(one_hot(block, nb, mean), p.mean) and torch.equal(one_hot(block, nb, avg), p.avg)
+    assert torch.equal(one_hot(gate, ng, spread).transpose(1, 2), p.gate_expand)
+    assert torch.equal(one_hot(scalar, ng, pick), p.gate_pick)
+    assert torch.equal(p.gate_pick.gather(1, p.gate_columns[:, None, :]).squeeze(1), p.gate_pick.sum(1))
+    assert p.gate_pick.sum() > 0 and (p.expand.sum() > 0) == norm
+    u = torch.randn(layers, 5, size, dtype=torch.float64)
+    v = torch.randn(layers, 5, ng, dtype=torch.float64)
+    real = p.gate_pick.sum(1)[:, None, :]  # padding gates read column 0: the kernels never use them
+    assert torch.allclose(u @ p.gate_pick, u.gather(2, p.gate_columns[:, None, :].expand(-1, 5, -1)) * real)
+    assert torch.allclose(v @ p.gate_expand, v.gather(2, gate[:, None, :].expand(-1, 5, -1)) * spread[:, None, :])
 
 
 def test_grouped_head_tiles_reach_the_true_density():

@@ -75,10 +75,42 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         const = {**_structure(kernel, size, nb, ng), **_supports(kernel, layers, size)}
         rows, cols = _head_order(const["head_support"], kernel.hidden_type.dim if layers else 0, kernel.out_type.dim)
         const = _grouped(const, rows, cols, len(layers))
+        index, const["column_scale"] = _columns(const)
         cache[key] = {"sizes": (size, nb, ng), "layers": layers, "rows": rows.to(device), "cols": cols.to(device),
                       **{k: v.to(device, dtype) for k, v in const.items()},
-                      **{k: v.to(device) for k, v in _head_tiles(const["head_support"]).items()}}
+                      **{k: v.to(device) for k, v in {**_head_tiles(const["head_support"]), **index}.items()}}
     return cache[key]
+
+
+def _one_hot(m: Tensor, dim: int, name: str) -> tuple[Tensor, Tensor]:
+    """m (L, ·, ·) with at most one non-zero along ``dim`` (a structure matrix): the index of that entry (0
+    where there is none) and its value (0 there), both with ``dim`` removed.  Checked eagerly (a host sync; under
+    torch.compile the packing traces without it)."""
+    if not torch.compiler.is_compiling() and bool(((m != 0).sum(dim) > 1).any()):
+        raise AssertionError(f"packing: the {name} matrix has two entries along dim {dim}")
+    index = m.abs().argmax(dim)
+    return index, m.gather(dim, index.unsqueeze(dim)).squeeze(dim)
+
+
+def _columns(const: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+    """The structure matrices as per-component vectors (the kernels gather with them instead of multiplying by
+    the matrices): ``column_index`` (L, 3, P) — component p's norm block, the gate that gates it, the gate whose
+    scalar it is — and ``gate_columns`` (L, NG), the column of each gate's scalar; and ``column_scale`` (L, 5, P)
+    — the entries of expand, mean, avg, gate_expand and gate_pick there (0 where p has none).  mean's and avg's
+    entries lie in expand's block (checked)."""
+    block, expand = _one_hot(const["expand"], 1, "expand")
+    gate, spread = _one_hot(const["gate_expand"], 1, "gate_expand")
+    scalar, pick = _one_hot(const["gate_pick"], 2, "gate_pick")
+    gate_columns, _ = _one_hot(const["gate_pick"], 1, "gate_pick")
+    means = []
+    for name in ("mean", "avg"):
+        m = const[name]
+        at_block = m.gather(2, block.unsqueeze(2)).squeeze(2)
+        if not torch.compiler.is_compiling() and not torch.equal(at_block, m.sum(2)):
+            raise AssertionError(f"packing: the {name} matrix has entries outside the components' norm blocks")
+        means.append(at_block)
+    return ({"column_index": torch.stack([block, gate, scalar], 1), "gate_columns": gate_columns},
+            torch.stack([expand, *means, spread, pick], 1))
 
 
 def _equal_rows_together(pattern: Tensor) -> Tensor:
@@ -205,5 +237,6 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
                       const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
                       const["trivial"], _in_head_order(_packed_head(head, size), const["rows"], const["cols"]),
                       const["weight_support"], const["head_support"], const["cols"],
-                      *(const[k] for k in HEAD_TILE_LISTS), dout, kernel.hidden_type.dim, len(const["layers"]),
+                      *(const[k] for k in HEAD_TILE_LISTS), const["column_index"], const["column_scale"],
+                      const["gate_columns"], dout, kernel.hidden_type.dim, len(const["layers"]),
                       bool(norms), norms[0].eps if norms else 0.0)

@@ -11,9 +11,10 @@ backward or inference — per edge only z (E, K0) and env (E,).
 
 Registered as ``torch.ops.fastik.gmlp_conv`` / ``torch.ops.fastik.gmlp_conv_backward`` with
 fake implementations (``torch.compile(fullgraph=True)`` traces through them) and autograd.
-Second derivatives (forces in the loss): when the backward itself is differentiated
-(``create_graph=True``), it is computed by :func:`packed_conv_reference` — the same
-function in torch, which stores per-edge kernel matrices (E × Din × Dout) for that step.
+Second derivatives (forces in the loss): the backward op is itself differentiable.  Its
+derivative is taken chunk by chunk of edges through :func:`packed_conv_reference` — the same
+function in torch, which forms per-edge kernel matrices — so one chunk's intermediates
+(about :data:`DOUBLE_BACKWARD_FLOATS` values) exist at a time, never E × Din × Dout.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import Tensor
 
 from ._contract import PRECISIONS, check_indices, require_triton
 
-__all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference"]
+__all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference", "DOUBLE_BACKWARD_FLOATS"]
 
 
 class PackedGMLP(NamedTuple):
@@ -45,6 +46,10 @@ class PackedGMLP(NamedTuple):
     structural zeros of an equivariant map. The op uses ``weight · weight_support`` and ``head · head_support``
     (the kernels assume the product is the tensor itself: zeros off the support, as packing makes them), and
     their gradients are zero off the support — the kernels add no atomics there.
+    The same structure as vectors, for the kernels' gathers: ``column_index[l, :, p]`` = component p's norm block
+    (expand's row), the gate that gates it (gate_expand's row) and the gate whose scalar it is (gate_pick's
+    column), 0 where none; ``column_scale[l, :, p]`` = the entries of expand, mean, avg, gate_expand and gate_pick
+    there (0 where none); ``gate_columns[l, g]`` = the column of gate g's scalar.
     Tensors have max(layers, 1) leading entries (unused when ``layers`` is 0).
     """
     weight: Tensor       # (L, P, P)
@@ -67,6 +72,9 @@ class PackedGMLP(NamedTuple):
     head_row_block_count: Tensor  # (P / 16,) int64 constant
     head_channel_blocks: Tensor       # (Din, P / 16 · DOUT_P / 16) int64 constant
     head_channel_block_count: Tensor  # (Din,) int64 constant
+    column_index: Tensor  # (L, 3, P) int64 constant
+    column_scale: Tensor  # (L, 5, P) constant
+    gate_columns: Tensor  # (L, NG) int64 constant
     dout: int
     hidden: int
     layers: int
@@ -75,10 +83,14 @@ class PackedGMLP(NamedTuple):
 
 
 #: Widest padded activation P the CUDA kernels take: at P = 256 they need ≤ 64 KiB of shared memory and
-#: ≤ 255 registers per thread, with ≤ 48 B of spill stores (in the prologue) under Triton 3.8 and ≤ 0.5 KB
-#: under 3.6 (ptxas, sm_90a; bench/NOTES.md); every (16 × P) activation costs P / 16 registers per thread, and
+#: ≤ 255 registers per thread, with ≤ 64 B of spill stores under Triton 3.8 and ≤ 200 B under 3.6 (ptxas,
+#: sm_90a; bench/NOTES.md); every (16 × P) activation costs P / 16 registers per thread, and
 #: wider ones were never compiled.
 CUDA_MAX_WIDTH = 256
+
+#: Values of per-edge intermediates per chunk of the double backward (kernel matrices (chunk, Din, Dout), activations
+#: (chunk, P) per layer): 2^22, 16 MiB in float32.
+DOUBLE_BACKWARD_FLOATS = 1 << 22
 
 #: Side of the head's tiles that the fused kernels multiply (one per non-zero tile of the grouped head).
 HEAD_TILE = 16
@@ -88,7 +100,7 @@ HEAD_TILE_LISTS = ("head_blocks", "head_block_count", "head_row_blocks", "head_r
 
 _TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
 _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
-_INDEX = ("out_cols",) + HEAD_TILE_LISTS  # its int64 tensors
+_INDEX = ("out_cols",) + HEAD_TILE_LISTS + ("column_index", "gate_columns")  # its int64 tensors
 
 
 def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
@@ -142,10 +154,12 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
     kt, tt = size // HEAD_TILE, dout_p // HEAD_TILE
     shapes = {"out_cols": (dout_p,), "head_blocks": (tt, kt * din), "head_block_count": (tt,),
               "head_row_blocks": (kt, tt * din), "head_row_block_count": (kt,),
-              "head_channel_blocks": (din, kt * tt), "head_channel_block_count": (din,)}
+              "head_channel_blocks": (din, kt * tt), "head_channel_block_count": (din,),
+              "column_index": (p.weight.shape[0], 3, size), "column_scale": (p.weight.shape[0], 5, size),
+              "gate_columns": (p.weight.shape[0], p.gate_pick.shape[2])}
     for name, shape in shapes.items():
         if getattr(p, name).shape != shape:
-            raise ValueError(f"packed {name} must be {shape} for this head, got {tuple(getattr(p, name).shape)} "
+            raise ValueError(f"packed {name} must be {shape} for this G-MLP, got {tuple(getattr(p, name).shape)} "
                              "(build it with ImplicitKernel.packed)")
     for name, t in (("src", src), ("tgt", tgt)):
         if t.dtype != torch.int64 or t.shape != (e,):
@@ -163,11 +177,11 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
             "hidden_channels, or backend='triton' (MLP in torch, in chunks)")
 
 
-def _check_head_indices(p: PackedGMLP) -> None:
-    """The packed head's index tensors in range, before any launch (one sync): out_cols a permutation of
+def _check_packed_indices(p: PackedGMLP) -> None:
+    """The packed index tensors in range, before any launch (one sync): out_cols a permutation of
     range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that], and every listed
     tile of the lists with a row-tile coordinate within h̃'s H + 1 columns (the kernels' scratch rows of h̃ end
-    there, at IN_K ≥ H + 1)."""
+    there, at IN_K ≥ H + 1); column_index's blocks in [0, NB), its gates in [0, NG), gate_columns in [0, P)."""
     ok = [(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all()]
     for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
         n = getattr(p, blocks).shape[1]
@@ -178,10 +192,14 @@ def _check_head_indices(p: PackedGMLP) -> None:
                                     (p.head_channel_blocks, p.head_channel_block_count, p.head.shape[2] // HEAD_TILE)):
         unlisted = torch.arange(blocks.shape[1], device=blocks.device) >= counts[:, None]
         ok.append(((blocks // per_row < row_tiles) | unlisted).all())
+    nb, ng = p.mean.shape[2], p.gate_pick.shape[2]
+    bounds = torch.tensor([nb, ng, ng], device=p.column_index.device)[:, None]
+    ok += [((p.column_index >= 0) & (p.column_index < bounds)).all(),
+           ((p.gate_columns >= 0) & (p.gate_columns < p.weight.shape[1])).all()]
     if not bool(torch.stack(ok).all()):
         raise IndexError("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) "
-                         "or its count out of range, or a listed tile below h̃'s H + 1 rows: build them with "
-                         "ImplicitKernel.packed")
+                         "or its count out of range, or a listed tile below h̃'s H + 1 rows, or column_index / "
+                         "gate_columns out of range: build them with ImplicitKernel.packed")
 
 
 def _precision(x: Tensor, precision: str) -> str:
@@ -213,7 +231,7 @@ def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_tar
     _check(z, env, x, p, src, tgt, num_targets, precision)
     if not indices_checked:
         check_indices(x, src, tgt, num_targets)
-        _check_head_indices(p)
+        _check_packed_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
     return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision))
@@ -234,7 +252,7 @@ def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tg
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
     if not indices_checked:
         check_indices(x, src, tgt, grad_out.shape[0])
-        _check_head_indices(p)
+        _check_packed_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params))
@@ -260,17 +278,9 @@ def _backward(ctx, grad_out: Tensor):
     p = _packed(tuple(tensors), tuple(meta))
     need_packed = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[6]))  # the list input: one flag per tensor
     mask = list(ctx.needs_input_grad[:3]) + [need_packed[k] for k in _TRAINED]
-    if torch.is_grad_enabled():  # create_graph: the backward is itself differentiated (forces in the loss)
-        wrt = [z, env, x] + [getattr(p, k) for k in _TRAINED]
-        chosen = [t for t, m in zip(wrt, mask) if m]
-        found = iter(torch.autograd.grad(packed_conv_reference(z, env, x, p, src, tgt, ctx.num_targets), chosen,
-                                         grad_out, create_graph=True, allow_unused=True) if chosen else ())
-        grads = [next(found) if m else None for m in mask]
-    else:
-        grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, list(tensors), *meta,
-                                                         precision, any(mask[3:]), ctx.indices_checked))
-        grads = [g if m else None for g, m in zip(grads, mask)]
-    gz, genv, gx, *gp = grads
+    grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, list(tensors), *meta,
+                                                     precision, any(mask[3:]), ctx.indices_checked))
+    gz, genv, gx, *gp = [g if m else None for g, m in zip(grads, mask)]
     by_name = dict(zip(_TRAINED, gp))
     packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]  # a list input takes a list, Nones too
     # one entry per input: src, tgt, num_targets; the list; the packed metadata, precision, indices_checked
@@ -278,6 +288,54 @@ def _backward(ctx, grad_out: Tensor):
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _bwd_setup(ctx, inputs, output) -> None:
+    grad_out, z, env, x, src, tgt, tensors, *meta, _precision_, need_params, _indices_checked = inputs
+    ctx.save_for_backward(grad_out, z, env, x, src, tgt, *tensors)
+    ctx.meta, ctx.need_params = tuple(meta), need_params
+    ctx.set_materialize_grads(False)  # an unused gradient's cotangent comes as None, not as zeros
+
+
+def _double_backward(ctx, cotangents: list):
+    """The backward's own backward (second derivatives: forces in the loss), chunk by chunk of edges.  The first
+    derivatives are sums over edges (grad_z, grad_env: rows), so their vector-Jacobian product is too: per chunk,
+    the first derivatives of :func:`packed_conv_reference` on its edges (create_graph), their inner product with
+    the cotangents, differentiated once more.  One chunk's intermediates exist at a time."""
+    grad_out, z, env, x, src, tgt, *tensors = ctx.saved_tensors
+    p = _packed(tuple(tensors), ctx.meta)
+    # cotangents of grad_z, grad_env, grad_x and the parameters' gradients (zeros, not computed, without need_params)
+    cots = list(cotangents[:3]) + (list(cotangents[3:]) if ctx.need_params else [None] * len(_TRAINED))
+    need_packed = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[6]))
+    need = list(ctx.needs_input_grad[:4]) + [need_packed[k] for k in _TRAINED]  # grad_out, z, env, x, params
+    go, x_, *params = [t.detach().requires_grad_() for t in (grad_out, x, *(getattr(p, k) for k in _TRAINED))]
+    q = p._replace(**dict(zip(_TRAINED, params)))
+    grads = [torch.zeros_like(t) if n else None for t, n in zip([grad_out, z, env, x, *params], need)]
+    step = max(1, DOUBLE_BACKWARD_FLOATS // (x.shape[1] * p.dout + p.weight.shape[1] * (p.layers + 2)))
+    active = any(c is not None for c in cots) and any(need)
+    for start in range(0, z.shape[0] if active else 0, step):
+        rows = slice(start, start + step)
+        z_c, env_c = z[rows].detach().requires_grad_(), env[rows].detach().requires_grad_()
+        with torch.enable_grad():
+            out = packed_conv_reference(z_c, env_c, x_, q, src[rows], tgt[rows], grad_out.shape[0])
+            pairs = [(t, c[rows] if i < 2 else c) for i, (t, c) in enumerate(zip([z_c, env_c, x_, *params], cots))
+                     if c is not None]  # grad_z's and grad_env's cotangents per edge, the others whole
+            firsts = torch.autograd.grad(out, [t for t, _ in pairs], go, create_graph=True, allow_unused=True)
+            inner = sum((f * c).sum() for f, (_, c) in zip(firsts, pairs) if f is not None)
+            if not (torch.is_tensor(inner) and inner.requires_grad):
+                continue
+            wanted = [i for i, n in enumerate(need) if n]
+            found = torch.autograd.grad(inner, [[go, z_c, env_c, x_, *params][i] for i in wanted], allow_unused=True)
+        for i, g in zip(wanted, found):
+            if g is not None:
+                (grads[i][rows] if i in (1, 2) else grads[i]).add_(g)
+    by_name = dict(zip(_TRAINED, grads[4:]))
+    # one entry per input: grad_out, z, env, x, src, tgt, the list; the metadata, precision, need_params, indices
+    return (*grads[:4], None, None, [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]) + \
+        (None,) * (len(ctx.meta) + 3)
+
+
+_bwd_op.register_autograd(_double_backward, setup_context=_bwd_setup)
 
 
 def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,

@@ -5,19 +5,22 @@ Per block of BLOCK_E edges, in registers and a small per-program staging buffer 
     u0 = z[e]                                   (BLOCK_E, K0P) kernel input (embedding), zero-padded
     for l < L:                                  one hidden layer of the packed G-MLP
         a  = u @ W[l] + b[l]                    EquivariantLinear (dense, padded)
-        c  = a - (a @ MEAN[l]) @ EXP[l]         norm: channel mean off scalar blocks
+        c  = a - spread(a @ MEAN[l])            norm: channel mean off scalar blocks
         r  = rsqrt((c*c) @ AVG[l] + eps)        norm: 1 / rms per block      (BLOCK_E, NB)
-        n  = c * (r @ EXP[l]) * scale[l] + shift[l]
-        g  = sigmoid(n @ GPICK[l]) @ GEXP[l]    gate of every component       (gates: NG columns)
+        n  = c * spread(r) * scale[l] + shift[l]
+        g  = spread(sigmoid(n[:, GCOL[l]]))     gate of every component       (gates: NG columns)
         u  = TRIV[l] * silu(n) + n * g          SiLU on scalars, gated fields elsewhere
     h1 = [u[:, :H], 1]                          head bias column (h̃ = h1 · env[e])
     for each output tile t, for each non-zero (16 × 16) tile (k, c) of HEAD[:, :, t]:
         acc_t += env[e] · x[src[e], c] · (h1[:, k] @ HEAD[c, k, t])
     out[tgt[e], out_cols[t]] += acc_t           (atomics)
 
-MEAN / AVG / EXP / GPICK / GEXP are constant 0/1 (or 1/m) structure matrices, so the
-per-field norm and the gate are small matmuls (in tf32x3 on the TF32 paths, IEEE otherwise: the
-block statistics stay fp32-exact).  Every dot whose left operand is a computed tile goes through
+MEAN / AVG (P, NB) are the norm's constant 1/m structure matrices: the block sums are small matmuls (in tf32x3
+on the TF32 paths, IEEE otherwise: the block statistics stay fp32-exact).  A per-block or per-gate value goes
+onto the components by a gather (``spread``: column p takes the value of its block or gate, times the
+structure matrices' entry there — PackedGMLP.column_index / column_scale), and the gate scalars are gathered
+from their columns (GCOL = gate_columns), so EXP / GPICK / GEXP are never multiplied; the backward's sums per
+block and per gate are dots with EXPᵀ and GEXPᵀ.  Every dot whose left operand is a computed tile goes through
 a per-program staging buffer (`_mm`): the tile is stored (BLOCK_E · width values, L1/L2-resident) and
 read back as (BLOCK_E, KC) slices, one per iteration of a loop the compiler does not unroll
 (`_staged_dot`).  With BLOCK_E = 16 rows every warp holds the whole left operand of a tensor-core
@@ -45,7 +48,7 @@ Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (
 gradients (the scratch holds ≤ #programs × CHUNK rows).
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
-MEAN / AVG (L, P, NB), EXP (L, NB, P), GPICK (L, P, NG), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
+MEAN / AVG (L, P, NB), EXP (L, NB, P), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
 P and DOUT_P ≥ 32, NB and NG ≥ 16 (powers of two).  float32 or float64 (then every dot is
 IEEE).  Validation lives in :mod:`fastik.ops.fused_gmlp`.
 
@@ -85,11 +88,15 @@ GPU_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=64, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
               "head_bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
 #: Persistent programs per SM on a GPU: the forward takes ≤ 128 registers per thread at the anchors' width in TF32
-#: (and tf32x3 under Triton 3.6), so two of its 8-warp programs fit on an SM and hide each other's staging
-#: barriers; where they do not fit (P = 256: ≈ 225 registers) the second wave takes the later chunks, at no loss.
+#: under Triton 3.8, so two of its 8-warp programs fit on an SM and hide each other's staging barriers; where they
+#: do not fit (P = 256: ≈ 200 registers; P = 128 under Triton 3.6: 226) the second wave takes the later chunks.
 #: The backward kernels take 255 registers and a scratch per program.
 PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_bwd": 1}
 _HT = tl.constexpr(HEAD_TILE)  # the side of the head's tiles (packing lists the non-zero ones)
+# rows of PackedGMLP.column_index (per component: its norm block, its gate, the gate whose scalar it is) and of
+# column_scale (the entries of expand, mean, avg, gate_expand, gate_pick there)
+_BLOCK, _GATE, _SCALAR = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+_EXPAND, _MEAN, _AVG, _SPREAD, _PICK = (tl.constexpr(i) for i in range(5))
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
@@ -225,15 +232,30 @@ def _linear(u, l: tl.constexpr, w_ptr, b_ptr, P: tl.constexpr, IN_K: tl.constexp
 
 
 @triton.jit
-def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, eps, P: tl.constexpr,
+def _spread(v, l: tl.constexpr, INDEX: tl.constexpr, SCALE: tl.constexpr, cidx_ptr, cscale_ptr, P: tl.constexpr,
+            st_ptr):
+    """v (BLOCK_E, K) per block or per gate -> (BLOCK_E, P): component p gets v[:, column_index[l, INDEX, p]] ·
+    column_scale[l, SCALE, p] — v @ M for a structure matrix M with one non-zero per column, as a gather from
+    the staging buffer (a register gather, ``tl.gather``, took ≈ 65 more registers per thread in the forward at
+    P = 128 under Triton 3.8)."""
+    _stage(v, st_ptr)
+    idx = tl.load(cidx_ptr + (l * 3 + INDEX) * P + tl.arange(0, P))
+    return tl.load(st_ptr + tl.arange(0, v.shape[0])[:, None] * v.shape[1] + idx[None, :]) * \
+        _vec(cscale_ptr + (l * 5 + SCALE) * P, P)[None, :]
+
+
+@triton.jit
+def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P: tl.constexpr,
             NB: tl.constexpr, NORM: tl.constexpr, SP: tl.constexpr, st_ptr):
     """Per-field norm of hidden layer l on its linear part a: (c, rinv, n) — a centred (channel mean off the
-    scalar blocks), 1 / rms per block (BLOCK_E, NB), the normed output (without NORM: a, 0, a)."""
+    scalar blocks), 1 / rms per block (BLOCK_E, NB), the normed output (without NORM: a, 0, a).  The block sums
+    are dots with MEAN and AVG; their spread onto the components, gathers."""
     if NORM:
-        c = a - _expand(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr), exp_ptr, l, NB, P, SP, st_ptr)
+        c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr), l, _BLOCK, _EXPAND, cidx_ptr,
+                        cscale_ptr, P, st_ptr)
         rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr) + eps)
-        n = c * _expand(rinv, exp_ptr, l, NB, P, SP, st_ptr) * _vec(scale_ptr + l * P, P)[None, :] + \
-            _vec(shift_ptr + l * P, P)[None, :]
+        n = c * _spread(rinv, l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr) * \
+            _vec(scale_ptr + l * P, P)[None, :] + _vec(shift_ptr + l * P, P)[None, :]
     else:
         c = a
         n = a
@@ -242,44 +264,42 @@ def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr
 
 
 @triton.jit
-def _expand(v, m_ptr, l: tl.constexpr, K: tl.constexpr, P: tl.constexpr, SP: tl.constexpr, st_ptr):
-    """v (BLOCK_E, K) @ M[l] (K, P): a per-block (or per-gate) value broadcast onto the components."""
-    return _mm(v, m_ptr + l * K * P, K, P, P, False, SP, st_ptr)
+def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, st_ptr):
+    """sigmoid of the gate scalars of hidden layer l (BLOCK_E, NG) from its normed output n, gathered from the
+    staging buffer (gate g's scalar is column gate_columns[l, g]; padding gates read column 0, never used)."""
+    _stage(n, st_ptr)
+    idx = tl.load(gcol_ptr + l * NG + tl.arange(0, NG))
+    return tl.sigmoid(tl.load(st_ptr + tl.arange(0, n.shape[0])[:, None] * n.shape[1] + idx[None, :]))
 
 
 @triton.jit
-def _gates(n, l: tl.constexpr, gpick_ptr, P: tl.constexpr, NG: tl.constexpr, SP: tl.constexpr, st_ptr):
-    """sigmoid of the gate scalars of hidden layer l (BLOCK_E, NG) from its normed output n."""
-    return tl.sigmoid(_mm(n, gpick_ptr + l * P * NG, P, NG, NG, False, SP, st_ptr))
-
-
-@triton.jit
-def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr,
-               eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
+def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
+               triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
                PRECISION: tl.constexpr, st_ptr):
     """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
-    _, _, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, eps, P, NB, NORM, SP, st_ptr)
-    gf = _expand(_gates(n, l, gpick_ptr, P, NG, SP, st_ptr), gexp_ptr, l, NG, P, SP, st_ptr)
+    _, _, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP,
+                      st_ptr)
+    gf = _spread(_gates(n, l, gcol_ptr, NG, st_ptr), l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr)
     return _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
 
 
 @triton.jit
-def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
-         gexp_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
+def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+         cscale_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
          IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
     """The first L hidden layers on z (BLOCK_E, K0P): (BLOCK_E, P), or z itself for L = 0."""
     u = z
     for l in tl.static_range(L):
         u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
-                       mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, PRECISION,
-                       st_ptr)
+                       mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM,
+                       PRECISION, st_ptr)
     return u
 
 
 @triton.jit
-def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-               triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps,
+def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr,
+               cscale_ptr, gexp_ptr, triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps,
                P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
                K0P: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, st_ptr):
     """Gradient w.r.t. the input u of layer l (linear part a) from the gradient dy of its output, (BLOCK_E, P)
@@ -299,24 +319,26 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
             tl.store(row + tl.arange(0, KL)[None, :], u)
         else:
             tl.store(row + tl.arange(0, KL)[None, :], _used_cols(u, P, IN_K))
-    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, eps, P, NB, NORM, SP, st_ptr)
-    sg = _gates(n, l, gpick_ptr, P, NG, SP, st_ptr)
-    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr)
+    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP,
+                         st_ptr)
+    sg = _gates(n, l, gcol_ptr, NG, st_ptr)
+    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr)  # per gate: a sum over its components
     s = tl.sigmoid(n)
-    dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) + _expand(sg, gexp_ptr, l, NG, P, SP, st_ptr))
-    dn += _mm(dsg * sg * (1 - sg), gpick_ptr + l * P * NG, NG, P, NG, True, SP, st_ptr)
+    dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) +
+               _spread(sg, l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr))
+    dn += _spread(dsg * sg * (1 - sg), l, _SCALAR, _PICK, cidx_ptr, cscale_ptr, P, st_ptr)  # onto the scalars' columns
     if NORM:
         scale = _vec(scale_ptr + l * P, P)[None, :]
-        rf = _expand(rinv, exp_ptr, l, NB, P, SP, st_ptr)
+        rf = _spread(rinv, l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr)
         if NEED_PARAMS:
             tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
             tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
         dc = dn * scale * rf
-        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr)
+        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr)  # per block: sums
         ds = -0.5 * drinv * rinv * rinv * rinv
-        dc += 2 * c * _mm(ds, avg_ptr + l * P * NB, NB, P, NB, True, SP, st_ptr)
-        dmu = _mm(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr), mean_ptr + l * P * NB, NB, P, NB,
-                  True, SP, st_ptr)
+        dc += 2 * c * _spread(ds, l, _BLOCK, _AVG, cidx_ptr, cscale_ptr, P, st_ptr)
+        dmu = _spread(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr), l, _BLOCK, _MEAN, cidx_ptr,
+                      cscale_ptr, P, st_ptr)
         da = dc - dmu
     else:
         da = dn
@@ -354,15 +376,15 @@ def _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK: tl.constexpr):
 
 
 @triton.jit
-def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-              triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr,
-              NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr,
-              PRECISION: tl.constexpr, st_ptr):
+def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+              cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr,
+              NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr,
+              CHUNK: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
     """h1 = [MLP(z)[:, :H], 1] (h̃ before the envelope) of the chunk of CHUNK edges from start, by the MLP on
     BLOCK_E edges at a time, into the program's scratch rows hs (CHUNK, IN_K); padding edges get z = 0's."""
     for s in range(CHUNK // BLOCK_E):
         _, _, z = _z_rows(start + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
-        h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
+        h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
                  triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
         h1 = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h)
         tl.store(hs_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * IN_K + tl.arange(0, IN_K)[None, :],
@@ -397,8 +419,8 @@ def _head_tile(head_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: 
 @triton.jit
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
+    head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -415,8 +437,9 @@ def _gmlp_conv_fwd_kernel(
     offs_t = tl.arange(0, _HT)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                  triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK, PRECISION, st_ptr)
+        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+                  cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK,
+                  PRECISION, st_ptr)
         tl.debug_barrier()  # the rows are read back by other threads of the program
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
@@ -438,8 +461,8 @@ def _gmlp_conv_fwd_kernel(
 @triton.jit
 def _gmlp_head_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, hs_ptr, gs_ptr, st_ptr,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
+    head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, hs_ptr, gs_ptr, st_ptr,
     eps, E, K0, H, DIN,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
@@ -461,8 +484,9 @@ def _gmlp_head_bwd_kernel(
     offs_t = tl.arange(0, _HT)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr,
-                  triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK, PRECISION, st_ptr)
+        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+                  cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK,
+                  PRECISION, st_ptr)
         _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
         tl.debug_barrier()  # the rows are read back by other threads of the program
         rows, mask_e, src, _, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
@@ -535,8 +559,8 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 @triton.jit
 def _gmlp_conv_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr, gexp_ptr, triv_ptr, head_ptr,
-    rblk_ptr, rcnt_ptr, wsup_ptr, gz_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
+    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
+    head_ptr, rblk_ptr, rcnt_ptr, wsup_ptr, gz_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
     eps, E, K0, H, DIN,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
@@ -565,12 +589,12 @@ def _gmlp_conv_bwd_kernel(
             if IN_K < P:
                 dh = _join(dh, tl.zeros_like(dh), P)
             for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
-                u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
-                         gexp_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
+                u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+                         cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
                 a = _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr)
-                dh = _layer_bwd(dh, u, a, L - 1 - i, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gpick_ptr,
-                                gexp_ptr, triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps, P, NB, NG, NORM,
-                                IN_K, K0P, SW, PRECISION, NEED_PARAMS, st_ptr)
+                dh = _layer_bwd(dh, u, a, L - 1 - i, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr,
+                                cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows,
+                                eps, P, NB, NG, NORM, IN_K, K0P, SW, PRECISION, NEED_PARAMS, st_ptr)
             offs_z = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
                      mask=mask_e[:, None] & (offs_z < K0)[None, :])
@@ -582,8 +606,8 @@ def _gmlp_conv_bwd_kernel(
             tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
-_PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_pick", "gate_expand",
-           "trivial", "head")
+_PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_columns", "column_index",
+           "column_scale", "gate_expand", "trivial", "head")
 _FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
 _BWD_TILES = ("head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
 _HEAD_BWD = ("head_support", "head_blocks", "head_block_count", "head_channel_blocks", "head_channel_block_count")
