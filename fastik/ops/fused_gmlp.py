@@ -89,8 +89,9 @@ class PackedGMLP(NamedTuple):
 CUDA_MAX_WIDTH = 256
 
 #: Values of per-edge intermediates per chunk of the double backward (kernel matrices (chunk, Din, Dout), activations
-#: (chunk, P) per layer): 2^22, 16 MiB in float32.
-DOUBLE_BACKWARD_FLOATS = 1 << 22
+#: (chunk, P) per layer): 2^24, 64 MiB in float32, as the reference backend's chunks (E = 10^6, Din = Dout = 64:
+#: ≈ 280 chunks).
+DOUBLE_BACKWARD_FLOATS = 1 << 24
 
 #: Side of the head's tiles that the fused kernels multiply (one per non-zero tile of the grouped head).
 HEAD_TILE = 16
