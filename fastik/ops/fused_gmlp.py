@@ -313,7 +313,8 @@ def _double_backward(ctx, cotangents: list):
     q = p._replace(**dict(zip(_TRAINED, params)))
     grads = [torch.zeros_like(t) if n else None for t, n in zip([grad_out, z, env, x, *params], need)]
     step = max(1, DOUBLE_BACKWARD_FLOATS // (x.shape[1] * p.dout + p.weight.shape[1] * (p.layers + 2)))
-    active = any(c is not None for c in cots) and any(need)
+    wanted = [i for i, n in enumerate(need) if n]
+    active = any(c is not None for c in cots) and bool(wanted)
     for start in range(0, z.shape[0] if active else 0, step):
         rows = slice(start, start + step)
         z_c, env_c = z[rows].detach().requires_grad_(), env[rows].detach().requires_grad_()
@@ -325,7 +326,6 @@ def _double_backward(ctx, cotangents: list):
             inner = sum((f * c).sum() for f, (_, c) in zip(firsts, pairs) if f is not None)
             if not (torch.is_tensor(inner) and inner.requires_grad):
                 continue
-            wanted = [i for i, n in enumerate(need) if n]
             found = torch.autograd.grad(inner, [[go, z_c, env_c, x_, *params][i] for i in wanted], allow_unused=True)
         for i, g in zip(wanted, found):
             if g is not None:
