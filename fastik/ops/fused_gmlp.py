@@ -90,7 +90,7 @@ CUDA_MAX_WIDTH = 256
 
 #: Values of per-edge intermediates per chunk of the double backward (kernel matrices (chunk, Din, Dout), activations
 #: (chunk, P) per layer): 2^24, 64 MiB in float32, as the reference backend's chunks (E = 10^6, Din = Dout = 64:
-#: ≈ 280 chunks).
+#: ≈ 280–310 chunks).
 DOUBLE_BACKWARD_FLOATS = 1 << 24
 
 #: Side of the head's tiles that the fused kernels multiply (one per non-zero tile of the grouped head).
@@ -273,19 +273,30 @@ def _setup(ctx, inputs, output) -> None:
     ctx.meta, ctx.num_targets, ctx.indices_checked = tuple(meta), num_targets, indices_checked
 
 
+def _trained_needs(ctx) -> list[bool]:
+    """Which of the packed parameters (``_TRAINED``) need a gradient: both ops take the packed tensors as their
+    seventh input, a list (one flag per tensor)."""
+    need = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[6]))
+    return [need[k] for k in _TRAINED]
+
+
+def _packed_grads(grads: list) -> list:
+    """The packed parameters' gradients (in ``_TRAINED`` order) as the list input's gradient: one entry per packed
+    tensor, None for the constants (a list input takes a list, Nones too)."""
+    by_name = dict(zip(_TRAINED, grads))
+    return [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]
+
+
 def _backward(ctx, grad_out: Tensor):
     z, env, x, src, tgt, *tensors = ctx.saved_tensors
     *meta, precision = ctx.meta
     p = _packed(tuple(tensors), tuple(meta))
-    need_packed = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[6]))  # the list input: one flag per tensor
-    mask = list(ctx.needs_input_grad[:3]) + [need_packed[k] for k in _TRAINED]
+    mask = list(ctx.needs_input_grad[:3]) + _trained_needs(ctx)
     grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, list(tensors), *meta,
                                                      precision, any(mask[3:]), ctx.indices_checked))
     gz, genv, gx, *gp = [g if m else None for g, m in zip(grads, mask)]
-    by_name = dict(zip(_TRAINED, gp))
-    packed_grads = [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]  # a list input takes a list, Nones too
     # one entry per input: src, tgt, num_targets; the list; the packed metadata, precision, indices_checked
-    return (gz, genv, gx, None, None, None, packed_grads) + (None,) * (len(ctx.meta) + 1)
+    return (gz, genv, gx, None, None, None, _packed_grads(gp)) + (None,) * (len(ctx.meta) + 1)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup)
@@ -307,8 +318,7 @@ def _double_backward(ctx, cotangents: list):
     p = _packed(tuple(tensors), ctx.meta)
     # cotangents of grad_z, grad_env, grad_x and the parameters' gradients (zeros, not computed, without need_params)
     cots = list(cotangents[:3]) + (list(cotangents[3:]) if ctx.need_params else [None] * len(_TRAINED))
-    need_packed = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[6]))
-    need = list(ctx.needs_input_grad[:4]) + [need_packed[k] for k in _TRAINED]  # grad_out, z, env, x, params
+    need = list(ctx.needs_input_grad[:4]) + _trained_needs(ctx)  # grad_out, z, env, x, params
     go, x_, *params = [t.detach().requires_grad_() for t in (grad_out, x, *(getattr(p, k) for k in _TRAINED))]
     q = p._replace(**dict(zip(_TRAINED, params)))
     grads = [torch.zeros_like(t) if n else None for t, n in zip([grad_out, z, env, x, *params], need)]
@@ -330,10 +340,8 @@ def _double_backward(ctx, cotangents: list):
         for i, g in zip(wanted, found):
             if g is not None:
                 (grads[i][rows] if i in (1, 2) else grads[i]).add_(g)
-    by_name = dict(zip(_TRAINED, grads[4:]))
     # one entry per input: grad_out, z, env, x, src, tgt, the list; the metadata, precision, need_params, indices
-    return (*grads[:4], None, None, [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]) + \
-        (None,) * (len(ctx.meta) + 3)
+    return (*grads[:4], None, None, _packed_grads(grads[4:])) + (None,) * (len(ctx.meta) + 3)
 
 
 _bwd_op.register_autograd(_double_backward, setup_context=_bwd_setup)
