@@ -49,7 +49,8 @@ KERNELS = (
 )
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
-FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_bwd_kernel": "head_bwd"}
+FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_bwd_kernel": "head_bwd",
+                 "_gmlp_grad_h_kernel": "grad_h"}
 #: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P): the anchors' (hidden_channels=5,
 #: H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P)
 FUSED_WIDTHS = {"anchor": {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16},

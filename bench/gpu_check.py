@@ -538,7 +538,8 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     """(FLOPs, bytes) of the fully fused kernels as written (dense padded layer weights; layer 0 reads K0P
     columns, the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear
     part and the norm's two block sums, 4P·NB; the spreads onto the components and the gate scalars are gathers)
-    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the head's tiles (grad_h̃; no MLP), then per
+    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the head's tiles (grad_h̃, no MLP; written
+    to a buffer of IN_K floats per edge and read back a wave of edges later), then per
     layer its input recomputed, its norm again, the backward's sums per block and per gate (4P·NB + 2P·NG), its
     weight and input gradients; the head kernel: the MLP, then the tiles twice (grad_x and grad_env, the head's
     gradient)."""
@@ -557,7 +558,7 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     return {"fwd": (e * (mlp + head_tiles), io + e * dout_p * f4),
-            "bwd": (e * (mlp + 3 * head_tiles + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4)}
+            "bwd": (e * (mlp + 3 * head_tiles + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
 
 
 def _pooled_items(conv, h, graph, item: Callable[..., None]) -> None:
@@ -724,7 +725,7 @@ def stage_split(ctx: Context) -> None:
             tag = f"{label}, P={size}, {precision}"
             item(f"gmlp_conv fwd ({tag})",
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
-            item(f"gmlp_conv bwd, 2 kernels ({tag})",
+            item(f"gmlp_conv bwd, 3 kernels ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))

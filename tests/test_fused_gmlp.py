@@ -79,10 +79,12 @@ def test_any_group_matches_reference(any_group):
 
 def test_backward_over_many_chunks():
     """The backward kernels' persistent programs take several chunks each (E = 150: five chunks of 32 edges over
-    two programs in the interpreter, the last one partial): every gradient matches the reference."""
-    from fastik.triton_kernels.gmlp_conv import INTERPRET_CONFIG
+    two programs in the interpreter, the last one partial), and the G-MLP's side runs in two waves (128 edges, then
+    22, with grad_h̃ in a buffer of one wave's rows): every gradient matches the reference."""
+    from fastik.triton_kernels.gmlp_conv import INTERPRET_CONFIG, WAVE_CHUNKS
 
     assert INTERPRET_CONFIG["head_bwd"]["CHUNK"] == INTERPRET_CONFIG["bwd"]["CHUNK"] == 32
+    assert WAVE_CHUNKS * 32 * 2 == 128
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=2)
     pos, ei = graph(20, 150, 3)

@@ -33,10 +33,12 @@ outputs' components so that Schur's lemma leaves few: ≈ 17 % of the dense head
 listed per output tile (forward, head gradient), per row tile (grad_h̃) and per input channel (grad_x); the
 backward kernels take grad_out with its columns in the head's order.
 
-The backward is two kernels.  The G-MLP's side (``_gmlp_conv_bwd_kernel``) needs no h̃: per block of edges
-grad_h̃ = env · Σ x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) on the tiles, then, from the last layer to the first,
-each layer's input recomputed from z (L(L+1)/2 layer evaluations) and back-propagated.  The head's side
-(``_gmlp_head_bwd_kernel``) evaluates the MLP once per chunk: grad_x, grad_env and the head's own gradient.
+The backward is three kernels.  The head's side (``_gmlp_head_bwd_kernel``) evaluates the MLP once per chunk:
+grad_x, grad_env and the head's own gradient.  The G-MLP's side runs in waves of a few chunks per program:
+``_gmlp_grad_h_kernel`` writes grad_h̃ = env · Σ x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) (on the tiles; no MLP, no
+h̃) of the wave's edges to a buffer of one wave's rows, then ``_gmlp_conv_bwd_kernel`` reads it back per block
+of edges and, from the last layer to the first, recomputes each layer's input from z (L(L+1)/2 layer
+evaluations) and back-propagates it.
 The parameter gradients are sums over edges, added to memory with atomics — as few as possible.  Every kernel
 runs persistent programs (PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn.  The forward and the head
 kernel write the chunk's h1 rows (and grad_out[tgt]) into a per-program scratch and then apply the head to the
@@ -45,7 +47,7 @@ gradient is summed from (each layer's input and linear-part gradient) into its s
 sums them with dots over the edge dimension before one atomic per entry; the head kernel sums each non-zero
 tile of the head's gradient over the chunk the same way.
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
-gradients (the scratch holds ≤ #programs × CHUNK rows).
+gradients (the scratch holds ≤ #programs × CHUNK rows, the grad_h̃ buffer one wave's).
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
 MEAN / AVG (L, P, NB), EXP (L, NB, P), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
@@ -79,19 +81,23 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "
 # MLP on BLOCK_E edges at a time: the forward and the head kernel into CHUNK scratch rows per program, then the
 # head on the chunk (forward: 64 edges, each head tile read serves 64; at 128 its dots took 187 registers); the
 # backward kernels sum the parameter gradients over a chunk (`launch_config`), reading their scratch rows back
-# KE at a time; the backward kernel's grad_h̃ stays per BLOCK_E edges (per chunk, its scratch addresses were live
-# across the layers' backward and ptxas spilled 60–280 B at P = 256); in
-# the interpreter the chunks are short and the programs few, so that tests cross chunk and program boundaries.
+# KE at a time; grad_h̃ is its own kernel on 128 edges per program and row tile (inside the backward kernel, per
+# chunk, its scratch addresses were live across the layers' backward and ptxas spilled 60–280 B at P = 256); in
+# the interpreter the chunks are short and the programs few, so that tests cross chunk, program and wave boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
-                    "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32)}
+                    "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=64, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
-              "head_bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1)}
+              "head_bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
+              "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1)}
 #: Persistent programs per SM on a GPU: the forward takes ≤ 128 registers per thread at the anchors' width in TF32
 #: under Triton 3.8, so two of its 8-warp programs fit on an SM and hide each other's staging barriers; where they
 #: do not fit (P = 256: ≈ 200 registers; P = 128 under Triton 3.6: 226) the second wave takes the later chunks.
 #: The backward kernels take 255 registers and a scratch per program.
 PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_bwd": 1}
+#: The backward kernel runs on waves of WAVE_CHUNKS chunks per program, each after grad_h̃ of the wave's edges
+#: was written to a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64, L2-resident).
+WAVE_CHUNKS = 2
 _HT = tl.constexpr(HEAD_TILE)  # the side of the head's tiles (packing lists the non-zero ones)
 # rows of PackedGMLP.column_index (per component: its norm block, its gate, the gate whose scalar it is) and of
 # column_scale (the entries of expand, mean, avg, gate_expand, gate_pick there)
@@ -100,7 +106,7 @@ _EXPAND, _MEAN, _AVG, _SPREAD, _PICK = (tl.constexpr(i) for i in range(5))
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
-    """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd") when the dots read ``in_k`` columns
+    """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd", "grad_h") when the dots read ``in_k`` columns
     (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they shrink as IN_K grows
     — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128, 128 beyond
     (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats
@@ -417,6 +423,26 @@ def _head_tile(head_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: 
 
 
 @triton.jit
+def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count, fixed, DIN, P: tl.constexpr,
+              DOUT_P: tl.constexpr, TRANS: tl.constexpr, PRECISION: tl.constexpr):
+    """Σ_j env·x[src, c]·(S[rows, i:i+16] @ T_j), (len(rows), 16), over the ``count`` head tiles listed at blk_ptr
+    as (i/16)·DIN + c: T_j = HEAD[c, i:i+16, fixed:fixed+16] (output tile ``fixed``; S holds h1), or with TRANS
+    HEAD[c, fixed:fixed+16, i:i+16]ᵀ (row tile ``fixed``; S holds grad_out).  S: rows of width W."""
+    acc = tl.zeros((rows.shape[0], _HT), dtype=s_ptr.dtype.element_ty)
+    for j in range(count):
+        ic = tl.load(blk_ptr + j)
+        i = ic // DIN * _HT
+        c = ic % DIN
+        if TRANS:
+            tile = _head_tile(head_ptr, c, fixed, i, P, DOUT_P, True)
+        else:
+            tile = _head_tile(head_ptr, c, i, fixed, P, DOUT_P, False)
+        xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * env
+        acc += xc[:, None] * tl.dot(_cols(s_ptr, rows, i, W), tile, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
@@ -443,15 +469,8 @@ def _gmlp_conv_fwd_kernel(
         tl.debug_barrier()  # the rows are read back by other threads of the program
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
-            acc = tl.zeros((CHUNK, _HT), dtype=hs_ptr.dtype.element_ty)
-            for j in range(tl.load(hcnt_ptr + t)):
-                kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
-                k = kc // DIN * _HT
-                c = kc % DIN
-                xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * env
-                acc += xc[:, None] * tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, c, k, t * _HT, P,
-                                                                                     DOUT_P, False),
-                                            input_precision=PRECISION)
+            acc = _head_sum(hs_ptr, rows, IN_K, src, env, mask_e, x_ptr, head_ptr, hblk_ptr + t * (P // _HT) * DIN,
+                            tl.load(hcnt_ptr + t), t * _HT, DIN, P, DOUT_P, False, PRECISION)
             cols = tl.load(ocol_ptr + t * _HT + offs_t)
             tl.atomic_add(out_ptr + tgt[:, None] * DOUT + cols[None, :], acc,
                           mask=mask_e[:, None] & (cols < DOUT)[None, :], sem="relaxed")
@@ -524,28 +543,24 @@ def _gmlp_head_bwd_kernel(
 
 
 @triton.jit
-def _block_grad_h(offs_e, mask_e, gout_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rblk_ptr, rcnt_ptr, st_ptr, DIN,
-                  P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, PRECISION: tl.constexpr):
-    """The gradient of h1 = h̃ / env for a block of edges, (BLOCK_E, IN_K), into the staging buffer st, on HEAD's
-    non-zero tiles: per row tile k (tiles listed per row tile: rblk, rcnt)
-    Σ_{t,c} x[src, c]·(gy_t @ HEAD[c, k, t]ᵀ), gy_t = grad_out[tgt, t-tile] read where used (consecutive tiles
-    share t)."""
-    TT: tl.constexpr = DOUT_P // _HT
-    offs_t = tl.arange(0, _HT)
-    rows = tl.arange(0, offs_e.shape[0])
+def _gmlp_grad_h_kernel(gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rblk_ptr, rcnt_ptr, gh_ptr, E, H, DIN,
+                        P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    """grad_h̃ of BLOCK_E edges on one row tile k (program (block, k / 16)): env · Σ_{t,c} x[src, c]·(gy_t @
+    HEAD[c, k, t]ᵀ) over HEAD's non-zero tiles in that row tile (rblk, rcnt; consecutive tiles share t),
+    gy_t = grad_out[tgt, t-tile] gathered where used; zero on h1's bias column (H) and the padding.  Into
+    gh (E, IN_K): every head tile read serves BLOCK_E edges, and the MLP is not evaluated."""
+    offs_e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
+    mask_e = offs_e < E
+    kk = tl.program_id(1)
     src = tl.load(src_ptr + offs_e, mask=mask_e, other=0)
     tgt = tl.load(tgt_ptr + offs_e, mask=mask_e, other=0)
-    for kk in range(IN_K // _HT):
-        k = kk * _HT
-        acc = tl.zeros((offs_e.shape[0], _HT), dtype=st_ptr.dtype.element_ty)
-        for j in range(tl.load(rcnt_ptr + kk)):
-            tc = tl.load(rblk_ptr + kk * TT * DIN + j)
-            t = tc // DIN * _HT
-            c = tc % DIN
-            xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0)
-            gy = tl.load(gout_ptr + tgt[:, None] * DOUT_P + t + offs_t[None, :], mask=mask_e[:, None], other=0.0)
-            acc += xc[:, None] * tl.dot(gy, _head_tile(head_ptr, c, k, t, P, DOUT_P, True), input_precision=PRECISION)
-        tl.store(st_ptr + rows[:, None] * IN_K + k + offs_t[None, :], acc)
+    env = tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)
+    acc = _head_sum(gout_ptr, tgt, DOUT_P, src, env, mask_e, x_ptr, head_ptr, rblk_ptr + kk * (DOUT_P // _HT) * DIN,
+                    tl.load(rcnt_ptr + kk), kk * _HT, DIN, P, DOUT_P, True, PRECISION)
+    cols = kk * _HT + tl.arange(0, _HT)
+    tl.store(gh_ptr + offs_e[:, None] * IN_K + cols[None, :], tl.where((cols < H)[None, :], acc, 0.0),
+             mask=mask_e[:, None])
 
 
 @triton.jit
@@ -558,34 +573,29 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 
 @triton.jit
 def _gmlp_conv_bwd_kernel(
-    gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
+    gh_ptr, z_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-    head_ptr, rblk_ptr, rcnt_ptr, wsup_ptr, gz_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
-    eps, E, K0, H, DIN,
+    wsup_ptr, gz_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
+    eps, E, K0,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr,
 ):
     """The G-MLP's side of the backward, by persistent programs that take chunks of CHUNK edges in turn and
-    back-propagate BLOCK_E edges at a time: grad_h̃ from the head's non-zero tiles (``_block_grad_h``: it needs no
-    h̃), then each layer from the last to the first, its input recomputed from z.  With NEED_PARAMS each layer's
-    input and linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW), and after the chunk
+    back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel``), then each
+    layer from the last to the first, its input recomputed from z.  With NEED_PARAMS each layer's input and
+    linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW), and after the chunk
     ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry."""
     pid = tl.program_id(0)
     ws_ptr += pid * CHUNK * SW
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of z's gradient
+    offs_k = tl.arange(0, IN_K)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         for s in range(CHUNK // BLOCK_E):
             rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
             offs_e, mask_e, z = _z_rows(tl.cast(chunk, tl.int64) * CHUNK + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
-            tl.debug_barrier()  # earlier reads of the staging buffer are done
-            _block_grad_h(offs_e, mask_e, gout_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rblk_ptr, rcnt_ptr, st_ptr, DIN,
-                          P, DOUT_P, IN_K, PRECISION)
-            tl.debug_barrier()  # the tiles are read back by other threads
-            offs_k = tl.arange(0, IN_K)  # grad_h̃ = env · grad_h1 on h's H columns (the bias column gets none)
-            dh = tl.load(st_ptr + tl.arange(0, BLOCK_E)[:, None] * IN_K + offs_k[None, :])
-            dh = tl.where((offs_k < H)[None, :], dh * tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)[:, None], 0.0)
+            dh = tl.load(gh_ptr + offs_e[:, None] * IN_K + offs_k[None, :], mask=mask_e[:, None], other=0.0)
             if IN_K < P:
                 dh = _join(dh, tl.zeros_like(dh), P)
             for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
@@ -598,7 +608,7 @@ def _gmlp_conv_bwd_kernel(
             offs_z = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
                      mask=mask_e[:, None] & (offs_z < K0)[None, :])
-        if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_out and env are 0)
+        if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_h̃ is 0)
             tl.debug_barrier()  # the rows are read back by other threads of the program
             for l in tl.static_range(L):
                 _weight_grad(ws_ptr, st_ptr, l, wsup_ptr, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE,
@@ -696,10 +706,21 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     with device_ctx(x):
-        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", e,
-                           (*inputs, *(packed[k] for k in _BWD_TILES), packed["weight_support"], gz, gw, gb, gscale,
-                            gshift), (sw if need_params else 1,), sizes, meta, x, NEED_PARAMS=need_params, SW=sw)
         _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", e,
                            (*inputs, *(packed[k] for k in _HEAD_BWD), gx, genv, ghead), (meta["IN_K"], dout_p), sizes,
                            meta, x, head_chunk, NEED_HEAD=need_params)
+        wave = WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
+        gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
+        config = launch_config("grad_h", meta["IN_K"])
+        for w in range(0, e, wave):  # grad_h̃ of a wave of edges into gh, then the G-MLP's backward on it
+            edges = slice(w, min(e, w + wave))
+            ew = edges.stop - w
+            _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
+                gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
+                ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=dout_p, IN_K=meta["IN_K"],
+                PRECISION=meta["PRECISION"], **config)
+            _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
+                               (gh, z[edges], *(packed[k] for k in _PARAMS[:-1]), packed["weight_support"], gz[edges],
+                                gw, gb, gscale, gshift), (sw if need_params else 1,), (packed["eps"], ew, k0), meta,
+                               x, NEED_PARAMS=need_params, SW=sw)
     return tuple(grads)
