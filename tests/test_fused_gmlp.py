@@ -115,6 +115,38 @@ def test_head_chunk_does_not_change_the_gradients():
             gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=bad)
 
 
+def test_tile_lists_in_any_order():
+    """The head's tile lists come sorted (grad_h̃ holds a grad_out tile while consecutive tiles share it); listed
+    in any other order, forward and gradients are the same up to round-off."""
+    from fastik.triton_kernels.gmlp_conv import gmlp_conv_bwd, gmlp_conv_fwd
+
+    tin, tout = (fastik.FieldType(fastik.group("so3"), f) for f in ("2x0e + 1x1o", "6x0e + 4x1o"))
+    ref, _ = twins(tin, tout, hidden_channels=2)
+    pos, (src, tgt) = graph(20, 100, 3)
+    k = ref.kernel
+    r = pos[src] - pos[tgt]
+    z, env = k.embed(r).detach().contiguous(), (k.envelope(r) * ref.scale).detach().contiguous()
+    packed = {name: v.contiguous() if torch.is_tensor(v) else v
+              for name, v in pack_gmlp(k, torch.float64)._asdict().items()}
+    x = torch.randn(20, tin.dim, dtype=torch.float64, device=DEVICE)
+    gout = torch.randn(20, tout.dim, dtype=torch.float64, device=DEVICE)
+    shuffled = dict(packed)
+    g = torch.Generator().manual_seed(3)
+    changes = []
+    for name in ("head_blocks", "head_row_blocks"):
+        lists, counts = packed[name].clone(), packed[name.replace("blocks", "block_count")].tolist()
+        for row, n in enumerate(counts):
+            lists[row, :n] = lists[row, torch.randperm(n, generator=g)]
+        shuffled[name] = lists
+        tiles = lists // x.shape[1]  # the tile index of each entry (k or t; then the channel)
+        changes.append(sum(int((t[1:n] != t[:n - 1]).sum()) for t, n in zip(tiles, counts)))
+    assert changes[1] > packed["head_row_blocks"].shape[0], changes  # the held grad_out tile is reloaded often
+    y, y_shuffled = (gmlp_conv_fwd(z, env, x, src, tgt, 20, tout.dim, p, "ieee") for p in (packed, shuffled))
+    assert relative_error(y_shuffled, y) < 1e-13
+    for a, b in zip(gmlp_conv_bwd(gout, z, env, x, src, tgt, shuffled, "ieee"),
+                    gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee")):
+        assert relative_error(a, b) < 1e-13 if b.abs().max() > 0 else a.abs().max() == 0
+
 ATTR_CASES = {  # group, dim, in, out, edge attributes, node attributes
     "so3-attrs": ("so3", 3, "2x0e + 1x1o", "1x0e + 1x1o + 1x2e", "2x0e + 1x1o", "1x0e + 1x1e"),
     "Oh-edge": ("Oh", 3, "1x0e + 1x1o", "2x0e", "1x0e", None),

@@ -424,21 +424,31 @@ def _head_tile(head_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: 
 
 @triton.jit
 def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count, fixed, DIN, P: tl.constexpr,
-              DOUT_P: tl.constexpr, TRANS: tl.constexpr, PRECISION: tl.constexpr):
+              DOUT_P: tl.constexpr, TRANS: tl.constexpr, HOLD: tl.constexpr, PRECISION: tl.constexpr):
     """Σ_j env·x[src, c]·(S[rows, i:i+16] @ T_j), (len(rows), 16), over the ``count`` head tiles listed at blk_ptr
     as (i/16)·DIN + c: T_j = HEAD[c, i:i+16, fixed:fixed+16] (output tile ``fixed``; S holds h1), or with TRANS
-    HEAD[c, fixed:fixed+16, i:i+16]ᵀ (row tile ``fixed``; S holds grad_out).  S: rows of width W."""
+    HEAD[c, fixed:fixed+16, i:i+16]ᵀ (row tile ``fixed``; S holds grad_out).  S: rows of width W.  With HOLD,
+    S's columns stay in registers while i repeats (the lists are sorted by i): read once per i, not per tile —
+    for grad_out[tgt], a gather; the forward's S is its own scratch, where holding it cost ptxas 42 registers
+    (IEEE, P = 128) and a 64 B spill (IEEE, P = 256)."""
     acc = tl.zeros((rows.shape[0], _HT), dtype=s_ptr.dtype.element_ty)
+    last = tl.full((), -1, tl.int64)
+    si = tl.zeros((rows.shape[0], _HT), dtype=s_ptr.dtype.element_ty)
     for j in range(count):
         ic = tl.load(blk_ptr + j)
         i = ic // DIN * _HT
         c = ic % DIN
+        if not HOLD:
+            si = _cols(s_ptr, rows, i, W)
+        elif i != last:
+            si = _cols(s_ptr, rows, i, W)
+            last = i
         if TRANS:
             tile = _head_tile(head_ptr, c, fixed, i, P, DOUT_P, True)
         else:
             tile = _head_tile(head_ptr, c, i, fixed, P, DOUT_P, False)
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * env
-        acc += xc[:, None] * tl.dot(_cols(s_ptr, rows, i, W), tile, input_precision=PRECISION)
+        acc += xc[:, None] * tl.dot(si, tile, input_precision=PRECISION)
     return acc
 
 
@@ -470,7 +480,7 @@ def _gmlp_conv_fwd_kernel(
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
             acc = _head_sum(hs_ptr, rows, IN_K, src, env, mask_e, x_ptr, head_ptr, hblk_ptr + t * (P // _HT) * DIN,
-                            tl.load(hcnt_ptr + t), t * _HT, DIN, P, DOUT_P, False, PRECISION)
+                            tl.load(hcnt_ptr + t), t * _HT, DIN, P, DOUT_P, False, False, PRECISION)
             cols = tl.load(ocol_ptr + t * _HT + offs_t)
             tl.atomic_add(out_ptr + tgt[:, None] * DOUT + cols[None, :], acc,
                           mask=mask_e[:, None] & (cols < DOUT)[None, :], sem="relaxed")
@@ -557,7 +567,7 @@ def _gmlp_grad_h_kernel(gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rb
     tgt = tl.load(tgt_ptr + offs_e, mask=mask_e, other=0)
     env = tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)
     acc = _head_sum(gout_ptr, tgt, DOUT_P, src, env, mask_e, x_ptr, head_ptr, rblk_ptr + kk * (DOUT_P // _HT) * DIN,
-                    tl.load(rcnt_ptr + kk), kk * _HT, DIN, P, DOUT_P, True, PRECISION)
+                    tl.load(rcnt_ptr + kk), kk * _HT, DIN, P, DOUT_P, True, True, PRECISION)
     cols = kk * _HT + tl.arange(0, _HT)
     tl.store(gh_ptr + offs_e[:, None] * IN_K + cols[None, :], tl.where((cols < H)[None, :], acc, 0.0),
              mask=mask_e[:, None])
