@@ -729,6 +729,13 @@ def stage_split(ctx: Context) -> None:
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
+            gout_h = gc.head_order(gout, pdict)  # the backward's two sides apart (gradients added, not kept)
+            sink = [torch.zeros_like(t) for t in (x, env, pdict["head"], z, pdict["weight"], pdict["bias"],
+                                                  pdict["scale"], pdict["shift"])]
+            item(f"gmlp_conv bwd head side ({tag}): grad_x, grad_env, head",
+                 lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, precision, sink[:3], True))
+            item(f"gmlp_conv bwd G-MLP side ({tag}): grad_h̃ + layers, in waves",
+                 lambda: gc.mlp_side_bwd(gout_h, z, env, x, src, tgt, pdict, precision, sink[3:], True))
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows
             item(f"gmlp_conv bwd, head chunk {chunk} ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", head_chunk=chunk))

@@ -102,7 +102,7 @@ def test_dry_run_stage_results(dry_run):
         assert f"{kernel} (Triton)" in names
     assert any(n.startswith("G-MLP") for n in names) and "index checks (aminmax src, tgt)" in names
     for width in ("default", "anchor"):  # the fully fused kernels, their parts and the head gradient's chunk
-        for part in ("fwd", "bwd, 3 kernels", "bwd without parameter gradients"):
+        for part in ("fwd", "bwd, 3 kernels", "bwd without parameter gradients", "bwd head side", "bwd G-MLP side"):
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])

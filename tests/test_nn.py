@@ -335,8 +335,13 @@ def test_bad_inputs_raise_clear_errors():
         conv(x, torch.randn(5, 2), ei)
     with pytest.raises(ValueError, match="pos must be"):
         conv(x, torch.randn(4, 3), ei)
-    with pytest.raises(TypeError, match="int64"):
-        conv(x, pos, ei.int())
+    with pytest.raises(TypeError, match="int64 .* or int32, got torch.int16"):
+        conv(x, pos, ei.short())
+    with pytest.raises(TypeError, match="int64 .* or int32, got torch.float32"):
+        conv(x, pos, ei.float())
+    assert torch.equal(conv(x, pos, ei.int()), conv(x, pos, ei))  # int32 indices are taken as int64
+    with pytest.raises(IndexError, match="sources"):
+        conv(x, pos, torch.tensor([[0, 5], [1, 2]], dtype=torch.int32))
     with pytest.raises(ValueError, match=r"\(2, E\)"):
         conv(x, pos, ei.T.contiguous()[:, :1].T.repeat(3, 1))
     with pytest.raises(IndexError, match="sources"):

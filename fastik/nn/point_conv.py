@@ -23,7 +23,7 @@ class ImplicitPointConv(nn.Module):
     ``conv(x ρin(g)ᵀ, pos gᵀ, ei) = conv(x, pos, ei) ρout(g)ᵀ``.
 
     Shapes (forward):
-        x (N, in_type.dim), pos (N, G.dim), edge_index (2, E) int64 with row 0 the
+        x (N, in_type.dim), pos (N, G.dim), edge_index (2, E) int64 (or int32) with row 0 the
         source j and row 1 the target i, edge vector r_e = pos[j] - pos[i];
         edge_attr (E, edge_attr_type.dim); node_attr (N, node_attr_type.dim) fed to
         the kernel for both ends; pos_target (M, G.dim) for bipartite use (targets
@@ -100,7 +100,7 @@ class ImplicitPointConv(nn.Module):
         """x (N, in_type.dim), pos (N, dim), edge_index (2, E) -> (N or M, out_type.dim); see the class docstring."""
         pos_t = pos if pos_target is None else pos_target
         indices_checked = self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
-        src, tgt = edge_index[0], edge_index[1]
+        src, tgt = edge_index.long()  # int32 indices: one copy, the kernels index with int64
         num_targets = pos_t.shape[0]
         r = pos[src] - pos_t[tgt]
         if pos_target is None:  # a self-loop's r is identically 0: its exact derivative is zero, so stop
@@ -160,8 +160,8 @@ class ImplicitPointConv(nn.Module):
             raise ValueError(f"pos must be (N, {dim}) = ({x.shape[0]}, {dim}) to match x, got {tuple(pos.shape)}")
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
-        if edge_index.dtype != torch.int64:
-            raise TypeError(f"edge_index must be int64 (torch.long), got {edge_index.dtype}")
+        if edge_index.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"edge_index must be int64 (torch.long) or int32, got {edge_index.dtype}")
         tensors = {"x": x, "pos": pos, "edge_index": edge_index, "edge_attr": edge_attr, "node_attr": node_attr,
                    "pos_target": pos_target, "node_attr_target": node_attr_target, "parameters": param}
         devices = {k: t.device for k, t in tensors.items() if t is not None}

@@ -74,7 +74,8 @@ import triton.language as tl
 from ..ops.fused_gmlp import HEAD_TILE
 from ._config import INTERPRET, device_ctx
 
-__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "INTERPRET_CONFIG", "GPU_CONFIG", "launch_config"]
+__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "head_order", "head_side_bwd", "mlp_side_bwd", "INTERPRET_CONFIG",
+           "GPU_CONFIG", "launch_config"]
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
 # and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. Every kernel runs the
@@ -628,6 +629,7 @@ def _gmlp_conv_bwd_kernel(
 
 _PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_columns", "column_index",
            "column_scale", "gate_expand", "trivial", "head")
+_LAYERS = _PARAMS[:-1]  # the G-MLP's backward kernel takes all but the head
 _FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
 _BWD_TILES = ("head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
 _HEAD_BWD = ("head_support", "head_blocks", "head_block_count", "head_channel_blocks", "head_channel_block_count")
@@ -703,34 +705,55 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     their supports ``weight_support`` / ``head_support``, zero elsewhere). ``head_chunk``: edges
     per chunk of the head kernel (grad_x, grad_env, the head's gradient; a power of two; default
     ``launch_config``'s), for tuning."""
-    e, k0 = z.shape
     grads = [torch.zeros_like(t) for t in (z, env, x)] + \
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
-    if e == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
+    if z.shape[0] == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
-    dout_p = packed["head"].shape[2]  # grad_out's columns in the head's order (out_cols), zero-padded: (N, DOUT_P)
-    gout = F.pad(grad_out, (0, dout_p - grad_out.shape[1])).index_select(1, packed["out_cols"])
-    sizes = (packed["eps"], e, k0, packed["hidden"], x.shape[1])
-    inputs = (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS))
+    gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
+    gout = head_order(grad_out, packed)
+    with device_ctx(x):
+        head_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gx, genv, ghead), need_params, head_chunk)
+        mlp_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gz, gw, gb, gscale, gshift), need_params)
+    return tuple(grads)
+
+
+def head_order(grad_out: torch.Tensor, packed: dict) -> torch.Tensor:
+    """grad_out (N, Dout) with its columns in the head's order (out_cols), zero-padded: (N, DOUT_P)."""
+    return F.pad(grad_out, (0, packed["head"].shape[2] - grad_out.shape[1])).index_select(1, packed["out_cols"])
+
+
+def head_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_head: bool,
+                  chunk: int | None = None) -> None:
+    """The head's side of the backward (``_gmlp_head_bwd_kernel``), gout in the head's order (``head_order``):
+    adds into grads = (grad_x, grad_env, grad_head; the last only with ``need_head``)."""
+    meta = _meta(packed, z.shape[1], precision)
+    _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", z.shape[0],
+                       (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS + _HEAD_BWD), *grads),
+                       (meta["IN_K"], meta["DOUT_P"]),
+                       (packed["eps"], z.shape[0], z.shape[1], packed["hidden"], x.shape[1]), meta, x, chunk,
+                       NEED_HEAD=need_head)
+
+
+def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool) -> None:
+    """The G-MLP's side of the backward, gout in the head's order (``head_order``), in waves of edges: grad_h̃ of
+    the wave (``_gmlp_grad_h_kernel``) into a buffer of the wave's rows, then ``_gmlp_conv_bwd_kernel`` on it;
+    adds into grads = (grad_z, grad_weight, grad_bias, grad_scale, grad_shift; all but grad_z only with
+    ``need_params``)."""
+    e, k0 = z.shape
+    gz, *gparams = grads
     meta = _meta(packed, k0, precision)
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
-    with device_ctx(x):
-        _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", e,
-                           (*inputs, *(packed[k] for k in _HEAD_BWD), gx, genv, ghead), (meta["IN_K"], dout_p), sizes,
-                           meta, x, head_chunk, NEED_HEAD=need_params)
-        wave = WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
-        gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
-        config = launch_config("grad_h", meta["IN_K"])
-        for w in range(0, e, wave):  # grad_h̃ of a wave of edges into gh, then the G-MLP's backward on it
-            edges = slice(w, min(e, w + wave))
-            ew = edges.stop - w
-            _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
-                gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
-                ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=dout_p, IN_K=meta["IN_K"],
-                PRECISION=meta["PRECISION"], **config)
-            _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
-                               (gh, z[edges], *(packed[k] for k in _PARAMS[:-1]), packed["weight_support"], gz[edges],
-                                gw, gb, gscale, gshift), (sw if need_params else 1,), (packed["eps"], ew, k0), meta,
-                               x, NEED_PARAMS=need_params, SW=sw)
-    return tuple(grads)
+    wave = WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
+    gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
+    config = launch_config("grad_h", meta["IN_K"])
+    for w in range(0, e, wave):
+        edges = slice(w, min(e, w + wave))
+        ew = edges.stop - w
+        _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
+            gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
+            ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
+            PRECISION=meta["PRECISION"], **config)
+        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
+                           (gh, z[edges], *(packed[k] for k in _LAYERS), packed["weight_support"], gz[edges],
+                            *gparams), (sw if need_params else 1,), (packed["eps"], ew, k0), meta, x,
+                           NEED_PARAMS=need_params, SW=sw)
