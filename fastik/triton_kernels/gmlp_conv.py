@@ -711,9 +711,8 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
         return tuple(grads)
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     gout = head_order(grad_out, packed)
-    with device_ctx(x):
-        head_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gx, genv, ghead), need_params, head_chunk)
-        mlp_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gz, gw, gb, gscale, gshift), need_params)
+    head_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gx, genv, ghead), need_params, head_chunk)
+    mlp_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gz, gw, gb, gscale, gshift), need_params)
     return tuple(grads)
 
 
@@ -727,11 +726,12 @@ def head_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
     """The head's side of the backward (``_gmlp_head_bwd_kernel``), gout in the head's order (``head_order``):
     adds into grads = (grad_x, grad_env, grad_head; the last only with ``need_head``)."""
     meta = _meta(packed, z.shape[1], precision)
-    _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", z.shape[0],
-                       (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS + _HEAD_BWD), *grads),
-                       (meta["IN_K"], meta["DOUT_P"]),
-                       (packed["eps"], z.shape[0], z.shape[1], packed["hidden"], x.shape[1]), meta, x, chunk,
-                       NEED_HEAD=need_head)
+    with device_ctx(x):
+        _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", z.shape[0],
+                           (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS + _HEAD_BWD), *grads),
+                           (meta["IN_K"], meta["DOUT_P"]),
+                           (packed["eps"], z.shape[0], z.shape[1], packed["hidden"], x.shape[1]), meta, x, chunk,
+                           NEED_HEAD=need_head)
 
 
 def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool) -> None:
@@ -746,14 +746,15 @@ def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads:
     wave = WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
     config = launch_config("grad_h", meta["IN_K"])
-    for w in range(0, e, wave):
-        edges = slice(w, min(e, w + wave))
-        ew = edges.stop - w
-        _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
-            gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
-            ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
-            PRECISION=meta["PRECISION"], **config)
-        _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
-                           (gh, z[edges], *(packed[k] for k in _LAYERS), packed["weight_support"], gz[edges],
-                            *gparams), (sw if need_params else 1,), (packed["eps"], ew, k0), meta, x,
-                           NEED_PARAMS=need_params, SW=sw)
+    with device_ctx(x):
+        for w in range(0, e, wave):
+            edges = slice(w, min(e, w + wave))
+            ew = edges.stop - w
+            _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
+                gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
+                ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
+                PRECISION=meta["PRECISION"], **config)
+            _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
+                               (gh, z[edges], *(packed[k] for k in _LAYERS), packed["weight_support"], gz[edges],
+                                *gparams), (sw if need_params else 1,), (packed["eps"], ew, k0), meta, x,
+                               NEED_PARAMS=need_params, SW=sw)
