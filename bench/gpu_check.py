@@ -83,15 +83,17 @@ class Sizes:
     peak_matmul_n: int
     copy_bytes: int
     head_chunks: tuple[int, ...]          # chunk sizes of the fused head kernel (grad_x, grad_env, head) in stage d
+    split_precisions: tuple[str, ...]     # the fully fused kernels' precisions timed in stage d
 
 
 GPU_SIZES = Sizes(channels=16, widths=(("default", 16), ("anchor", 5)), correctness_edges=100_000,
                   workload_edges=(10_000, 100_000, 1_000_000), repeats=5, warmup=2, split_edges=1_000_000,
                   agg_edges=1_000_000, agg_dim=64, escnn_edges=(100_000, 400_000, 1_000_000), peak_matmul_n=8192,
-                  copy_bytes=2 ** 28, head_chunks=(64, 128, 256, 512))
+                  copy_bytes=2 ** 28, head_chunks=(64, 128, 256, 512), split_precisions=("tf32x3", "tf32", "ieee"))
 DRY_SIZES = Sizes(channels=2, widths=(("default", 2), ("anchor", 1)), correctness_edges=48, workload_edges=(48,),
                   repeats=1, warmup=0, split_edges=64, agg_edges=4096, agg_dim=8, escnn_edges=(48,),
-                  peak_matmul_n=128, copy_bytes=2 ** 20, head_chunks=(32,))
+                  peak_matmul_n=128, copy_bytes=2 ** 20, head_chunks=(32,),
+                  split_precisions=("tf32x3",))  # the interpreter runs every precision's dots alike
 
 
 @dataclass(frozen=True)
@@ -721,7 +723,7 @@ def stage_split(ctx: Context) -> None:
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
         fmodel = _fused_model(e, n, packed, din, z.shape[1])
         size = packed.weight.shape[1]
-        for precision in ("tf32x3", "tf32", "ieee"):
+        for precision in s.split_precisions:
             tag = f"{label}, P={size}, {precision}"
             item(f"gmlp_conv fwd ({tag})",
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
@@ -729,13 +731,13 @@ def stage_split(ctx: Context) -> None:
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
-            gout_h = gc.head_order(gout, pdict)  # the backward's two sides apart (gradients added, not kept)
-            sink = [torch.zeros_like(t) for t in (x, env, pdict["head"], z, pdict["weight"], pdict["bias"],
-                                                  pdict["scale"], pdict["shift"])]
-            item(f"gmlp_conv bwd head side ({tag}): grad_x, grad_env, head",
-                 lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, precision, sink[:3], True))
-            item(f"gmlp_conv bwd G-MLP side ({tag}): grad_h̃ + layers, in waves",
-                 lambda: gc.mlp_side_bwd(gout_h, z, env, x, src, tgt, pdict, precision, sink[3:], True))
+        gout_h = gc.head_order(gout, pdict)  # the backward's two sides apart, tf32x3 (gradients added, not kept)
+        sink = [torch.zeros_like(t) for t in (x, env, pdict["head"], z, pdict["weight"], pdict["bias"],
+                                              pdict["scale"], pdict["shift"])]
+        item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head",
+             lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
+        item(f"gmlp_conv bwd G-MLP side ({label}, P={size}, tf32x3): grad_h̃ + layers, in waves",
+             lambda: gc.mlp_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[3:], True))
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows
             item(f"gmlp_conv bwd, head chunk {chunk} ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", head_chunk=chunk))
