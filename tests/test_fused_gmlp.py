@@ -39,6 +39,18 @@ def graph(n, e, dim, seed=0, isolated=2, self_loops=3, dtype=torch.float64):
     return pos.to(DEVICE), ei.to(DEVICE)
 
 
+def op_inputs(ref, n, e):
+    """The fused op's inputs for layer ``ref`` on graph(n, e, 3): src, tgt, z, env (contiguous) and the packed
+    G-MLP as a dict of contiguous tensors (float64), as the kernels' wrappers take them."""
+    pos, (src, tgt) = graph(n, e, 3)
+    k = ref.kernel
+    r = pos[src] - pos[tgt]
+    z, env = k.embed(r).detach().contiguous(), (k.envelope(r) * ref.scale).detach().contiguous()
+    packed = {name: v.contiguous() if torch.is_tensor(v) else v
+              for name, v in pack_gmlp(k, torch.float64)._asdict().items()}
+    return src, tgt, z, env, packed
+
+
 def outputs_and_grads(conv, inputs: dict, weight_seed=1):
     """y and the gradients of a fixed random projection of y w.r.t. every float input and every parameter."""
     inputs = {k: (v.detach().clone().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v)
@@ -99,12 +111,7 @@ def test_head_chunk_does_not_change_the_gradients():
 
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, _ = twins(t, t, hidden_channels=2)
-    pos, (src, tgt) = graph(20, 150, 3)
-    k = ref.kernel
-    r = pos[src] - pos[tgt]
-    z, env = k.embed(r).detach().contiguous(), (k.envelope(r) * ref.scale).detach().contiguous()
-    packed = {name: v.contiguous() if torch.is_tensor(v) else v
-              for name, v in pack_gmlp(k, torch.float64)._asdict().items()}
+    src, tgt, z, env, packed = op_inputs(ref, 20, 150)
     x, gout = (torch.randn(20, t.dim, dtype=torch.float64, device=DEVICE) for _ in range(2))
     grads = [gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=c) for c in (None, 16, 64)]
     for i in (1, 2, -1):  # grad_env, grad_x, the head's
@@ -122,12 +129,7 @@ def test_tile_lists_in_any_order():
 
     tin, tout = (fastik.FieldType(fastik.group("so3"), f) for f in ("2x0e + 1x1o", "6x0e + 4x1o"))
     ref, _ = twins(tin, tout, hidden_channels=2)
-    pos, (src, tgt) = graph(20, 100, 3)
-    k = ref.kernel
-    r = pos[src] - pos[tgt]
-    z, env = k.embed(r).detach().contiguous(), (k.envelope(r) * ref.scale).detach().contiguous()
-    packed = {name: v.contiguous() if torch.is_tensor(v) else v
-              for name, v in pack_gmlp(k, torch.float64)._asdict().items()}
+    src, tgt, z, env, packed = op_inputs(ref, 20, 100)
     x = torch.randn(20, tin.dim, dtype=torch.float64, device=DEVICE)
     gout = torch.randn(20, tout.dim, dtype=torch.float64, device=DEVICE)
     shuffled = dict(packed)
