@@ -83,17 +83,17 @@ class Sizes:
     peak_matmul_n: int
     copy_bytes: int
     head_chunks: tuple[int, ...]          # chunk sizes of the fused head kernel (grad_x, grad_env, head) in stage d
-    split_precisions: tuple[str, ...]     # the fully fused kernels' precisions timed in stage d
+    precisions: tuple[str, ...]           # the fused paths' precisions: checked (b), run (c, besides ieee), timed (d)
 
 
 GPU_SIZES = Sizes(channels=16, widths=(("default", 16), ("anchor", 5)), correctness_edges=100_000,
                   workload_edges=(10_000, 100_000, 1_000_000), repeats=5, warmup=2, split_edges=1_000_000,
                   agg_edges=1_000_000, agg_dim=64, escnn_edges=(100_000, 400_000, 1_000_000), peak_matmul_n=8192,
-                  copy_bytes=2 ** 28, head_chunks=(64, 128, 256, 512), split_precisions=("tf32x3", "tf32", "ieee"))
+                  copy_bytes=2 ** 28, head_chunks=(64, 128, 256, 512), precisions=("tf32x3", "tf32", "ieee"))
 DRY_SIZES = Sizes(channels=2, widths=(("default", 2), ("anchor", 1)), correctness_edges=48, workload_edges=(48,),
                   repeats=1, warmup=0, split_edges=64, agg_edges=4096, agg_dim=8, escnn_edges=(48,),
                   peak_matmul_n=128, copy_bytes=2 ** 20, head_chunks=(32,),
-                  split_precisions=("tf32x3",))  # the interpreter runs every precision's dots alike
+                  precisions=("tf32x3",))  # the interpreter runs every precision's dots alike
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,7 @@ def stage_correctness(ctx: Context) -> None:
                        reference="fastik-reference in float64", error="max|a - b| / max|b| per tensor; "
                        "grad_params: all parameter gradients flattened", checks=[])
     ctx.save()
-    cases = [("fastik-reference", "ieee")] + [(n, p) for n in fused_impls() for p in PRECISIONS]
+    cases = [("fastik-reference", "ieee")] + [(n, p) for n in fused_impls() for p in PRECISIONS if p in s.precisions]
     for name, precision in cases:
         spec = LayerSpec(channels=s.channels, device=str(ctx.device), hidden_channels=hidden, precision=precision)
         label = "fp32" if name == "fastik-reference" else precision
@@ -361,8 +361,9 @@ def stage_correctness(ctx: Context) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- stage c
-def workload_plan(widths: tuple[tuple[str, int], ...]) -> list[dict]:
-    """The bench runs of stage c, in order of value, with their shares of the stage's time."""
+def workload_plan(widths: tuple[tuple[str, int], ...], precisions: tuple[str, ...]) -> list[dict]:
+    """The bench runs of stage c, in order of value, with their shares of the stage's time: every fastik path in
+    IEEE, then the fused ones in each other precision of ``precisions``."""
     from .impls import IMPLS
 
     baselines = [n for n in ("e3nn-tfn", "materialize") if n in IMPLS]
@@ -371,7 +372,7 @@ def workload_plan(widths: tuple[tuple[str, int], ...]) -> list[dict]:
             dict(precision="ieee", width=alabel, hidden_channels=awidth, impls=fastik_impls(), share=2)]
     moded = [n for n in fused_impls() if IMPLS[n].precisions]
     for label, width in widths:
-        for precision in ("tf32x3", "tf32"):
+        for precision in (p for p in ("tf32x3", "tf32") if p in precisions):
             plan.append(dict(precision=precision, width=label, hidden_channels=width, impls=moded, share=1))
     return [p for p in plan if p["impls"]]
 
@@ -419,7 +420,7 @@ def stage_workload(ctx: Context) -> None:
 
     configure_precision()
     ctx.results["autotune"] = os.environ.get("FASTIK_TRITON_AUTOTUNE", "1") != "0" and not ctx.dry_run
-    _bench_runs(ctx, workload_plan(ctx.sizes.widths), ctx.sizes.workload_edges)
+    _bench_runs(ctx, workload_plan(ctx.sizes.widths, ctx.sizes.precisions), ctx.sizes.workload_edges)
     _collect_rows_errors(ctx, "rows")
 
 
@@ -723,7 +724,7 @@ def stage_split(ctx: Context) -> None:
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
         fmodel = _fused_model(e, n, packed, din, z.shape[1])
         size = packed.weight.shape[1]
-        for precision in s.split_precisions:
+        for precision in s.precisions:
             tag = f"{label}, P={size}, {precision}"
             item(f"gmlp_conv fwd ({tag})",
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])

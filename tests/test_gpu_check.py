@@ -44,6 +44,7 @@ def dry_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dry_run")  # one worker runs the module's dry run once (scripts/test.sh: --dist loadgroup)
 @pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
 def test_dry_run_files_and_stages(dry_run):
     rc, stdout, out = dry_run
@@ -65,6 +66,7 @@ def test_dry_run_files_and_stages(dry_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dry_run")
 @pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
 def test_dry_run_stage_results(dry_run):
     _, _, out = dry_run
@@ -76,7 +78,7 @@ def test_dry_run_stage_results(dry_run):
     # b: every fused path x precision against the float64 reference, all within tolerance
     checks = stages["b"]["results"]["checks"]
     assert {(c["impl"], c["precision"]) for c in checks} == (
-        {("fastik-reference", "fp32")} | {(n, p) for n in fused for p in ("ieee", "tf32x3", "tf32")})
+        {("fastik-reference", "fp32")} | {(n, p) for n in fused for p in gpu_check.DRY_SIZES.precisions})
     for c in checks:
         if IMPLS[c["impl"]].precisions or c["precision"] in ("ieee", "fp32"):
             assert c["status"] == "ok", c
@@ -92,7 +94,7 @@ def test_dry_run_stage_results(dry_run):
         for p in ("fwd", "fwd+bwd"):
             assert ("fastik-reference", "fp32", width, p) in ok
             for name in (n for n in fused if IMPLS[n].precisions):
-                for precision in ("ieee", "tf32x3", "tf32"):
+                for precision in {"ieee", *gpu_check.DRY_SIZES.precisions}:
                     assert (name, precision, width, p) in ok, (name, precision, width, p)
     assert ("materialize", "fp32", "default", "fwd+bwd") in ok
     # d: the per-kernel split ran every Triton kernel and reports their (interpreter) configurations
@@ -117,6 +119,7 @@ def test_dry_run_stage_results(dry_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dry_run")
 @pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
 def test_dry_run_markdown(dry_run):
     _, _, out = dry_run
@@ -129,6 +132,7 @@ def test_dry_run_markdown(dry_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dry_run")
 @pytest.mark.skipif(not HAVE_TRITON, reason="the dry run exercises the Triton kernels in the interpreter")
 def test_markdown_anchor_ratios(dry_run):
     """The dry run's report with one fused row moved to E = 1e6: the ratios against each anchor appear."""
@@ -218,3 +222,12 @@ def test_escnn_stage_skips_cleanly(tmp_path, monkeypatch):
     assert driver._escnn_plan() == (False, {})
     (tmp_path / "escnn-1.0.11-py3-none-any.whl").write_bytes(b"")
     assert driver._escnn_plan() == (True, {"wheels": str(tmp_path.resolve())})
+
+
+def test_gpu_run_plans_every_precision():
+    """The GPU run checks (b), runs (c) and times (d) the fused paths in every precision; the dry run fewer."""
+    gpu, dry = gpu_check.GPU_SIZES.precisions, gpu_check.DRY_SIZES.precisions
+    assert set(gpu) == {"ieee", "tf32x3", "tf32"} and set(dry) < set(gpu)
+    plan = gpu_check.workload_plan(gpu_check.GPU_SIZES.widths, gpu)
+    assert {(p["precision"], p["width"]) for p in plan} == {(q, w) for q in gpu for w in ("default", "anchor")}
+    assert len(gpu_check.workload_plan(gpu_check.GPU_SIZES.widths, dry)) < len(plan)

@@ -224,10 +224,10 @@ def _kernel_args(p: PackedGMLP) -> dict:
 
 # No argument has a default: torch 2.13 drops trailing arguments equal to their default before its
 # tensor-list autograd records the inputs' structure, and then rejects the backward's full-length return.
-@torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
-def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
-            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str, indices_checked: bool) -> Tensor:
+def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
+                  tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
+                  precision: str, indices_checked: bool) -> Tensor:
+    """Body of the forward op (a plain function: tests run it under a dispatch mode to see what it allocates)."""
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, num_targets, precision)
     if not indices_checked:
@@ -238,6 +238,14 @@ def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_tar
     return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision))
 
 
+@torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
+def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
+            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
+            precision: str, indices_checked: bool) -> Tensor:
+    return _forward_impl(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision,
+                         indices_checked)
+
+
 @_fwd_op.register_fake
 def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision,
               indices_checked):
@@ -245,10 +253,10 @@ def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, n
     return x.new_empty(num_targets, dout)
 
 
-@torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
-def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
-            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
+def _backward_impl(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
+                   tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
+                   precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
+    """Body of the backward op (a plain function, as ``_forward_impl``)."""
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
     if not indices_checked:
@@ -257,6 +265,14 @@ def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tg
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params))
+
+
+@torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
+def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
+            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
+            precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
+    return _backward_impl(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision,
+                          need_params, indices_checked)
 
 
 @_bwd_op.register_fake

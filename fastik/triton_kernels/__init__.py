@@ -11,6 +11,8 @@ One concept per module:
   T_i = Σ_e h_e ⊗ x_j per block of targets in registers, then out_i = W · vec(T_i);
 * :mod:`.segmented_bwd` — its backward (grad_h and grad_weight; grad_x is the
   forward on the source-sorted graph).
+* :mod:`.gmlp_conv` — the whole implicit convolution (G-MLP, head, contraction,
+  scatter) in one forward kernel, and its backward in three, recomputing the MLP.
 
 Importing this package does not import Triton; the submodules do (and choose
 the CPU interpreter when ``TRITON_INTERPRET=1`` is set at that moment). Use
