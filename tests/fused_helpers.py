@@ -1,4 +1,5 @@
-"""Helpers shared by the tests of the fused Triton ops (test_fused.py, test_fused_segmented.py).
+"""Helpers shared by the tests of the fused Triton ops (test_fused.py, test_fused_segmented.py, and the memory
+tests of test_fused_gmlp.py and test_layer_triton.py).
 
 Importing this module fixes the Triton launch mode, so the test modules import it
 before anything imports triton: the real kernels with one fixed configuration per
@@ -150,6 +151,25 @@ class OutputSizes(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.records.append((str(func), self._size(t)))
         return out
+
+
+def op_bodies() -> dict:
+    """Every Triton custom op of fastik -> its Python body, for :class:`OutputSizes` to make them transparent."""
+    from fastik.ops import fused, fused_gmlp, fused_segmented
+
+    ops = torch.ops.fastik
+    return {ops.implicit_message_passing.default: fused._forward_impl,
+            ops.implicit_message_passing_backward.default: fused._backward_impl,
+            ops.implicit_message_passing_segmented.default: fused_segmented._forward_impl,
+            ops.implicit_message_passing_segmented_backward.default: fused_segmented._backward_impl,
+            ops.gmlp_conv.default: fused_gmlp._forward_impl,
+            ops.gmlp_conv_backward.default: fused_gmlp._backward_impl}
+
+
+def words(t: torch.Tensor) -> int:
+    """The size of t in 4-byte words (the interpreter moves arguments through byte views of their storage, so
+    numel alone would overcount those 4×)."""
+    return t.numel() * t.element_size() // 4
 
 
 def big_problem(e=100_000, d=64, k=65, seed=0, sort_targets=False):

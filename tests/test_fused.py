@@ -14,6 +14,7 @@ from fused_helpers import (  # sets the Triton launch mode: before triton is imp
     DEVICE,
     NO_TRITON_REASON,
     OutputSizes,
+    op_bodies,
     big_problem,
     check_compile_matches_eager,
     check_double_backward,
@@ -28,7 +29,6 @@ from fused_helpers import (  # sets the Triton launch mode: before triton is imp
 
 pytest.importorskip("triton")
 
-from fastik.ops import fused  # noqa: E402
 from fastik.ops.fused import (  # noqa: E402
     csr_rowptr,
     implicit_message_passing_fused,
@@ -222,16 +222,6 @@ def test_import_without_triton():
 # ----------------------------------------------------------------------------
 # memory: nothing of size E·Din·Dout, forward or backward
 # ----------------------------------------------------------------------------
-def _OutputSizes():
-    """Records the numel of every op's outputs. The fastik custom ops are made
-    transparent: their Python bodies run under the mode, so the tensors the
-    kernels' launchers allocate are seen too."""
-    return OutputSizes({
-        torch.ops.fastik.implicit_message_passing.default: fused._forward_impl,
-        torch.ops.fastik.implicit_message_passing_backward.default: fused._backward_impl,
-    })
-
-
 @pytest.mark.parametrize("segmented", [False, True])
 def test_never_materialises_edge_kernels(segmented):
     e, n, k, d = 48, 10, 5, 12
@@ -243,7 +233,7 @@ def test_never_materialises_edge_kernels(segmented):
         h, src, tgt = h[perm].contiguous(), src[perm], tgt[perm]
         kw["tgt_rowptr"] = csr_rowptr(tgt, n)
     hf, xf, wf = leaf_copies(h, x, w)
-    with _OutputSizes() as rec:
+    with OutputSizes(op_bodies()) as rec:
         implicit_message_passing_fused(hf, xf, wf, src, tgt, n, **kw).square().sum().backward()
     funcs = {f for f, _ in rec.records}
     assert any(f.startswith("aten.zeros") or f.startswith("aten.empty") for f in funcs), funcs
@@ -251,7 +241,7 @@ def test_never_materialises_edge_kernels(segmented):
     assert biggest[1] < limit, biggest
     assert hf.grad is not None and xf.grad is not None and wf.grad is not None
     # the recorder does catch the materialising reference algorithm
-    with _OutputSizes() as rec_ref:
+    with OutputSizes(op_bodies()) as rec_ref:
         msg = torch.einsum("okc,ek->eoc", w, h)
         del msg
     assert max(s for _, s in rec_ref.records) >= limit

@@ -12,7 +12,7 @@ import fastik.ops.fused_gmlp as fg
 from fastik.ops.fused_gmlp import HEAD_TILE, HEAD_TILE_LISTS, fused_gmlp_conv, packed_conv_reference
 
 from conftest import FIELDS, LargestTensor, relative_error
-from fused_helpers import OutputSizes
+from fused_helpers import OutputSizes, op_bodies
 
 pytestmark = pytest.mark.skipif(not triton_available(torch.device("cpu")) and not torch.cuda.is_available(),
                                 reason="triton cannot run here (no CUDA and TRITON_INTERPRET unset)")
@@ -393,8 +393,7 @@ def test_no_edge_times_width_tensor(monkeypatch):
     pos = torch.randn(n, 3, device=DEVICE)
     x = torch.randn(n, ft.dim, device=DEVICE, requires_grad=True)
     ei = torch.randint(0, n, (2, e), device=DEVICE)
-    with OutputSizes({torch.ops.fastik.gmlp_conv.default: fg._forward_impl,
-                      torch.ops.fastik.gmlp_conv_backward.default: fg._backward_impl}) as rec:
+    with OutputSizes(op_bodies()) as rec:
         y = conv(x, pos, ei, edge_attr=torch.randn(e, 1, device=DEVICE))
         y.pow(2).sum().backward()
     op, numel = max(rec.records, key=lambda r: r[1])

@@ -11,6 +11,7 @@ from fused_helpers import (  # sets the Triton launch mode: before triton is imp
     NO_TRITON_REASON,
     RTOL,
     OutputSizes,
+    op_bodies,
     big_problem,
     check_compile_matches_eager,
     check_double_backward,
@@ -21,11 +22,11 @@ from fused_helpers import (  # sets the Triton launch mode: before triton is imp
     leaf_copies,
     reference64,
     rel_err,
+    words,
 )
 
 pytest.importorskip("triton")
 
-from fastik.ops import fused_segmented as fs  # noqa: E402
 from fastik.ops.fused import csr_rowptr, triton_available  # noqa: E402
 from fastik.ops.fused_segmented import implicit_message_passing_segmented as seg  # noqa: E402
 
@@ -205,17 +206,6 @@ def test_bad_inputs_raise():
 # ----------------------------------------------------------------------------
 # memory: nothing of size E·Din·Dout nor M·K·Din, forward or backward
 # ----------------------------------------------------------------------------
-def _OutputSizes():
-    """Records the size of every op output in 4-byte words (the interpreter moves
-    arguments through byte views of their storage, so numel alone would overcount
-    those 4×); the segmented custom ops are made transparent (their bodies run under
-    the mode, so what the launchers allocate is recorded too)."""
-    return OutputSizes({
-        torch.ops.fastik.implicit_message_passing_segmented.default: fs._forward_impl,
-        torch.ops.fastik.implicit_message_passing_segmented_backward.default: fs._backward_impl,
-    }, size=lambda t: t.numel() * t.element_size() // 4)
-
-
 def test_never_materialises_edge_kernels_or_target_aggregates():
     n, k, d = 10, 5, 4
     h, x, w, src, tgt, rowptr, m = make_problem(random_degrees(40, 96, seed=9), n=n, k=k,
@@ -228,14 +218,14 @@ def test_never_materialises_edge_kernels_or_target_aggregates():
     splits = num_weight_splits(m, e, k, d, d, DEVICE)
     assert max(e * k, splits * d * k * d) < limit
     hf, xf, wf = leaf_copies(h, x, w)
-    with _OutputSizes() as rec:
+    with OutputSizes(op_bodies(), size=words) as rec:
         seg(hf, xf, wf, src, tgt, rowptr, m).square().sum().backward()
     funcs = {f for f, _ in rec.records}
     assert any("sort" in f for f in funcs), funcs        # the backward's bodies were traced
     biggest = max(rec.records, key=lambda r: r[1])
     assert biggest[1] < limit, biggest
     assert hf.grad is not None and xf.grad is not None and wf.grad is not None
-    with _OutputSizes() as rec_ref:  # the recorder does catch a materialised T
+    with OutputSizes(op_bodies(), size=words) as rec_ref:  # the recorder does catch a materialised T
         torch.zeros(m, k * d).index_add_(0, tgt, (h[:, :, None] * x[src][:, None, :]).flatten(1))
     assert max(s for _, s in rec_ref.records) >= limit
 
