@@ -179,15 +179,12 @@ def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRE
     return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION)
 
 
-@triton.jit
-def _ws_offset(l: tl.constexpr, K0P: tl.constexpr, IN_K: tl.constexpr, P: tl.constexpr):
+@triton.constexpr_function
+def _ws_offset(l, k0p, in_k, p):
     """Column of layer l's input in the backward's scratch rows [u_0 (K0P) | da_0 (P) | u_1 (IN_K) | da_1 (P) | …]
-    (its da follows its input)."""
-    if l == 0:
-        off = 0
-    else:
-        off = K0P + P + (l - 1) * (IN_K + P)
-    return off
+    (its da follows its input); for l = L, the rows' width SW (``scratch_width``).  A compile-time function: the
+    kernels and the host state the layout once."""
+    return 0 if l == 0 else k0p + p + (l - 1) * (in_k + p)
 
 
 @triton.jit
@@ -681,7 +678,7 @@ def used_columns(p: int, k0: int, hidden: int) -> int:
 def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
     """SW: the width of the backward kernel's rows of layer inputs and gradients, [u_0 (K0P) | da_0 (P) | u_1
     (IN_K) | da_1 (P) | …] (``_ws_offset``); 1 without hidden layers."""
-    return k0p + p + (layers - 1) * (in_k + p) if layers else 1
+    return _ws_offset(layers, k0p, in_k, p) if layers else 1
 
 
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
