@@ -222,8 +222,6 @@ def _kernel_args(p: PackedGMLP) -> dict:
     return {k: v.contiguous() if isinstance(v, Tensor) else v for k, v in p._asdict().items()}
 
 
-# No argument has a default: torch 2.13 drops trailing arguments equal to their default before its
-# tensor-list autograd records the inputs' structure, and then rejects the backward's full-length return.
 def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
                   tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
                   precision: str, indices_checked: bool) -> Tensor:
@@ -238,6 +236,8 @@ def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, n
     return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision))
 
 
+# No argument has a default: torch 2.13 drops trailing arguments equal to their default before its
+# tensor-list autograd records the inputs' structure, and then rejects the backward's full-length return.
 @torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
 def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
             tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
