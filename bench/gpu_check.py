@@ -372,7 +372,7 @@ def workload_plan(widths: tuple[tuple[str, int], ...], precisions: tuple[str, ..
             dict(precision="ieee", width=alabel, hidden_channels=awidth, impls=fastik_impls(), share=2)]
     moded = [n for n in fused_impls() if IMPLS[n].precisions]
     for label, width in widths:
-        for precision in (p for p in ("tf32x3", "tf32") if p in precisions):
+        for precision in (p for p in precisions if p != "ieee"):
             plan.append(dict(precision=precision, width=label, hidden_channels=width, impls=moded, share=1))
     return [p for p in plan if p["impls"]]
 

@@ -152,6 +152,14 @@ class OutputSizes(TorchDispatchMode):
                 self.records.append((str(func), self._size(t)))
         return out
 
+    def largest(self) -> tuple[str, int]:
+        """(op, size) of the largest output recorded."""
+        return max(self.records, key=lambda r: r[1])
+
+    def allocated(self) -> bool:
+        """Whether an allocation (aten.empty*, aten.zeros*) was recorded: inside a transparent body, the launchers'."""
+        return any(f.startswith(("aten.empty", "aten.zeros")) for f, _ in self.records)
+
 
 def op_bodies() -> dict:
     """Every Triton custom op of fastik -> its Python body, for :class:`OutputSizes` to make them transparent."""
