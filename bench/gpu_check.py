@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as _dt
 import importlib
 import importlib.metadata
@@ -564,6 +565,23 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
             "bwd": (e * (mlp + 3 * head_tiles + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
 
 
+@contextlib.contextmanager
+def _gpu_config(gc, kernel: str, programs_per_sm: int | None = None, **config):
+    """Inside the block, fused kernel ``kernel`` of module ``gc`` (fastik.triton_kernels.gmlp_conv) launches with
+    its GPU configuration updated by ``config`` (and ``programs_per_sm`` persistent programs per SM): a variant
+    to time against the default. The interpreter (dry run) keeps its own configuration."""
+    saved = dict(gc.GPU_CONFIG[kernel]), gc.PROGRAMS_PER_SM.get(kernel)
+    gc.GPU_CONFIG[kernel].update(config)
+    if programs_per_sm is not None:
+        gc.PROGRAMS_PER_SM[kernel] = programs_per_sm
+    try:
+        yield
+    finally:
+        gc.GPU_CONFIG[kernel] = saved[0]
+        if saved[1] is not None:
+            gc.PROGRAMS_PER_SM[kernel] = saved[1]
+
+
 def _pooled_items(conv, h, graph, item: Callable[..., None]) -> None:
     """The reference backend's head, both ways: aggregate first (degree grouping, pooled bmm, per-target head)
     and edge-wise (structured messages + scatter sum), forward and forward + backward, given h̃ (E, K)."""
@@ -732,11 +750,17 @@ def stage_split(ctx: Context) -> None:
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
+            with _gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64, programs_per_sm=2):  # the previous forward
+                item(f"gmlp_conv fwd, BLOCK_E=16, CHUNK=64, 2 programs/SM ({tag})",
+                     lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
         gout_h = gc.head_order(gout, pdict)  # the backward's two sides apart, tf32x3 (gradients added, not kept)
         sink = [torch.zeros_like(t) for t in (x, env, pdict["head"], z, pdict["weight"], pdict["bias"],
                                               pdict["scale"], pdict["shift"])]
         item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head",
              lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
+        with _gpu_config(gc, "head_bwd", BLOCK_E=16):  # the previous head kernel
+            item(f"gmlp_conv bwd head side, BLOCK_E=16 ({label}, P={size}, tf32x3)",
+                 lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
         item(f"gmlp_conv bwd G-MLP side ({label}, P={size}, tf32x3): grad_h̃ + layers, in waves",
              lambda: gc.mlp_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[3:], True))
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows

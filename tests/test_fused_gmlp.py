@@ -106,6 +106,24 @@ def test_backward_over_many_chunks():
     assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
 
 
+def test_gpu_block_sizes_match_reference(monkeypatch):
+    """The forward and the head kernel run the MLP on BLOCK_E = 32 edges at a time on a GPU (the interpreter's
+    other tests on 16): with the GPU's block sizes (two blocks per chunk of 64, E = 150: three chunks over two
+    programs, the last one partial) forward and every gradient match the reference."""
+    from fastik.triton_kernels import gmlp_conv
+
+    for name in ("fwd", "head_bwd", "bwd"):
+        block = gmlp_conv.GPU_CONFIG[name]["BLOCK_E"]
+        monkeypatch.setitem(gmlp_conv.INTERPRET_CONFIG, name,
+                            {**gmlp_conv.INTERPRET_CONFIG[name], "BLOCK_E": block, "CHUNK": 2 * block})
+    assert gmlp_conv.launch_config("fwd", 64)["BLOCK_E"] == gmlp_conv.launch_config("head_bwd", 64)["BLOCK_E"] == 32
+    t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
+    ref, fused = twins(t, t, hidden_channels=2)
+    pos, ei = graph(20, 150, 3)
+    x = torch.randn(20, t.dim, dtype=torch.float64, device=DEVICE)
+    assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
+
+
 def test_head_chunk_does_not_change_the_gradients():
     """The head kernel's chunk (a tuning knob of gmlp_conv_bwd) changes the summation order only: of the head's
     gradient, grad_x and grad_env."""

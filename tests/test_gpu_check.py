@@ -107,6 +107,8 @@ def test_dry_run_stage_results(dry_run):
         for part in ("fwd", "bwd, 3 kernels", "bwd without parameter gradients", "bwd head side", "bwd G-MLP side"):
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
+        for variant in ("fwd, BLOCK_E=16, CHUNK=64, 2 programs/SM", "bwd head side, BLOCK_E=16"):  # the previous blocks
+            assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
     assert all(c["mode"] == "fixed (interpreter)" for c in d["configs"].values())
     assert d["peaks"]["fp32_matmul_tflops"] > 0 and d["peaks"]["copy_gb_s"] > 0
@@ -231,3 +233,19 @@ def test_gpu_run_plans_every_precision():
     plan = gpu_check.workload_plan(gpu_check.GPU_SIZES.widths, gpu)
     assert {(p["precision"], p["width"]) for p in plan} == {(q, w) for q in gpu for w in ("default", "anchor")}
     assert len(gpu_check.workload_plan(gpu_check.GPU_SIZES.widths, dry)) < len(plan)
+
+
+def test_gpu_config_variant_is_restored():
+    """Stage d times the fused kernels' previous block sizes inside `_gpu_config`: the variant is what
+    launch_config returns on a GPU inside the block, and the default comes back after it, also after an error."""
+    pytest.importorskip("triton")
+    from fastik.triton_kernels import gmlp_conv as gc
+
+    before, programs = {k: dict(v) for k, v in gc.GPU_CONFIG.items()}, dict(gc.PROGRAMS_PER_SM)
+    with gpu_check._gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64, programs_per_sm=2):
+        assert gc.launch_config("fwd", 64, interpret=False) == {**before["fwd"], "BLOCK_E": 16, "CHUNK": 64}
+        assert gc.PROGRAMS_PER_SM["fwd"] == 2
+    with pytest.raises(RuntimeError), gpu_check._gpu_config(gc, "head_bwd", BLOCK_E=16):
+        assert gc.launch_config("head_bwd", 64, interpret=False)["BLOCK_E"] == 16
+        raise RuntimeError
+    assert gc.GPU_CONFIG == before and gc.PROGRAMS_PER_SM == programs

@@ -24,7 +24,8 @@ block and per gate are dots with EXPᵀ and GEXPᵀ.  Every dot whose left opera
 a per-program staging buffer (`_mm`): the tile is stored (BLOCK_E · width values, L1/L2-resident) and
 read back as (BLOCK_E, KC) slices, one per iteration of a loop the compiler does not unroll
 (`_staged_dot`).  With BLOCK_E = 16 rows every warp holds the whole left operand of a tensor-core
-dot, so a (16 × 256) tile as one operand would cost 128 registers per thread, a (16 × 32) slice 16;
+dot (at 32, each warp its half), so a (16 × 256) tile as one operand would cost 128 registers per thread, a
+(16 × 32) slice 16;
 slicing the tile in registers (split trees) still left all slices alive at once and made ptxas
 spill 1–2 KB per thread at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The
 head contracts h1 with each input channel as env · x[src, c] · (h1 @ HEAD[c]) (the row scale after the
@@ -78,24 +79,24 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "head_order", "head_side_bwd", "mlp
            "GPU_CONFIG", "launch_config"]
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
-# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. Every kernel runs the
-# MLP on BLOCK_E edges at a time: the forward and the head kernel into CHUNK scratch rows per program, then the
-# head on the chunk (forward: 64 edges, each head tile read serves 64; at 128 its dots took 187 registers); the
-# backward kernels sum the parameter gradients over a chunk (`launch_config`), reading their scratch rows back
-# KE at a time; grad_h̃ is its own kernel on 128 edges per program and row tile (inside the backward kernel, per
-# chunk, its scratch addresses were live across the layers' backward and ptxas spilled 60–280 B at P = 256); in
-# the interpreter the chunks are short and the programs few, so that tests cross chunk, program and wave boundaries.
+# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The forward and the head
+# kernel run the MLP on BLOCK_E = 32 edges at a time (each layer weight read serves 32 edges; at 16 they read
+# twice as much, at 64 the forward spilled 52–216 B under Triton 3.6) into CHUNK scratch rows per program, then the
+# head on the chunk (forward: 128 edges, each head tile read serves 128); the backward kernel's layers stay at 16
+# edges (at 32 ptxas spilled 0.2–1.1 KB under Triton 3.6). The backward kernels sum the parameter gradients over
+# a chunk (`launch_config`), reading their scratch rows back KE at a time; grad_h̃ is its own kernel on 128 edges
+# per program and row tile (inside the backward kernel, per chunk, its scratch addresses were live across the
+# layers' backward and ptxas spilled 60–280 B at P = 256); in the interpreter the blocks and chunks are short and
+# the programs few, so that tests cross block, chunk, program and wave boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16)}
-GPU_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=64, num_warps=8, num_stages=1),
+GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
-              "head_bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
+              "head_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
               "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1)}
-#: Persistent programs per SM on a GPU: the forward takes ≤ 128 registers per thread at the anchors' width in TF32
-#: under Triton 3.8, so two of its 8-warp programs fit on an SM and hide each other's staging barriers; where they
-#: do not fit (P = 256: ≈ 200 registers; P = 128 under Triton 3.6: 226) the second wave takes the later chunks.
-#: The backward kernels take 255 registers and a scratch per program.
-PROGRAMS_PER_SM = {"fwd": 2, "bwd": 1, "head_bwd": 1}
+#: Persistent programs per SM on a GPU: one 8-warp program each — the forward takes 173–255 registers per thread
+#: (two would need ≤ 128), the backward kernels 255 and a scratch per program.
+PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "head_bwd": 1}
 #: The backward kernel runs on waves of WAVE_CHUNKS chunks per program, each after grad_h̃ of the wave's edges
 #: was written to a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64, L2-resident).
 WAVE_CHUNKS = 2
@@ -112,7 +113,7 @@ def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
     — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128, 128 beyond
     (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats
     per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers); forward: h1, IN_K floats per row,
-    64 rows."""
+    128 rows (≤ 128 KiB)."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
