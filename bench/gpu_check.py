@@ -57,7 +57,7 @@ from .envinfo import REPO_ROOT
 from .report import fmt_bytes, fmt_ms, write_json
 
 __all__ = ["main", "Sizes", "GPU_SIZES", "DRY_SIZES", "STAGES", "allocate_budget", "load_anchors", "anchor_ratios",
-           "markdown"]
+           "markdown", "fused_weight_reads"]
 
 SCHEMA = "fastik-gpu-check/1"
 ANCHORS_PATH = Path(__file__).resolve().parent / "anchors_h200.json"
@@ -565,6 +565,37 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
             "bwd": (e * (mlp + 3 * head_tiles + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
 
 
+def fused_weight_reads(packed, k0: int) -> dict[str, float]:
+    """Bytes per edge of weights and structure each fused kernel reads from L2 at its GPU configuration (fp32;
+    bench/NOTES.md): a layer's weight (K0P or IN_K rows of P) and structure — MEAN / AVG as dot operands (P·NB
+    each), a gather's index and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ in
+    the backward — once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk
+    (forward), three times per chunk (head kernel: grad_x and grad_env, the head's gradient, its support mask) and
+    once per BLOCK_E edges (grad_h̃). The backward kernel recomputes layer i's input (layers < i), its linear part
+    and norm, and back-propagates (norm again, gates, three sums, the weight's transpose). Per-layer vectors (bias,
+    scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1."""
+    from fastik.ops.fused_gmlp import HEAD_TILE
+    from fastik.triton_kernels.gmlp_conv import launch_config, used_columns, z_columns
+
+    f4 = 4
+    size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
+    layers, in_k = packed.layers, used_columns(size, k0, packed.hidden)
+    k0p = z_columns(size, k0, layers)
+    weights = [(k0p if i == 0 else in_k) * size * f4 for i in range(layers)]
+    sums, vec, gates = size * nb * f4, size * 12, ng * 8  # one MEAN / AVG operand; one gather's vectors
+    layer = 2 * sums + 4 * vec + gates  # norm (MEAN, AVG dots; two spreads), gate columns and spread (2 vectors)
+    back = 2 * sums + 2 * vec + gates + size * ng * f4 + 2 * nb * size * f4 + 5 * vec  # _layer_bwd's structure
+    mlp = sum(weights) + layers * layer
+    bwd = sum(sum(weights[:i]) + i * layer + 2 * weights[i] + back for i in range(layers))
+    tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
+    config = {name: launch_config(name, in_k, interpret=False) for name in ("fwd", "head_bwd", "bwd", "grad_h")}
+    out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
+           "head_bwd": mlp / config["head_bwd"]["BLOCK_E"] + 3 * tiles / config["head_bwd"]["CHUNK"],
+           "grad_h": tiles / config["grad_h"]["BLOCK_E"],
+           "bwd": bwd / config["bwd"]["BLOCK_E"]}
+    return {**out, "total": sum(out.values())}
+
+
 @contextlib.contextmanager
 def _gpu_config(gc, kernel: str, programs_per_sm: int | None = None, **config):
     """Inside the block, fused kernel ``kernel`` of module ``gc`` (fastik.triton_kernels.gmlp_conv) launches with
@@ -741,6 +772,8 @@ def stage_split(ctx: Context) -> None:
             env = (fconv.kernel.envelope(r_vec) * fconv.scale).contiguous()
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
         fmodel = _fused_model(e, n, packed, din, z.shape[1])
+        r.setdefault("weight_reads_bytes_per_edge", {})[label] = {
+            k: round(v) for k, v in fused_weight_reads(packed, z.shape[1]).items()}
         size = packed.weight.shape[1]
         for precision in s.precisions:
             tag = f"{label}, P={size}, {precision}"

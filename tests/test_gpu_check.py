@@ -110,6 +110,7 @@ def test_dry_run_stage_results(dry_run):
         for variant in ("fwd, BLOCK_E=16, CHUNK=64, 2 programs/SM", "bwd head side, BLOCK_E=16"):  # the previous blocks
             assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
+    assert set(d["weight_reads_bytes_per_edge"]) == {"default", "anchor"}  # the L2 model beside the times
     assert all(c["mode"] == "fixed (interpreter)" for c in d["configs"].values())
     assert d["peaks"]["fp32_matmul_tflops"] > 0 and d["peaks"]["copy_gb_s"] > 0
     # e: aggregation ops agree with the float64 index_add_ and report bandwidth
@@ -249,3 +250,28 @@ def test_gpu_config_variant_is_restored():
         assert gc.launch_config("head_bwd", 64, interpret=False)["BLOCK_E"] == 16
         raise RuntimeError
     assert gc.GPU_CONFIG == before and gc.PROGRAMS_PER_SM == programs
+
+
+def test_weight_read_model_follows_the_launch_configuration():
+    """bench/NOTES.md's L2 model of the fused kernels' weight reads, computed from the packed sizes and the GPU
+    configuration: at the standard workload 33.7 KB per edge at the anchors' width, 108.5 KB at the default
+    (NOTES: 33.5 / 108, from rounded tile counts); the forward's MLP part doubles when its blocks halve."""
+    pytest.importorskip("triton")
+    import torch
+
+    import fastik
+    from fastik.triton_kernels import gmlp_conv as gc
+
+    ft = fastik.FieldType(fastik.group("so3"), "16x0e + 16x1o")
+    reads = {}
+    for hidden in (5, 16):
+        kernel = fastik.ImplicitPointConv(ft, ft, hidden_channels=hidden, backend="fused").kernel
+        packed, k0 = kernel.packed(torch.float32), kernel.input_type.dim
+        reads[hidden] = gpu_check.fused_weight_reads(packed, k0)
+    assert reads[5]["total"] == pytest.approx(33.7e3, rel=0.01)
+    assert reads[16]["total"] == pytest.approx(108.5e3, rel=0.01)
+    assert reads[16]["total"] == pytest.approx(sum(v for k, v in reads[16].items() if k != "total"))
+    with gpu_check._gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64):
+        before = gpu_check.fused_weight_reads(packed, k0)["fwd"]
+    tiles = float(packed.head_block_count.sum()) * 16 * 16 * 4
+    assert before - tiles / 64 == pytest.approx(2 * (reads[16]["fwd"] - tiles / 128))
