@@ -57,7 +57,7 @@ from .envinfo import REPO_ROOT
 from .report import fmt_bytes, fmt_ms, write_json
 
 __all__ = ["main", "Sizes", "GPU_SIZES", "DRY_SIZES", "STAGES", "allocate_budget", "load_anchors", "anchor_ratios",
-           "markdown", "fused_weight_reads"]
+           "markdown", "fused_weight_reads", "fused_scratch_reads"]
 
 SCHEMA = "fastik-gpu-check/1"
 ANCHORS_PATH = Path(__file__).resolve().parent / "anchors_h200.json"
@@ -596,6 +596,46 @@ def fused_weight_reads(packed, k0: int) -> dict[str, float]:
     return {**out, "total": sum(out.values())}
 
 
+def _runs(blocks, counts, div: int) -> int:
+    """Runs of equal entry // div (a held operand's slice) summed over the tile lists: row g of ``blocks`` lists
+    counts[g] tiles, and each list starts a run."""
+    runs = 0
+    for g, n in enumerate(counts.tolist()):
+        keys = [b // div for b in blocks[g, :n].tolist()]
+        runs += sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
+    return runs
+
+
+def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
+    """Bytes per edge the fused kernels read from their own scratch rows and gathers, per non-zero head tile
+    (fp32; bench/NOTES.md; L1 if the rows stay there): the forward's h1 slice (64 B) once per run of equal row
+    tiles in an output tile's list (held in registers) and x[src, c] per tile; the head kernel's grad_x pass h1's
+    and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient pass both slices, src, env and
+    x[src, c] per tile (144 B); grad_h̃'s gathered grad_out slice per run of output tiles and x[src, c]
+    per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row and its weight-gradient rows."""
+    from fastik.ops.fused_gmlp import HEAD_TILE as T
+    from fastik.triton_kernels.gmlp_conv import launch_config, used_columns, z_columns
+
+    f4, i8, slice_b = 4, 8, 4 * T
+    size, dout_p, din = packed.weight.shape[1], packed.head.shape[2], packed.head.shape[0]
+    in_k, layers = used_columns(size, k0, packed.hidden), packed.layers
+    k0p = z_columns(size, k0, layers)
+    cpu = {k: getattr(packed, k).cpu() for k in ("head_blocks", "head_block_count", "head_row_blocks",
+                                                  "head_row_block_count")}
+    tiles = int(cpu["head_block_count"].sum())
+    fwd_runs = _runs(cpu["head_blocks"], cpu["head_block_count"], din)
+    gh_runs = _runs(cpu["head_row_blocks"], cpu["head_row_block_count"], din)
+    weight_rows, stage = 0, launch_config("bwd", in_k, interpret=False)["BLOCK_E"] * max(size, dout_p)
+    for i in range(layers):  # _weight_grad: u (KL) once per column tile of PT, da (P) once
+        kl = k0p if i == 0 else in_k
+        weight_rows += (size // min(size, stage // kl)) * kl + size
+    out = {"fwd": fwd_runs * slice_b + tiles * f4,
+           "head_bwd": tiles * 2 * slice_b + din * f4 + tiles * (2 * slice_b + i8 + 2 * f4),
+           "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4),
+           "bwd": (in_k + weight_rows) * f4}
+    return {**out, "total": sum(out.values())}
+
+
 @contextlib.contextmanager
 def _gpu_config(gc, kernel: str, programs_per_sm: int | None = None, **config):
     """Inside the block, fused kernel ``kernel`` of module ``gc`` (fastik.triton_kernels.gmlp_conv) launches with
@@ -772,8 +812,9 @@ def stage_split(ctx: Context) -> None:
             env = (fconv.kernel.envelope(r_vec) * fconv.scale).contiguous()
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
         fmodel = _fused_model(e, n, packed, din, z.shape[1])
-        r.setdefault("weight_reads_bytes_per_edge", {})[label] = {
-            k: round(v) for k, v in fused_weight_reads(packed, z.shape[1]).items()}
+        for key, model_fn in (("weight_reads_bytes_per_edge", fused_weight_reads),
+                              ("scratch_reads_bytes_per_edge", fused_scratch_reads)):  # the models beside the times
+            r.setdefault(key, {})[label] = {k: round(v) for k, v in model_fn(packed, z.shape[1]).items()}
         size = packed.weight.shape[1]
         for precision in s.precisions:
             tag = f"{label}, P={size}, {precision}"

@@ -110,7 +110,8 @@ def test_dry_run_stage_results(dry_run):
         for variant in ("fwd, BLOCK_E=16, CHUNK=64, 2 programs/SM", "bwd head side, BLOCK_E=16"):  # the previous blocks
             assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
-    assert set(d["weight_reads_bytes_per_edge"]) == {"default", "anchor"}  # the L2 model beside the times
+    for model in ("weight_reads_bytes_per_edge", "scratch_reads_bytes_per_edge"):  # the models beside the times
+        assert set(d[model]) == {"default", "anchor"}, model
     assert all(c["mode"] == "fixed (interpreter)" for c in d["configs"].values())
     assert d["peaks"]["fp32_matmul_tflops"] > 0 and d["peaks"]["copy_gb_s"] > 0
     # e: aggregation ops agree with the float64 index_add_ and report bandwidth
@@ -252,10 +253,12 @@ def test_gpu_config_variant_is_restored():
     assert gc.GPU_CONFIG == before and gc.PROGRAMS_PER_SM == programs
 
 
-def test_weight_read_model_follows_the_launch_configuration():
-    """bench/NOTES.md's L2 model of the fused kernels' weight reads, computed from the packed sizes and the GPU
-    configuration: at the standard workload 33.7 KB per edge at the anchors' width, 108.5 KB at the default
-    (NOTES: 33.5 / 108, from rounded tile counts); the forward's MLP part doubles when its blocks halve."""
+def test_read_models_follow_the_code():
+    """bench/NOTES.md's models of the fused kernels' reads per edge, computed from the packed sizes, the tile lists
+    and the GPU configuration, at the standard workload: weights from L2 33.7 KB at the anchors' width, 108.5 KB
+    at the default (NOTES: 33.5 / 108 from rounded tile counts) — the forward's MLP part doubles when its blocks
+    halve; scratch rows and gathers 152.5 / 218.2 KB, the forward's h1 slices read once per run of row tiles
+    (15 of the 528 listed tiles at the anchors' width)."""
     pytest.importorskip("triton")
     import torch
 
@@ -263,11 +266,16 @@ def test_weight_read_model_follows_the_launch_configuration():
     from fastik.triton_kernels import gmlp_conv as gc
 
     ft = fastik.FieldType(fastik.group("so3"), "16x0e + 16x1o")
-    reads = {}
+    reads, scratch = {}, {}
     for hidden in (5, 16):
         kernel = fastik.ImplicitPointConv(ft, ft, hidden_channels=hidden, backend="fused").kernel
         packed, k0 = kernel.packed(torch.float32), kernel.input_type.dim
         reads[hidden] = gpu_check.fused_weight_reads(packed, k0)
+        scratch[hidden] = gpu_check.fused_scratch_reads(packed, k0)
+        if hidden == 5:
+            assert int(packed.head_block_count.sum()) == 528 and scratch[5]["fwd"] == 15 * 64 + 528 * 4
+    assert scratch[5]["total"] == pytest.approx(152.5e3, rel=0.01)
+    assert scratch[16]["total"] == pytest.approx(218.2e3, rel=0.01)
     assert reads[5]["total"] == pytest.approx(33.7e3, rel=0.01)
     assert reads[16]["total"] == pytest.approx(108.5e3, rel=0.01)
     assert reads[16]["total"] == pytest.approx(sum(v for k, v in reads[16].items() if k != "total"))

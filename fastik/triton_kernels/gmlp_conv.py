@@ -423,13 +423,13 @@ def _head_tile(head_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: 
 
 @triton.jit
 def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count, fixed, DIN, P: tl.constexpr,
-              DOUT_P: tl.constexpr, TRANS: tl.constexpr, HOLD: tl.constexpr, PRECISION: tl.constexpr):
+              DOUT_P: tl.constexpr, TRANS: tl.constexpr, PRECISION: tl.constexpr):
     """Σ_j env·x[src, c]·(S[rows, i:i+16] @ T_j), (len(rows), 16), over the ``count`` head tiles listed at blk_ptr
     as (i/16)·DIN + c: T_j = HEAD[c, i:i+16, fixed:fixed+16] (output tile ``fixed``; S holds h1), or with TRANS
-    HEAD[c, fixed:fixed+16, i:i+16]ᵀ (row tile ``fixed``; S holds grad_out).  S: rows of width W.  With HOLD,
-    S's columns stay in registers while i repeats (the lists are sorted by i): read once per i, not per tile —
-    for grad_out[tgt], a gather; the forward's S is its own scratch, where holding it cost ptxas 42 registers
-    (IEEE, P = 128) and a 64 B spill (IEEE, P = 256)."""
+    HEAD[c, fixed:fixed+16, i:i+16]ᵀ (row tile ``fixed``; S holds grad_out).  S: rows of width W.  S's columns
+    stay in registers while i repeats (the lists are sorted by i): read once per i, not per tile — for
+    grad_out[tgt] a gather, for the forward's h1 its scratch (15 reads per chunk instead of 528 at the anchors'
+    width; held at BLOCK_E = 16 it had cost ptxas 42 registers and a 64 B spill, at 32 none)."""
     acc = tl.zeros((rows.shape[0], _HT), dtype=s_ptr.dtype.element_ty)
     last = tl.full((), -1, tl.int64)
     si = tl.zeros((rows.shape[0], _HT), dtype=s_ptr.dtype.element_ty)
@@ -437,9 +437,7 @@ def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count,
         ic = tl.load(blk_ptr + j)
         i = ic // DIN * _HT
         c = ic % DIN
-        if not HOLD:
-            si = _cols(s_ptr, rows, i, W)
-        elif i != last:
+        if i != last:
             si = _cols(s_ptr, rows, i, W)
             last = i
         if TRANS:
@@ -479,7 +477,7 @@ def _gmlp_conv_fwd_kernel(
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
             acc = _head_sum(hs_ptr, rows, IN_K, src, env, mask_e, x_ptr, head_ptr, hblk_ptr + t * (P // _HT) * DIN,
-                            tl.load(hcnt_ptr + t), t * _HT, DIN, P, DOUT_P, False, False, PRECISION)
+                            tl.load(hcnt_ptr + t), t * _HT, DIN, P, DOUT_P, False, PRECISION)
             cols = tl.load(ocol_ptr + t * _HT + offs_t)
             tl.atomic_add(out_ptr + tgt[:, None] * DOUT + cols[None, :], acc,
                           mask=mask_e[:, None] & (cols < DOUT)[None, :], sem="relaxed")
@@ -566,7 +564,7 @@ def _gmlp_grad_h_kernel(gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rb
     tgt = tl.load(tgt_ptr + offs_e, mask=mask_e, other=0)
     env = tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)
     acc = _head_sum(gout_ptr, tgt, DOUT_P, src, env, mask_e, x_ptr, head_ptr, rblk_ptr + kk * (DOUT_P // _HT) * DIN,
-                    tl.load(rcnt_ptr + kk), kk * _HT, DIN, P, DOUT_P, True, True, PRECISION)
+                    tl.load(rcnt_ptr + kk), kk * _HT, DIN, P, DOUT_P, True, PRECISION)
     cols = kk * _HT + tl.arange(0, _HT)
     tl.store(gh_ptr + offs_e[:, None] * IN_K + cols[None, :], tl.where((cols < H)[None, :], acc, 0.0),
              mask=mask_e[:, None])
