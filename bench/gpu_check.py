@@ -545,8 +545,8 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the head's tiles (grad_h̃, no MLP; written
     to a buffer of IN_K floats per edge and read back a wave of edges later), then per
     layer its input recomputed, its norm again, the backward's sums per block and per gate (4P·NB + 2P·NG), its
-    weight and input gradients; the head kernel: the MLP, then the tiles twice (grad_x and grad_env, the head's
-    gradient)."""
+    weight and input gradients; the head kernel: the MLP, the tiles (grad_x and grad_env), and the head's gradient
+    on 16 channels' tiles at once per group of listed tiles (``head_groups``; listed or not)."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import used_columns, z_columns
 
@@ -561,8 +561,9 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     steps = sum(sum(linear[:i]) + i * norm + 2 * linear[i] + norm + sums + 2.0 * size * k for i in range(layers))
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
+    head_grad = 2.0 * HEAD_TILE ** 3 * head_groups(packed)
     return {"fwd": (e * (mlp + head_tiles), io + e * dout_p * f4),
-            "bwd": (e * (mlp + 3 * head_tiles + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
+            "bwd": (e * (mlp + 2 * head_tiles + head_grad + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
 
 
 def fused_weight_reads(packed, k0: int) -> dict[str, float]:
@@ -596,22 +597,31 @@ def fused_weight_reads(packed, k0: int) -> dict[str, float]:
     return {**out, "total": sum(out.values())}
 
 
-def _runs(blocks, counts, div: int) -> int:
-    """Runs of equal entry // div (a held operand's slice) summed over the tile lists: row g of ``blocks`` lists
-    counts[g] tiles, and each list starts a run."""
+def _runs(blocks, counts, key: Callable[[int], object]) -> int:
+    """Runs of equal key(entry) — an operand a kernel holds, or a group it sums at once — summed over the tile
+    lists: row g of ``blocks`` (on the CPU) lists counts[g] tiles, and each list starts a run."""
     runs = 0
     for g, n in enumerate(counts.tolist()):
-        keys = [b // div for b in blocks[g, :n].tolist()]
+        keys = [key(b) for b in blocks[g, :n].tolist()]
         runs += sum(1 for i, k in enumerate(keys) if i == 0 or k != keys[i - 1])
     return runs
+
+
+def head_groups(packed) -> int:
+    """How many runs of listed head tiles the head kernel's gradient pass sums at once: per output tile, those
+    sharing a row tile and a group of 16 input channels (``gmlp_conv._head_grad_group``)."""
+    from fastik.ops.fused_gmlp import HEAD_TILE as T
+
+    din = packed.head.shape[0]
+    return _runs(packed.head_blocks.cpu(), packed.head_block_count.cpu(), lambda b: (b // din, b % din // T))
 
 
 def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
     """Bytes per edge the fused kernels read from their own scratch rows and gathers, per non-zero head tile
     (fp32; bench/NOTES.md; L1 if the rows stay there): the forward's h1 slice (64 B) once per run of equal row
     tiles in an output tile's list (held in registers) and x[src, c] per tile; the head kernel's grad_x pass h1's
-    and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient pass both slices, src, env and
-    x[src, c] per tile (144 B); grad_h̃'s gathered grad_out slice per run of output tiles and x[src, c]
+    and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient pass both slices, src and env
+    per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per run of output tiles and x[src, c]
     per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row and its weight-gradient rows."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
     from fastik.triton_kernels.gmlp_conv import launch_config, used_columns, z_columns
@@ -623,14 +633,14 @@ def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
     cpu = {k: getattr(packed, k).cpu() for k in ("head_blocks", "head_block_count", "head_row_blocks",
                                                   "head_row_block_count")}
     tiles = int(cpu["head_block_count"].sum())
-    fwd_runs = _runs(cpu["head_blocks"], cpu["head_block_count"], din)
-    gh_runs = _runs(cpu["head_row_blocks"], cpu["head_row_block_count"], din)
+    fwd_runs = _runs(cpu["head_blocks"], cpu["head_block_count"], lambda b: b // din)
+    gh_runs = _runs(cpu["head_row_blocks"], cpu["head_row_block_count"], lambda b: b // din)
     weight_rows, stage = 0, launch_config("bwd", in_k, interpret=False)["BLOCK_E"] * max(size, dout_p)
     for i in range(layers):  # _weight_grad: u (KL) once per column tile of PT, da (P) once
         kl = k0p if i == 0 else in_k
         weight_rows += (size // min(size, stage // kl)) * kl + size
     out = {"fwd": fwd_runs * slice_b + tiles * f4,
-           "head_bwd": tiles * 2 * slice_b + din * f4 + tiles * (2 * slice_b + i8 + 2 * f4),
+           "head_bwd": tiles * 2 * slice_b + din * f4 + head_groups(packed) * (2 * slice_b + i8 + f4) + tiles * f4,
            "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4),
            "bwd": (in_k + weight_rows) * f4}
     return {**out, "total": sum(out.values())}

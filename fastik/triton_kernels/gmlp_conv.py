@@ -45,8 +45,9 @@ runs persistent programs (PROGRAMS_PER_SM), each takes chunks of CHUNK edges in 
 kernel write the chunk's h1 rows (and grad_out[tgt]) into a per-program scratch and then apply the head to the
 whole chunk (each head tile read serves CHUNK edges); the backward kernel writes the rows a layer's weight
 gradient is summed from (each layer's input and linear-part gradient) into its scratch and, after the chunk,
-sums them with dots over the edge dimension before one atomic per entry; the head kernel sums each non-zero
-tile of the head's gradient over the chunk the same way.
+sums them with dots over the edge dimension before one atomic per entry; the head kernel sums the head's
+gradient over the chunk the same way, 16 channels' tiles of one (row tile, output tile) pair per dot (their
+operand slices read once, not once per channel).
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
 gradients (the scratch holds ≤ #programs × CHUNK rows, the grad_h̃ buffer one wave's).
 
@@ -92,7 +93,7 @@ INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, K
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
-              "head_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
+              "head_bwd": dict(BLOCK_E=32, KE=16, num_warps=8, num_stages=1),
               "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1)}
 #: Persistent programs per SM on a GPU: one 8-warp program each — the forward takes 173–255 registers per thread
 #: (two would need ≤ 128), the backward kernels 255 and a scratch per program.
@@ -498,8 +499,9 @@ def _gmlp_head_bwd_kernel(
     edges in turn.  Per chunk: h1 (``_chunk_h1``) and grad_out[tgt] (gy) into the program's scratch rows (hs
     (CHUNK, IN_K), gs (CHUNK, DOUT_P)); then per input channel c (tiles listed per channel: cblk, ccnt)
     s_c = Σ_{k,t} rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t): grad_x[src, c] += env·s_c (atomics) and
-    grad_env = Σ_c x[src, c]·s_c (stored); with NEED_HEAD, per non-zero (16 × 16) tile (hblk, hcnt)
-    grad_head[c, k, t] += Σ_e (env·x[src, c]·h1_k)ᵀ gy_t, one sum over the chunk (the rows read back KE at a
+    grad_env = Σ_c x[src, c]·s_c (stored); with NEED_HEAD, per run of non-zero (16 × 16) tiles (hblk, hcnt) that
+    share output tile t, row tile k and a group of 16 channels (``_head_grad_group``), grad_head[c, k, t] +=
+    Σ_e env·x[src, c]·h1_kᵀ gy_t for the run's channels at once, one sum over the chunk (the rows read back KE at a
     time) and one atomic per entry of the head's support (hsup ≠ 0: structural zeros get no gradient) — per edge
     256 / CHUNK atomics per non-zero tile."""
     pid = tl.program_id(0)
@@ -507,7 +509,6 @@ def _gmlp_head_bwd_kernel(
     gs_ptr += pid * CHUNK * DOUT_P
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     TT: tl.constexpr = DOUT_P // _HT
-    offs_t = tl.arange(0, _HT)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
@@ -529,24 +530,48 @@ def _gmlp_head_bwd_kernel(
             tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
             ge += tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * sc
         tl.store(genv_ptr + start + rows, ge, mask=mask_e)
-        if NEED_HEAD:
+        if NEED_HEAD:  # per output tile, its listed tiles in runs of one row tile and one group of 16 channels
+            groups = (DIN + _HT - 1) // _HT
             for t in range(TT):
-                for j in range(tl.load(hcnt_ptr + t)):
-                    kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
-                    k = kc // DIN * _HT
-                    ch = kc % DIN  # not c: the channel loop's int32 counter
-                    acc = tl.zeros((_HT, _HT), dtype=hs_ptr.dtype.element_ty)
-                    for s in range(CHUNK // KE):
-                        rows_s = s * KE + tl.arange(0, KE)
-                        mask_s = start + rows_s < E
-                        src_s = tl.load(src_ptr + start + rows_s, mask=mask_s, other=0)
-                        xe = tl.load(x_ptr + src_s * DIN + ch, mask=mask_s, other=0.0) * \
-                            tl.load(env_ptr + start + rows_s, mask=mask_s, other=0.0)
-                        acc += tl.dot(tl.trans(_cols(hs_ptr, rows_s, k, IN_K) * xe[:, None]),
-                                      _cols(gs_ptr, rows_s, t * _HT, DOUT_P), input_precision=PRECISION)
-                    entries = ch * P * DOUT_P + (k + offs_t[:, None]) * DOUT_P + t * _HT + offs_t[None, :]
-                    tl.atomic_add(ghead_ptr + entries, acc, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
+                count = tl.load(hcnt_ptr + t)
+                last = tl.full((), -1, tl.int64)
+                bits = tl.zeros((), tl.int64)
+                for j in range(count + 1):  # the step past the list flushes its last run
+                    kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j, mask=j < count, other=-1)
+                    key = tl.where(kc < 0, -1, kc // DIN * groups + kc % DIN // _HT)
+                    if (key != last) & (last >= 0):
+                        _head_grad_group(hs_ptr, gs_ptr, x_ptr, src_ptr, env_ptr, hsup_ptr, ghead_ptr, start, E,
+                                         last // groups * _HT, t * _HT, last % groups, bits, DIN, P, IN_K, DOUT_P,
+                                         CHUNK, KE, PRECISION)
+                    bits = tl.where(key != last, 0, bits) | (1 << (tl.maximum(kc, 0) % DIN % _HT))
+                    last = key
         tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
+
+
+@triton.jit
+def _head_grad_group(hs_ptr, gs_ptr, x_ptr, src_ptr, env_ptr, hsup_ptr, ghead_ptr, start, E, k, t, g, bits, DIN,
+                     P: tl.constexpr, IN_K: tl.constexpr, DOUT_P: tl.constexpr, CHUNK: tl.constexpr,
+                     KE: tl.constexpr, PRECISION: tl.constexpr):
+    """grad_head[c, k:k+16, t:t+16] += Σ_e env·x[src, c]·h1[e, k:k+16]ᵀ grad_out[tgt, t:t+16] over the chunk's
+    rows (hs, gs), for the channels c = 16g + i with bit i of ``bits`` set, all at once: Xᵀ (16 × KE) @ Q (KE × 256)
+    per KE rows, Q the edges' outer products of the two slices (each slice read once per group, not per channel);
+    one atomic per entry of the head's support (hsup ≠ 0)."""
+    offs = tl.arange(0, _HT)
+    ch = g * _HT + offs
+    on = ((bits >> offs) & 1) != 0  # the listed channels (< DIN)
+    a = tl.arange(0, _HT * _HT)
+    acc = tl.zeros((_HT, _HT * _HT), dtype=hs_ptr.dtype.element_ty)
+    for s in range(CHUNK // KE):
+        rows = s * KE + tl.arange(0, KE)
+        mask = start + rows < E
+        src = tl.load(src_ptr + start + rows, mask=mask, other=0)
+        xe = tl.load(x_ptr + src[:, None] * DIN + ch[None, :], mask=mask[:, None] & on[None, :], other=0.0) * \
+            tl.load(env_ptr + start + rows, mask=mask, other=0.0)[:, None]
+        q = _cols(hs_ptr, rows, k, IN_K)[:, :, None] * _cols(gs_ptr, rows, t, DOUT_P)[:, None, :]
+        acc += tl.dot(tl.trans(xe), tl.reshape(q, (KE, _HT * _HT)), input_precision=PRECISION)
+    entries = ch[:, None] * P * DOUT_P + (k + a // _HT)[None, :] * DOUT_P + t + (a % _HT)[None, :]
+    keep = on[:, None] & (tl.load(hsup_ptr + entries, mask=on[:, None], other=0.0) != 0)
+    tl.atomic_add(ghead_ptr + entries, acc, mask=keep, sem="relaxed")
 
 
 @triton.jit
