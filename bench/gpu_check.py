@@ -563,7 +563,8 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     head_grad = 2.0 * HEAD_TILE ** 3 * head_groups(packed)
     return {"fwd": (e * (mlp + head_tiles), io + e * dout_p * f4),
-            "bwd": (e * (mlp + 2 * head_tiles + head_grad + steps), 2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
+            "bwd": (e * (mlp + 2 * head_tiles + head_grad + steps),
+                    2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
 
 
 def fused_weight_reads(packed, k0: int) -> dict[str, float]:
@@ -571,7 +572,7 @@ def fused_weight_reads(packed, k0: int) -> dict[str, float]:
     bench/NOTES.md): a layer's weight (K0P or IN_K rows of P) and structure — MEAN / AVG as dot operands (P·NB
     each), a gather's index and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ in
     the backward — once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk
-    (forward), three times per chunk (head kernel: grad_x and grad_env, the head's gradient, its support mask) and
+    (forward), three times per chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics) and
     once per BLOCK_E edges (grad_h̃). The backward kernel recomputes layer i's input (layers < i), its linear part
     and norm, and back-propagates (norm again, gates, three sums, the weight's transpose). Per-layer vectors (bias,
     scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1."""
@@ -621,8 +622,9 @@ def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
     (fp32; bench/NOTES.md; L1 if the rows stay there): the forward's h1 slice (64 B) once per run of equal row
     tiles in an output tile's list (held in registers) and x[src, c] per tile; the head kernel's grad_x pass h1's
     and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient pass both slices, src and env
-    per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per run of output tiles and x[src, c]
-    per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row and its weight-gradient rows."""
+    per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per
+    run of output tiles and x[src, c] per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row
+    and its weight-gradient rows."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
     from fastik.triton_kernels.gmlp_conv import launch_config, used_columns, z_columns
 
@@ -639,8 +641,9 @@ def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
     for i in range(layers):  # _weight_grad: u (KL) once per column tile of PT, da (P) once
         kl = k0p if i == 0 else in_k
         weight_rows += (size // min(size, stage // kl)) * kl + size
+    grad_x = tiles * 2 * slice_b + din * f4
     out = {"fwd": fwd_runs * slice_b + tiles * f4,
-           "head_bwd": tiles * 2 * slice_b + din * f4 + head_groups(packed) * (2 * slice_b + i8 + f4) + tiles * f4,
+           "head_bwd": grad_x + head_groups(packed) * (2 * slice_b + i8 + f4) + tiles * f4,
            "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4),
            "bwd": (in_k + weight_rows) * f4}
     return {**out, "total": sum(out.values())}
@@ -842,7 +845,7 @@ def stage_split(ctx: Context) -> None:
                                               pdict["scale"], pdict["shift"])]
         item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head",
              lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
-        with _gpu_config(gc, "head_bwd", BLOCK_E=16):  # the previous head kernel
+        with _gpu_config(gc, "head_bwd", BLOCK_E=16):  # the head kernel's previous MLP blocks
             item(f"gmlp_conv bwd head side, BLOCK_E=16 ({label}, P={size}, tf32x3)",
                  lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
         item(f"gmlp_conv bwd G-MLP side ({label}, P={size}, tf32x3): grad_h̃ + layers, in waves",
