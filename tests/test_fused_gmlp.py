@@ -108,14 +108,14 @@ def test_backward_over_many_chunks():
 
 def test_gpu_block_sizes_match_reference(monkeypatch):
     """The forward and the head kernel run the MLP on BLOCK_E = 32 edges at a time on a GPU (the interpreter's
-    other tests on 16): with the GPU's block sizes (two blocks per chunk of 64, E = 150: three chunks over two
-    programs, the last one partial) forward and every gradient match the reference."""
+    other tests on 16): with the GPU's block sizes and row blocks (BLOCK_E, KE; two MLP blocks per chunk, E = 150:
+    several chunks over two programs, the last one partial) forward and every gradient match the reference."""
     from fastik.triton_kernels import gmlp_conv
 
     for name in ("fwd", "head_bwd", "bwd"):
-        block = gmlp_conv.GPU_CONFIG[name]["BLOCK_E"]
+        gpu = {k: v for k, v in gmlp_conv.GPU_CONFIG[name].items() if k in ("BLOCK_E", "KE")}
         monkeypatch.setitem(gmlp_conv.INTERPRET_CONFIG, name,
-                            {**gmlp_conv.INTERPRET_CONFIG[name], "BLOCK_E": block, "CHUNK": 2 * block})
+                            {**gmlp_conv.INTERPRET_CONFIG[name], **gpu, "CHUNK": 2 * max(gpu.values())})
     assert gmlp_conv.launch_config("fwd", 64)["BLOCK_E"] == gmlp_conv.launch_config("head_bwd", 64)["BLOCK_E"] == 32
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=2)
