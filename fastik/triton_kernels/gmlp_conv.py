@@ -531,7 +531,7 @@ def _gmlp_head_bwd_kernel(
             ge += tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * sc
         tl.store(genv_ptr + start + rows, ge, mask=mask_e)
         if NEED_HEAD:  # per output tile, its listed tiles in runs of one row tile and one group of 16 channels
-            groups = (DIN + _HT - 1) // _HT
+            groups = tl.cdiv(DIN, _HT)
             for t in range(TT):
                 count = tl.load(hcnt_ptr + t)
                 last = tl.full((), -1, tl.int64)
