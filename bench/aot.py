@@ -13,6 +13,9 @@ catches a kernel that no longer compiles under the Triton version of the GPU mac
     python -m bench.aot --all --spill-table fastik/triton_kernels/spills_sm90a.json
                                              # record which configurations spill under this Triton version
 
+Specialization: as Triton's JIT specializes a launch on torch tensors — every pointer 16-byte aligned, integer
+arguments unspecialized (``SPECIALIZATION``; results before 2026-12-02 compiled without it, see bench/NOTES.md).
+
 Sizes: DIN = DOUT = 64 (the standard workload), so DIN_P = DOUT_P = 64; the fully fused kernels at the
 anchors' width (hidden_channels=5: two layers, P = 128, NB = NG = 16, dot inputs on P/2 = 64 columns) and
 at the default width (hidden_channels=16: P = 256, NB = 16, NG = 64, dot inputs on all 256 columns).
@@ -92,6 +95,19 @@ def _signature(fn, constexprs: dict) -> dict:
     return sig
 
 
+SPECIALIZATION = "pointers 16-byte aligned (tt.divisibility = 16), integers unspecialized"
+
+
+def _aligned(fn, signature: dict) -> dict:
+    """The specialization a launch gets from Triton's JIT for torch tensors: every pointer argument 16-byte aligned
+    (``tt.divisibility``; torch allocates at ≥ 256 B, and the launchers pass whole tensors or row slices at multiples
+    of 16 rows).  Without it loads and stores do not vectorise, and every element keeps its own 64-bit address:
+    ptxas then reports more registers and spills than a launch has.  Integer arguments stay unspecialized (a
+    launch's E is divisible by 16 or not)."""
+    return {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name, ty in signature.items()
+            if ty.startswith("*")}
+
+
 def _default_config(value, precision: str) -> dict:
     if "default" in value:
         return dict(value.get(precision, value["default"]))
@@ -99,15 +115,17 @@ def _default_config(value, precision: str) -> dict:
 
 
 def _ptxas(ptx: str) -> tuple[int, int, int]:
+    """(registers, spill store bytes, spill load bytes) of ``ptx`` for sm_90a: the entry function's registers, the
+    spills summed over it and the functions it calls (``noinline`` Triton functions are PTX functions)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         with open(path, "w") as f:
             f.write(ptx)
         res = subprocess.run(["ptxas", "-v", "--gpu-name", "sm_90a", path, "-o", os.path.join(tmp, "k.cubin")],
                              capture_output=True, text=True, check=True)
-    regs = int(re.search(r"Used (\d+) registers", res.stderr).group(1))
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)
-    return regs, int(spills.group(1)), int(spills.group(2))
+    regs = max(int(r) for r in re.findall(r"Used (\d+) registers", res.stderr))
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)  # per function
+    return regs, sum(int(st) for st, _ in spills), sum(int(ld) for _, ld in spills)
 
 
 def compile_row(fn, name: str, config: dict, precision: str, sizes: dict | None = None) -> Row:
@@ -125,7 +143,8 @@ def compile_row(fn, name: str, config: dict, precision: str, sizes: dict | None 
                   **{k: v for k, v in FLAGS_TRUE.items() if k in fn.arg_names}}
     row = Row(name, label, precision)
     try:
-        src = ASTSource(fn=fn, signature=_signature(fn, constexprs), constexprs=constexprs)
+        signature = _signature(fn, constexprs)
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=_aligned(fn, signature))
         options = {"num_warps": config.get("num_warps", 4), "num_stages": config.get("num_stages", 2)}
         compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
         row.registers, row.spill_stores, row.spill_loads = _ptxas(compiled.asm["ptx"])
@@ -230,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(dict(sorted(table.items())), indent=1) + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"triton": triton.__version__, "target": "sm_90a", "rows": [asdict(r) for r in result]}, f,
-                      indent=1)
+            json.dump({"triton": triton.__version__, "target": "sm_90a", "specialization": SPECIALIZATION,
+                       "rows": [asdict(r) for r in result]}, f, indent=1)
     return 1 if any(r.error for r in result) else 0
 
 
