@@ -115,16 +115,22 @@ def _default_config(value, precision: str) -> dict:
 
 
 def _ptxas(ptx: str) -> tuple[int, int, int]:
-    """(registers, spill store bytes, spill load bytes) of ``ptx`` for sm_90a: the entry function's registers, the
-    spills summed over it and the functions it calls (``noinline`` Triton functions are PTX functions)."""
+    """:func:`ptxas_resources` of ``ptx`` assembled for sm_90a."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         with open(path, "w") as f:
             f.write(ptx)
         res = subprocess.run(["ptxas", "-v", "--gpu-name", "sm_90a", path, "-o", os.path.join(tmp, "k.cubin")],
                              capture_output=True, text=True, check=True)
-    regs = max(int(r) for r in re.findall(r"Used (\d+) registers", res.stderr))
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", res.stderr)  # per function
+    return ptxas_resources(res.stderr)
+
+
+def ptxas_resources(report: str) -> tuple[int, int, int]:
+    """(registers, spill store bytes, spill load bytes) from ``ptxas -v``'s report of one kernel: the entry
+    function's registers, the spills summed over it and the functions it calls (``noinline`` Triton functions
+    are PTX functions, each reported apart)."""
+    regs = max(int(r) for r in re.findall(r"Used (\d+) registers", report))
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
     return regs, sum(int(st) for st, _ in spills), sum(int(ld) for _, ld in spills)
 
 

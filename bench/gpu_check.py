@@ -623,8 +623,9 @@ def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
     tiles in an output tile's list (held in registers) and x[src, c] per tile; the head kernel's grad_x pass h1's
     and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient pass both slices, src and env
     per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per
-    run of output tiles and x[src, c] per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row
-    and its weight-gradient rows."""
+    run of output tiles and x[src, c] per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row,
+    its weight-gradient rows and, per layer with a norm, its program's sums of the scale and shift gradients
+    (2P values read, and written, per edge)."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
     from fastik.triton_kernels.gmlp_conv import launch_config, used_columns, z_columns
 
@@ -645,7 +646,7 @@ def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
     out = {"fwd": fwd_runs * slice_b + tiles * f4,
            "head_bwd": grad_x + head_groups(packed) * (2 * slice_b + i8 + f4) + tiles * f4,
            "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4),
-           "bwd": (in_k + weight_rows) * f4}
+           "bwd": (in_k + weight_rows + (2 * layers * size if packed.norm else 0)) * f4}
     return {**out, "total": sum(out.values())}
 
 

@@ -93,9 +93,9 @@ INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, K
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
-              "head_bwd": dict(BLOCK_E=32, KE=16, num_warps=8, num_stages=1),
+              "head_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
               "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1)}
-#: Persistent programs per SM on a GPU: one 8-warp program each — the forward takes 173–255 registers per thread
+#: Persistent programs per SM on a GPU: one 8-warp program each — the forward takes 176–255 registers per thread
 #: (two would need ≤ 128), the backward kernels 255 and a scratch per program.
 PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "head_bwd": 1}
 #: The backward kernel runs on waves of WAVE_CHUNKS chunks per program, each after grad_h̃ of the wave's edges
@@ -189,7 +189,7 @@ def _ws_offset(l, k0p, in_k, p):
     return 0 if l == 0 else k0p + p + (l - 1) * (in_k + p)
 
 
-@triton.jit
+@triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
 def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, wsup_ptr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr,
                  K0P: tl.constexpr, SW: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, ST: tl.constexpr,
                  PRECISION: tl.constexpr):
@@ -305,13 +305,13 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
 
 @triton.jit
 def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr,
-               cscale_ptr, gexp_ptr, triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows, eps,
+               cscale_ptr, gexp_ptr, triv_ptr, w_ptr, ss_ptr, ws_ptr, rows, eps,
                P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
                K0P: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, st_ptr):
     """Gradient w.r.t. the input u of layer l (linear part a) from the gradient dy of its output, (BLOCK_E, P)
     or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``).  With NEED_PARAMS the block's gradients of
-    scale and shift are added to gscale / gshift (atomics), and its rows of u and of the linear part's gradient
-    da are stored at ``rows`` of the scratch (row width SW) for ``_weight_grad``.
+    scale and shift, per edge, are added to the program's sums ss (L, 2, BLOCK_E, P), and its rows of u and
+    of the linear part's gradient da are stored at ``rows`` of the scratch (row width SW) for ``_weight_grad``.
 
     Register budget: every (BLOCK_E, P) tile alive across a dot is 16 registers per thread at P = 256, so few
     are kept (dy, c, n, sigmoid(n) at most): u goes to the scratch first, the per-component broadcasts of 1/rms
@@ -336,9 +336,10 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
     if NORM:
         scale = _vec(scale_ptr + l * P, P)[None, :]
         rf = _spread(rinv, l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr)
-        if NEED_PARAMS:
-            tl.atomic_add(gscale_ptr + l * P + offs, tl.sum(dn * c * rf, 0), sem="relaxed")
-            tl.atomic_add(gshift_ptr + l * P + offs, tl.sum(dn, 0), sem="relaxed")
+        if NEED_PARAMS:  # summed over rows after the backward: a sum over rows here cost 0.1–0.5 KB of spills
+            at = ss_ptr + 2 * l * dy.shape[0] * P + tl.arange(0, dy.shape[0])[:, None] * P + offs[None, :]
+            tl.store(at, tl.load(at) + dn * c * rf)
+            tl.store(at + dy.shape[0] * P, tl.load(at + dy.shape[0] * P) + dn)
         dc = dn * scale * rf
         drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr)  # per block: sums
         ds = -0.5 * drinv * rinv * rinv * rinv
@@ -381,7 +382,7 @@ def _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK: tl.constexpr):
     return rows, mask_e, src, tgt, env
 
 
-@triton.jit
+@triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
 def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
               cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr,
               NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -516,20 +517,8 @@ def _gmlp_head_bwd_kernel(
                   PRECISION, st_ptr)
         _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
         tl.debug_barrier()  # the rows are read back by other threads of the program
-        rows, mask_e, src, _, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
-        ge = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
-        for c in range(DIN):
-            sc = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
-            for j in range(tl.load(ccnt_ptr + c)):
-                kt = tl.load(cblk_ptr + c * (P // _HT) * TT + j)
-                k = kt // TT * _HT
-                t = kt % TT * _HT
-                m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, c, k, t, P, DOUT_P, False),
-                           input_precision=PRECISION)
-                sc += tl.sum(m * _cols(gs_ptr, rows, t, DOUT_P), 1)
-            tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
-            ge += tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * sc
-        tl.store(genv_ptr + start + rows, ge, mask=mask_e)
+        _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr,
+                     start, E, DIN, P, IN_K, DOUT_P, CHUNK, PRECISION)
         if NEED_HEAD:  # per output tile, its listed tiles in runs of one row tile and one group of 16 channels
             groups = tl.cdiv(DIN, _HT)
             for t in range(TT):
@@ -549,6 +538,30 @@ def _gmlp_head_bwd_kernel(
 
 
 @triton.jit
+def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr,
+                 start, E, DIN, P: tl.constexpr, IN_K: tl.constexpr, DOUT_P: tl.constexpr, CHUNK: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """grad_x[src, c] += env·s_c and grad_env = Σ_c x[src, c]·s_c for the chunk at ``start``, s_c = Σ_{k,t}
+    rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t) over channel c's listed tiles (cblk, ccnt), from the chunk's scratch
+    rows hs (h1) and gs (grad_out[tgt])."""
+    TT: tl.constexpr = DOUT_P // _HT
+    rows, mask_e, src, _, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
+    ge = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
+    for c in range(DIN):
+        sc = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
+        for j in range(tl.load(ccnt_ptr + c)):
+            kt = tl.load(cblk_ptr + c * (P // _HT) * TT + j)
+            k = kt // TT * _HT
+            t = kt % TT * _HT
+            m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, c, k, t, P, DOUT_P, False),
+                       input_precision=PRECISION)
+            sc += tl.sum(m * _cols(gs_ptr, rows, t, DOUT_P), 1)
+        tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
+        ge += tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * sc
+    tl.store(genv_ptr + start + rows, ge, mask=mask_e)
+
+
+@triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
 def _head_grad_group(hs_ptr, gs_ptr, x_ptr, src_ptr, env_ptr, hsup_ptr, ghead_ptr, start, E, k, t, g, bits, DIN,
                      P: tl.constexpr, IN_K: tl.constexpr, DOUT_P: tl.constexpr, CHUNK: tl.constexpr,
                      KE: tl.constexpr, PRECISION: tl.constexpr):
@@ -607,7 +620,7 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 def _gmlp_conv_bwd_kernel(
     gh_ptr, z_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-    wsup_ptr, gz_ptr, gw_ptr, gb_ptr, gscale_ptr, gshift_ptr, ws_ptr, st_ptr,
+    wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
     eps, E, K0,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
@@ -617,10 +630,13 @@ def _gmlp_conv_bwd_kernel(
     back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel``), then each
     layer from the last to the first, its input recomputed from z.  With NEED_PARAMS each layer's input and
     linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW), and after the chunk
-    ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry."""
+    ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry; the gradients of scale
+    and shift are added to the program's sums ss (L, 2, BLOCK_E, P) per edge position in a block (summed over
+    programs and rows after the last wave: ``mlp_side_bwd``)."""
     pid = tl.program_id(0)
     ws_ptr += pid * CHUNK * SW
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
+    ss_ptr += pid * 2 * L * BLOCK_E * P
     KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of z's gradient
     offs_k = tl.arange(0, IN_K)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
@@ -635,7 +651,7 @@ def _gmlp_conv_bwd_kernel(
                          cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
                 a = _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr)
                 dh = _layer_bwd(dh, u, a, L - 1 - i, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr,
-                                cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr, w_ptr, gscale_ptr, gshift_ptr, ws_ptr, rows,
+                                cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr, w_ptr, ss_ptr, ws_ptr, rows,
                                 eps, P, NB, NG, NORM, IN_K, K0P, SW, PRECISION, NEED_PARAMS, st_ptr)
             offs_z = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
@@ -761,11 +777,15 @@ def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads:
     adds into grads = (grad_z, grad_weight, grad_bias, grad_scale, grad_shift; all but grad_z only with
     ``need_params``)."""
     e, k0 = z.shape
-    gz, *gparams = grads
+    gz, gw, gb, gscale, gshift = grads
     meta = _meta(packed, k0, precision)
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    wave = WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
+    programs = _programs(x, PROGRAMS_PER_SM["bwd"])
+    wave = WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * programs
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
+    sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
+    ss = torch.zeros(programs if sums else 1, meta["L"], 2, launch_config("bwd", meta["IN_K"])["BLOCK_E"],
+                     meta["P"] if sums else 1, device=x.device, dtype=x.dtype)
     config = launch_config("grad_h", meta["IN_K"])
     with device_ctx(x):
         for w in range(0, e, wave):
@@ -777,5 +797,8 @@ def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads:
                 PRECISION=meta["PRECISION"], **config)
             _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
                                (gh, z[edges], *(packed[k] for k in _LAYERS), packed["weight_support"], gz[edges],
-                                *gparams), (sw if need_params else 1,), (packed["eps"], ew, k0), meta, x,
+                                gw, gb, ss), (sw if need_params else 1,), (packed["eps"], ew, k0), meta, x,
                                NEED_PARAMS=need_params, SW=sw)
+    if sums:
+        gscale += ss[:, :, 0].sum((0, 2))
+        gshift += ss[:, :, 1].sum((0, 2))
