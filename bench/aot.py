@@ -34,8 +34,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # compile for real, not for the interpreter
-
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hblk_ptr", "hcnt_ptr", "rblk_ptr",
                   "rcnt_ptr", "cblk_ptr", "ccnt_ptr", "gcol_ptr", "cidx_ptr"}
@@ -223,6 +221,7 @@ def markdown(result: list[Row], triton_version: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for real (before triton is imported), not for the interpreter
     p = argparse.ArgumentParser(prog="python -m bench.aot", description=__doc__.splitlines()[0])
     p.add_argument("--all", action="store_true", help="every autotune configuration, not only the GPU defaults")
     p.add_argument("--json", help="also write the rows as JSON to this path")
