@@ -611,10 +611,14 @@ def _runs(blocks, counts, key: Callable[[int], object]) -> int:
 def head_groups(packed) -> int:
     """How many runs of listed head tiles the head kernel's gradient pass sums at once: per output tile, those
     sharing a row tile and a group of 16 input channels (``gmlp_conv._head_grad_group``)."""
+    return _head_groups(packed.head_blocks.cpu(), packed.head_block_count.cpu(), packed.head.shape[0])
+
+
+def _head_groups(blocks, counts, din: int) -> int:
+    """:func:`head_groups` from the output tiles' lists on the CPU (``blocks``, ``counts``) and DIN."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
 
-    din = packed.head.shape[0]
-    return _runs(packed.head_blocks.cpu(), packed.head_block_count.cpu(), lambda b: (b // din, b % din // T))
+    return _runs(blocks, counts, lambda b: (b // din, b % din // T))
 
 
 def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
@@ -643,8 +647,9 @@ def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
         kl = k0p if i == 0 else in_k
         weight_rows += (size // min(size, stage // kl)) * kl + size
     grad_x = tiles * 2 * slice_b + din * f4
+    groups = _head_groups(cpu["head_blocks"], cpu["head_block_count"], din)
     out = {"fwd": fwd_runs * slice_b + tiles * f4,
-           "head_bwd": grad_x + head_groups(packed) * (2 * slice_b + i8 + f4) + tiles * f4,
+           "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
            "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4),
            "bwd": (in_k + weight_rows + (2 * layers * size if packed.norm else 0)) * f4}
     return {**out, "total": sum(out.values())}

@@ -780,12 +780,12 @@ def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads:
     gz, gw, gb, gscale, gshift = grads
     meta = _meta(packed, k0, precision)
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    programs = _programs(x, PROGRAMS_PER_SM["bwd"])
-    wave = WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * programs
+    programs, bwd = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"])
+    wave = WAVE_CHUNKS * bwd["CHUNK"] * programs
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
-    ss = torch.zeros(programs if sums else 1, meta["L"], 2, launch_config("bwd", meta["IN_K"])["BLOCK_E"],
-                     meta["P"] if sums else 1, device=x.device, dtype=x.dtype)
+    ss = torch.zeros(programs if sums else 1, meta["L"], 2, bwd["BLOCK_E"], meta["P"] if sums else 1,
+                     device=x.device, dtype=x.dtype)
     config = launch_config("grad_h", meta["IN_K"])
     with device_ctx(x):
         for w in range(0, e, wave):
