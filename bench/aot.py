@@ -51,12 +51,14 @@ KERNELS = (
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
 FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_bwd_kernel": "head_bwd",
-                 "_gmlp_grad_h_kernel": "grad_h"}
-#: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P): the anchors' (hidden_channels=5,
-#: H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P)
-FUSED_WIDTHS = {"anchor": {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16},
+                 "_gmlp_grad_h_kernel": "grad_h", "_gmlp_rows_kernel": "fwd", "_gmlp_pool_fwd_kernel": "pool",
+                 "_gmlp_pool_bwd_kernel": "pool_bwd"}
+#: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P, DIN = 64): the anchors'
+#: (hidden_channels=5, H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P)
+FUSED_WIDTHS = {"anchor": {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16,
+                           "DIN_P": 64},
                 "default": {"L": 2, "P": 256, "NB": 16, "NG": 64, "DOUT_P": 64, "NORM": True, "IN_K": 256,
-                            "K0P": 16}}
+                            "K0P": 16, "DIN_P": 64}}
 
 
 @dataclass
@@ -192,7 +194,8 @@ def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> l
             constexprs = {**sizes, "SW": g.scratch_width(sizes["P"], sizes["IN_K"], sizes["K0P"], sizes["L"])}
             constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
             for precision in precisions:
-                row = compile_row(fn, kernel, g.launch_config(name, sizes["IN_K"]), precision, constexprs)
+                config = g.launch_config(name, sizes["IN_K"], din=sizes["DIN_P"])
+                row = compile_row(fn, kernel, config, precision, constexprs)
                 row.config = f"P={sizes['P']},IN_K={sizes['IN_K']},{row.config}"
                 out.append(row)
     return out

@@ -546,9 +546,14 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     to a buffer of IN_K floats per edge and read back a wave of edges later), then per
     layer its input recomputed, its norm again, the backward's sums per block and per gate (4P·NB + 2P·NG), its
     weight and input gradients; the head kernel: the MLP, the tiles (grad_x and grad_env), and the head's gradient
-    on 16 channels' tiles at once per group of listed tiles (``head_groups``; listed or not)."""
+    on 16 channels' tiles at once per group of listed tiles (``head_groups``; listed or not).  At a mean
+    in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per edge the pooling dots
+    (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles (backward: G and
+    the head's gradient, twice), the MLP once more for the h1 rows; its bytes: the edges' sort (z, env, src, tgt
+    gathered and written) and one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head
+    at any in-degree."""
     from fastik.ops.fused_gmlp import HEAD_TILE
-    from fastik.triton_kernels.gmlp_conv import used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import pools, used_columns, z_columns
 
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
@@ -562,22 +567,55 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     head_grad = 2.0 * HEAD_TILE ** 3 * head_groups(packed)
-    return {"fwd": (e * (mlp + head_tiles), io + e * dout_p * f4),
-            "bwd": (e * (mlp + 2 * head_tiles + head_grad + steps),
-                    2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)}
+    fwd_edge_wise = (e * (mlp + head_tiles), io + e * dout_p * f4)
+    bwd_edge_wise = (e * (mlp + 2 * head_tiles + head_grad + steps),
+                     2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)
+    if not pools(e, n):
+        return {"fwd": fwd_edge_wise, "bwd": bwd_edge_wise, "fwd_edge_wise": fwd_edge_wise,
+                "bwd_edge_wise": bwd_edge_wise}
+    pool, tiles = _pooled_head(packed, din, k, e / n)
+    sort = 2 * e * (k0 * f4 + f4 + 2 * i8)  # z, env, src, tgt gathered and written in target order
+    return {"fwd": (e * (mlp + pool + tiles), io + n * dout_p * f4 + sort),
+            "bwd": (e * (2 * mlp + 3 * pool + 2 * tiles + steps),
+                    2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + 2 * e * (k0 + 1) * f4),
+            "fwd_edge_wise": fwd_edge_wise, "bwd_edge_wise": bwd_edge_wise}
 
 
-def fused_weight_reads(packed, k0: int) -> dict[str, float]:
+def _pool_rows(degree: float, ke: int) -> float:
+    """Rows per edge the pooled head's dots take: a target's edges rounded up to KE (in-degree ``degree``)."""
+    return ke * math.ceil(degree / ke) / degree
+
+
+def _pooled_head(packed, din: int, in_k: int, degree: float) -> tuple[float, float]:
+    """FLOPs per edge of the pooled head at mean in-degree ``degree``, once: (the pooling dots, 2·DIN_P·IN_K per
+    row (``_pool_rows``); the non-zero (16 × 16) tiles once per target, 2·16²·TB per TB targets)."""
+    from fastik.ops.fused_gmlp import HEAD_TILE
+    from fastik.triton_kernels.gmlp_conv import din_padded, launch_config
+
+    din_p = din_padded(din)
+    ke = launch_config("pool", in_k, interpret=False, din=din)["KE"]
+    tiles = float(packed.head_block_count.sum())
+    return 2.0 * din_p * in_k * _pool_rows(degree, ke), 2.0 * HEAD_TILE ** 2 * tiles / degree
+
+
+def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str, float]:
     """Bytes per edge of weights and structure each fused kernel reads from L2 at its GPU configuration (fp32;
     bench/NOTES.md): a layer's weight (K0P or IN_K rows of P) and structure — MEAN / AVG as dot operands (P·NB
     each), a gather's index and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ in
     the backward — once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk
-    (forward), three times per chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics) and
-    once per BLOCK_E edges (grad_h̃). The backward kernel recomputes layer i's input (layers < i), its linear part
+    (forward), three times per chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics)
+    and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB
+    targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
+    kernel and grad_h̃ do not run). The backward kernel recomputes layer i's input (layers < i), its linear part
     and norm, and back-propagates (norm again, gates, three sums, the weight's transpose). Per-layer vectors (bias,
-    scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1."""
+    scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1.  ``degree``: the
+    standard workload's (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
-    from fastik.triton_kernels.gmlp_conv import launch_config, used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns, z_columns
+
+    from .workload import DEGREE
+
+    degree = DEGREE if degree is None else degree
 
     f4 = 4
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
@@ -590,12 +628,21 @@ def fused_weight_reads(packed, k0: int) -> dict[str, float]:
     mlp = sum(weights) + layers * layer
     bwd = sum(sum(weights[:i]) + i * layer + 2 * weights[i] + back for i in range(layers))
     tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
-    config = {name: launch_config(name, in_k, interpret=False) for name in ("fwd", "head_bwd", "bwd", "grad_h")}
-    out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
-           "head_bwd": mlp / config["head_bwd"]["BLOCK_E"] + 3 * tiles / config["head_bwd"]["CHUNK"],
-           "grad_h": tiles / config["grad_h"]["BLOCK_E"],
-           "bwd": bwd / config["bwd"]["BLOCK_E"]}
+    config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
+    if degree >= POOL_MIN_DEGREE:
+        rows = mlp / config["fwd"]["BLOCK_E"]
+        out = {"fwd": rows + tiles / (config["pool"]["TB"] * degree),
+               "pool_bwd": rows + 2 * tiles / (config["pool_bwd"]["TB"] * degree)}
+    else:
+        out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
+               "head_bwd": mlp / config["head_bwd"]["BLOCK_E"] + 3 * tiles / config["head_bwd"]["CHUNK"],
+               "grad_h": tiles / config["grad_h"]["BLOCK_E"]}
+    out["bwd"] = bwd / config["bwd"]["BLOCK_E"]
     return {**out, "total": sum(out.values())}
+
+
+#: the fully fused kernels' configuration names (fastik.triton_kernels.gmlp_conv.launch_config)
+GPU_KERNELS = ("fwd", "head_bwd", "bwd", "grad_h", "pool", "pool_bwd")
 
 
 def _runs(blocks, counts, key: Callable[[int], object]) -> int:
@@ -621,24 +668,34 @@ def _head_groups(blocks, counts, din: int) -> int:
     return _runs(blocks, counts, lambda b: (b // din, b % din // T))
 
 
-def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
+def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[str, float]:
     """Bytes per edge the fused kernels read from their own scratch rows and gathers, per non-zero head tile
     (fp32; bench/NOTES.md; L1 if the rows stay there): the forward's h1 slice (64 B) once per run of equal row
-    tiles in an output tile's list (held in registers) and x[src, c] per tile; the head kernel's grad_x pass h1's
+    tiles in an output tile's list (held in registers) and x[src, c] per tile — pooled (mean in-degree
+    ``degree`` ≥ POOL_MIN_DEGREE; default the standard workload's): the wave's h1 row once per channel tile of CT,
+    x[src] (DIN values), src and env per channel tile, and per listed tile the (TB × 16) slice of the TB targets'
+    pooled features, once per TB targets, and in the backward (``_gmlp_pool_bwd_kernel``, instead of the head
+    kernel and grad_h̃) the same pooling, per listed tile the slices of P and of grad_out (head gradient) and of
+    grad_out again (G), G's slice per run of row tiles in a channel's list (its sum), and per KE edges of a target
+    all of its G (DIN × IN_K), the edges' h1 rows, x[src], src and env; the head kernel's grad_x pass h1's
     and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient pass both slices, src and env
     per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per
     run of output tiles and x[src, c] per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row,
     its weight-gradient rows and, per layer with a norm, its program's sums of the scale and shift gradients
     (2P values read, and written, per edge)."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
-    from fastik.triton_kernels.gmlp_conv import launch_config, used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, din_padded, launch_config, used_columns, z_columns
 
+    from .workload import DEGREE
+
+    degree = DEGREE if degree is None else degree
     f4, i8, slice_b = 4, 8, 4 * T
     size, dout_p, din = packed.weight.shape[1], packed.head.shape[2], packed.head.shape[0]
     in_k, layers = used_columns(size, k0, packed.hidden), packed.layers
     k0p = z_columns(size, k0, layers)
     cpu = {k: getattr(packed, k).cpu() for k in ("head_blocks", "head_block_count", "head_row_blocks",
-                                                  "head_row_block_count")}
+                                                  "head_row_block_count", "head_channel_blocks",
+                                                  "head_channel_block_count")}
     tiles = int(cpu["head_block_count"].sum())
     fwd_runs = _runs(cpu["head_blocks"], cpu["head_block_count"], lambda b: b // din)
     gh_runs = _runs(cpu["head_row_blocks"], cpu["head_row_block_count"], lambda b: b // din)
@@ -648,11 +705,31 @@ def fused_scratch_reads(packed, k0: int) -> dict[str, float]:
         weight_rows += (size // min(size, stage // kl)) * kl + size
     grad_x = tiles * 2 * slice_b + din * f4
     groups = _head_groups(cpu["head_blocks"], cpu["head_block_count"], din)
-    out = {"fwd": fwd_runs * slice_b + tiles * f4,
-           "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
-           "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4),
-           "bwd": (in_k + weight_rows + (2 * layers * size if packed.norm else 0)) * f4}
+    if degree >= POOL_MIN_DEGREE:
+        fwd, bwd = (launch_config(name, in_k, interpret=False, din=din) for name in ("pool", "pool_bwd"))
+        pooling = (din_padded(din) // fwd["CT"]) * (in_k * f4 + i8 + f4) + din * f4  # h1 rows per channel tile
+        g_runs = _runs(cpu["head_channel_blocks"], cpu["head_channel_block_count"], lambda b: b // (dout_p // T))
+        edges = din * in_k * f4 * _pool_rows(degree, bwd["KE"]) / bwd["KE"] + in_k * f4 + din * f4 + i8 + f4
+        out = {"fwd": pooling + tiles * slice_b / degree,
+               "pool_bwd": pooling + (3 * tiles + g_runs) * slice_b / degree + edges}
+    else:
+        out = {"fwd": fwd_runs * slice_b + tiles * f4,
+               "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
+               "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4)}
+    out["bwd"] = (in_k + weight_rows + (2 * layers * size if packed.norm else 0)) * f4
     return {**out, "total": sum(out.values())}
+
+
+@contextlib.contextmanager
+def _edge_wise(gc):
+    """Inside the block, the fused forward of module ``gc`` (fastik.triton_kernels.gmlp_conv) runs its head per
+    edge at any in-degree (``POOL_MIN_DEGREE`` = ∞)."""
+    saved = gc.POOL_MIN_DEGREE
+    gc.POOL_MIN_DEGREE = math.inf
+    try:
+        yield
+    finally:
+        gc.POOL_MIN_DEGREE = saved
 
 
 @contextlib.contextmanager
@@ -839,13 +916,19 @@ def stage_split(ctx: Context) -> None:
             tag = f"{label}, P={size}, {precision}"
             item(f"gmlp_conv fwd ({tag})",
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
-            item(f"gmlp_conv bwd, 3 kernels ({tag})",
+            item(f"gmlp_conv bwd ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
-            with _gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64, programs_per_sm=2):  # the previous forward
-                item(f"gmlp_conv fwd, BLOCK_E=16, CHUNK=64, 2 programs/SM ({tag})",
-                     lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
+            with _edge_wise(gc):  # the head per edge, as before pooling (the forward also at BLOCK_E = 16)
+                item(f"gmlp_conv fwd, edge-wise head ({tag})",
+                     lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd_edge_wise"])
+                item(f"gmlp_conv bwd, edge-wise head ({tag})",
+                     lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd_edge_wise"])
+                with _gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64, programs_per_sm=2):
+                    item(f"gmlp_conv fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM ({tag})",
+                         lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision),
+                         *fmodel["fwd_edge_wise"])
         gout_h = gc.head_order(gout, pdict)  # the backward's two sides apart, tf32x3 (gradients added, not kept)
         sink = [torch.zeros_like(t) for t in (x, env, pdict["head"], z, pdict["weight"], pdict["bias"],
                                               pdict["scale"], pdict["shift"])]

@@ -82,7 +82,20 @@ def assert_same(ref, fused, inputs, tol=TOL64):
     assert_same_grads(g_fus, g_ref, n_inputs, tol)
 
 
-def test_any_group_matches_reference(any_group):
+@pytest.fixture(params=[False, True], ids=["edge-wise", "pooled"])
+def pooled(request, monkeypatch) -> bool:
+    """Both heads of the fused op: per edge (POOL_MIN_DEGREE = ∞) and per target on pooled features (0)."""
+    from fastik.triton_kernels import gmlp_conv
+
+    monkeypatch.setattr(gmlp_conv, "POOL_MIN_DEGREE", 0 if request.param else float("inf"))
+    return request.param
+
+
+def test_any_group_matches_reference(any_group, monkeypatch):
+    """The edge-wise head (in-degree below POOL_MIN_DEGREE) on every group of the table."""
+    from fastik.triton_kernels import gmlp_conv
+
+    monkeypatch.setattr(gmlp_conv, "POOL_MIN_DEGREE", float("inf"))
     dim = any_group.dim
     t = fastik.FieldType(any_group, FIELDS[dim])
     ref, fused = twins(t, t, hidden_channels=1)
@@ -106,10 +119,11 @@ def test_backward_over_many_chunks():
     assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
 
 
-def test_gpu_block_sizes_match_reference(monkeypatch):
+def test_gpu_block_sizes_match_reference(pooled, monkeypatch):
     """The forward and the head kernel run the MLP on BLOCK_E = 32 edges at a time on a GPU (the interpreter's
     other tests on 16): with the GPU's block sizes and row blocks (BLOCK_E, KE; two MLP blocks per chunk, E = 150:
-    several chunks over two programs, the last one partial) forward and every gradient match the reference."""
+    several chunks over two programs, the last one partial) forward and every gradient match the reference, with
+    either head."""
     from fastik.triton_kernels import gmlp_conv
 
     for name in ("fwd", "head_bwd", "bwd"):
@@ -142,9 +156,10 @@ def test_head_chunk_does_not_change_the_gradients():
             gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=bad)
 
 
-def test_tile_lists_in_any_order():
-    """The head's tile lists come sorted (grad_h̃ holds a grad_out tile while consecutive tiles share it); listed
-    in any other order, forward and gradients are the same up to round-off."""
+def test_tile_lists_in_any_order(pooled):
+    """The head's tile lists come sorted (grad_h̃ holds a grad_out tile while consecutive tiles share it, the pooled
+    backward sums G a row tile at a time); listed in any other order, forward and gradients are the same up to
+    round-off, with either head."""
     from fastik.triton_kernels.gmlp_conv import gmlp_conv_bwd, gmlp_conv_fwd
 
     tin, tout = (fastik.FieldType(fastik.group("so3"), f) for f in ("2x0e + 1x1o", "6x0e + 4x1o"))
@@ -155,12 +170,12 @@ def test_tile_lists_in_any_order():
     shuffled = dict(packed)
     g = torch.Generator().manual_seed(3)
     changes = []
-    for name in ("head_blocks", "head_row_blocks"):
+    for name in ("head_blocks", "head_row_blocks", "head_channel_blocks"):
         lists, counts = packed[name].clone(), packed[name.replace("blocks", "block_count")].tolist()
         for row, n in enumerate(counts):
             lists[row, :n] = lists[row, torch.randperm(n, generator=g)]
         shuffled[name] = lists
-        tiles = lists // x.shape[1]  # the tile index of each entry (k or t; then the channel)
+        tiles = lists // x.shape[1]  # head_blocks / head_row_blocks: each entry's tile index (k or t)
         changes.append(sum(int((t[1:n] != t[:n - 1]).sum()) for t, n in zip(tiles, counts)))
     assert changes[1] > packed["head_row_blocks"].shape[0], changes  # the held grad_out tile is reloaded often
     y, y_shuffled = (gmlp_conv_fwd(z, env, x, src, tgt, 20, tout.dim, p, "ieee") for p in (packed, shuffled))
@@ -243,6 +258,52 @@ def test_wide_mlp_matches_reference(hidden_channels):
     pos, ei = graph(12, 70, 3)
     assert_same(ref, fused, dict(x=torch.randn(12, t.dim, dtype=torch.float64, device=DEVICE), pos=pos,
                                  edge_index=ei))
+
+
+def forward(conv, inputs):
+    with torch.no_grad():
+        return conv(**inputs)
+
+
+def test_pooled_head_on_any_group(any_group, monkeypatch):
+    """The head per target on features pooled over its edges (the default at mean in-degree ≥ POOL_MIN_DEGREE),
+    forward and backward, against the reference on every group of the table."""
+    from fastik.triton_kernels import gmlp_conv
+
+    monkeypatch.setattr(gmlp_conv, "POOL_MIN_DEGREE", 0)
+    t = fastik.FieldType(any_group, FIELDS[any_group.dim])
+    ref, fused = twins(t, t, hidden_channels=1)
+    pos, ei = graph(9, 26, any_group.dim)
+    assert gmlp_conv.pools(ei.shape[1], 9)
+    assert_same(ref, fused, dict(x=torch.randn(9, t.dim, dtype=torch.float64, device=DEVICE), pos=pos,
+                                 edge_index=ei))
+
+
+@pytest.mark.parametrize("bipartite", [False, True])
+def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, monkeypatch):
+    """The pooled head on a graph that crosses its every boundary: 150 edges in random order, so two waves
+    of 128 edges in the interpreter; a hub target with 40 edges (three blocks of KE = 16, over both waves),
+    isolated targets and self-loops; 18 input channels (two channel tiles of CT = 16) — against the reference
+    (forward and every gradient) and against the edge-wise head."""
+    from fastik.triton_kernels import gmlp_conv
+
+    assert gmlp_conv.INTERPRET_CONFIG["pool"]["CT"] == gmlp_conv.INTERPRET_CONFIG["pool_bwd"]["CT"] == 16
+    assert gmlp_conv.WAVE_CHUNKS * 32 * 2 == 128
+    t = fastik.FieldType(fastik.group("so3"), "6x0e + 4x1o")
+    ref, fused = twins(t, fastik.FieldType(fastik.group("so3"), "2x0e + 1x1o"), hidden_channels=2)
+    n, m = 20, 12 if bipartite else 20
+    pos, ei = graph(n, 150, 3, self_loops=0 if bipartite else 3)
+    ei[1, 20:60] = 4  # the hub
+    ei = ei[:, torch.randperm(150, generator=torch.Generator().manual_seed(3)).to(DEVICE)]
+    inputs = dict(x=torch.randn(n, t.dim, dtype=torch.float64, device=DEVICE), pos=pos, edge_index=ei)
+    if bipartite:
+        inputs["edge_index"] = torch.stack([ei[0], ei[1] % m])
+        inputs["pos_target"] = torch.randn(m, 3, dtype=torch.float64, device=DEVICE)
+    assert gmlp_conv.pools(150, m) and torch.bincount(inputs["edge_index"][1]).max() >= 40
+    assert_same(ref, fused, inputs)
+    y_pooled = forward(fused, inputs)
+    monkeypatch.setattr(gmlp_conv, "POOL_MIN_DEGREE", float("inf"))
+    assert relative_error(y_pooled, forward(fused, inputs)) < TOL64
 
 
 def test_no_edges_and_csr():
@@ -391,15 +452,16 @@ class _NoLaunch:
         return launch
 
 
-def test_no_edge_times_width_tensor(monkeypatch):
+def test_no_edge_times_width_tensor(pooled, monkeypatch):
     """Forward + backward of the fused path create nothing of ≥ 16·E elements (inputs: E·(dim + attr dim)),
-    outside its custom ops or inside them (their bodies run under the mode: outputs, scratch, grad_h̃'s wave
-    buffer)."""
+    outside its custom ops or inside them (their bodies run under the mode: outputs, scratch, the wave buffers of
+    h1 and grad_h̃, the edges sorted by target), with either head."""
     from fastik.triton_kernels import gmlp_conv
+    heads = ("_gmlp_rows_kernel", "_gmlp_pool_fwd_kernel", "_gmlp_pool_bwd_kernel") if pooled else \
+        ("_gmlp_conv_fwd_kernel", "_gmlp_head_bwd_kernel", "_gmlp_grad_h_kernel")
     stubs = {}
     if DEVICE == "cpu":
-        stubs = {name: _NoLaunch() for name in ("_gmlp_conv_fwd_kernel", "_gmlp_head_bwd_kernel",
-                                                "_gmlp_grad_h_kernel", "_gmlp_conv_bwd_kernel")}
+        stubs = {name: _NoLaunch() for name in heads + ("_gmlp_conv_bwd_kernel",)}
         for name, stub in stubs.items():
             monkeypatch.setattr(gmlp_conv, name, stub)
     G = fastik.group("so3")

@@ -104,10 +104,11 @@ def test_dry_run_stage_results(dry_run):
         assert f"{kernel} (Triton)" in names
     assert any(n.startswith("G-MLP") for n in names) and "index checks (aminmax src, tgt)" in names
     for width in ("default", "anchor"):  # the fully fused kernels, their parts and the head gradient's chunk
-        for part in ("fwd", "bwd, 3 kernels", "bwd without parameter gradients", "bwd head side", "bwd G-MLP side"):
+        for part in ("fwd", "bwd", "bwd without parameter gradients", "fwd, edge-wise head", "bwd, edge-wise head",
+                     "bwd head side", "bwd G-MLP side"):  # pooled (the default at in-degree 16), then edge-wise
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
-        for variant in ("fwd, BLOCK_E=16, CHUNK=64, 2 programs/SM", "bwd head side, BLOCK_E=16"):  # the previous blocks
+        for variant in ("fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM", "bwd head side, BLOCK_E=16"):
             assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
     for model in ("weight_reads_bytes_per_edge", "scratch_reads_bytes_per_edge"):  # the models beside the times
@@ -255,10 +256,13 @@ def test_gpu_config_variant_is_restored():
 
 def test_read_models_follow_the_code():
     """bench/NOTES.md's models of the fused kernels' reads per edge, computed from the packed sizes, the tile lists
-    and the GPU configuration, at the standard workload: weights from L2 33.7 KB at the anchors' width, 108.5 KB
-    at the default (NOTES: 33.5 / 108 from rounded tile counts) — the forward's MLP part doubles when its blocks
-    halve; scratch rows and gathers 87.7 / 141.8 KB, the forward's h1 slices read once per run of row tiles
-    (15 of the 528 listed tiles at the anchors' width), the head gradient's once per group of channels (51)."""
+    and the GPU configuration, at the standard workload (in-degree 16: the head pools per target): weights from
+    L2 25.3 KB at the anchors' width, 89.2 KB at the default (edge-wise 33.7 / 108.5) — the forward's MLP part
+    doubles when its blocks halve; scratch rows and gathers 16.4 / 47.4 KB (edge-wise 87.7 / 141.8). The edge-wise
+    forward (in-degree below POOL_MIN_DEGREE) reads h1's slices once per run of row tiles (15 of the 528 listed
+    tiles at the anchors' width) and the head's tiles once per chunk, its head gradient the slices once per group
+    of channels (51); the pooled forward the wave's h1 rows once per channel tile (one at the anchors' width) and
+    each listed tile's slice of pooled features once per 16 targets."""
     pytest.importorskip("triton")
     import torch
 
@@ -273,14 +277,20 @@ def test_read_models_follow_the_code():
         reads[hidden] = gpu_check.fused_weight_reads(packed, k0)
         scratch[hidden] = gpu_check.fused_scratch_reads(packed, k0)
         if hidden == 5:
-            assert int(packed.head_block_count.sum()) == 528 and scratch[5]["fwd"] == 15 * 64 + 528 * 4
-            assert gpu_check.head_groups(packed) == 51
-    assert scratch[5]["total"] == pytest.approx(87.7e3, rel=0.01)
-    assert scratch[16]["total"] == pytest.approx(141.8e3, rel=0.01)
-    assert reads[5]["total"] == pytest.approx(33.7e3, rel=0.01)
-    assert reads[16]["total"] == pytest.approx(108.5e3, rel=0.01)
+            assert int(packed.head_block_count.sum()) == 528 and gpu_check.head_groups(packed) == 51
+            assert gpu_check.fused_scratch_reads(packed, k0, degree=1)["fwd"] == 15 * 64 + 528 * 4
+            assert scratch[5]["fwd"] == 64 * 4 + 12 + 64 * 4 + 528 * 64 / 16
+    assert scratch[5]["total"] == pytest.approx(16.4e3, rel=0.01)
+    assert scratch[16]["total"] == pytest.approx(47.4e3, rel=0.01)
+    assert reads[5]["total"] == pytest.approx(25.3e3, rel=0.01)
+    assert reads[16]["total"] == pytest.approx(89.2e3, rel=0.01)
+    assert set(reads[5]) == set(scratch[5]) == {"fwd", "pool_bwd", "bwd", "total"}
+    edge_wise = [gpu_check.fused_scratch_reads(packed, k0, degree=1), gpu_check.fused_weight_reads(packed, k0, 1)]
+    assert [m["total"] for m in edge_wise] == [pytest.approx(141.8e3, rel=0.01), pytest.approx(108.5e3, rel=0.01)]
     assert reads[16]["total"] == pytest.approx(sum(v for k, v in reads[16].items() if k != "total"))
-    with gpu_check._gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64):
-        before = gpu_check.fused_weight_reads(packed, k0)["fwd"]
     tiles = float(packed.head_block_count.sum()) * 16 * 16 * 4
-    assert before - tiles / 64 == pytest.approx(2 * (reads[16]["fwd"] - tiles / 128))
+    assert reads[16]["fwd"] - gpu_check.fused_weight_reads(packed, k0, degree=1)["fwd"] == \
+        pytest.approx(tiles / (16 * 16) - tiles / 128)
+    with gpu_check._gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64):
+        before = gpu_check.fused_weight_reads(packed, k0, degree=1)["fwd"]
+    assert before - tiles / 64 == pytest.approx(2 * (reads[16]["fwd"] - tiles / (16 * 16)))

@@ -48,6 +48,12 @@ gradient is summed from (each layer's input and linear-part gradient) into its s
 sums them with dots over the edge dimension before one atomic per entry; the head kernel sums the head's
 gradient over the chunk the same way, 16 channels' tiles of one (row tile, output tile) pair per dot (their
 operand slices read once, not once per channel).
+Where the mean in-degree is at least POOL_MIN_DEGREE the head runs per target instead: the edges are sorted by
+target, ``_gmlp_rows_kernel`` writes the h1 rows of a wave of edges to a buffer of one wave's rows, and
+``_gmlp_pool_fwd_kernel`` sums each target's pooled features P = Σ_e env·x[src]ᵀ h1 (DIN × IN_K) and multiplies
+the head's tiles once per block of TB targets (M = TB rows per dot); in the backward ``_gmlp_pool_bwd_kernel``
+takes the place of the head kernel and of grad_h̃'s (P for the head's gradient, G = Σ_t gout_t HEAD[:, :, t]ᵀ per
+target for grad_h̃, grad_x and grad_env), wave by wave before the G-MLP's backward kernel.
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
 gradients (the scratch holds ≤ #programs × CHUNK rows, the grad_h̃ buffer one wave's).
 
@@ -76,7 +82,8 @@ import triton.language as tl
 from ..ops.fused_gmlp import HEAD_TILE
 from ._config import INTERPRET, device_ctx
 
-__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "head_order", "head_side_bwd", "mlp_side_bwd", "INTERPRET_CONFIG",
+__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order", "head_side_bwd", "mlp_side_bwd",
+           "INTERPRET_CONFIG",
            "GPU_CONFIG", "launch_config"]
 
 # One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
@@ -90,14 +97,23 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "head_order", "head_side_bwd", "mlp
 # layers' backward and ptxas spilled 60–280 B at P = 256); in the interpreter the blocks and chunks are short and
 # the programs few, so that tests cross block, chunk, program and wave boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
-                    "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16)}
+                    "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16),
+                    "pool": dict(TB=16, KE=16, CT=16), "pool_bwd": dict(TB=16, KE=16, CT=16)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
               "head_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
-              "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1)}
+              "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1),
+              "pool": dict(TB=16, KE=16, num_warps=8, num_stages=1),
+              "pool_bwd": dict(TB=16, KE=16, num_warps=8, num_stages=1)}
 #: Persistent programs per SM on a GPU: one 8-warp program each — the forward takes 176–255 registers per thread
-#: (two would need ≤ 128), the backward kernels 255 and a scratch per program.
-PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "head_bwd": 1}
+#: (two would need ≤ 128), the backward kernels 255 and a scratch per program; the pooled head a scratch of
+#: TB·DIN·IN_K values (256 KiB at the anchors' width: one per SM keeps them in L2).
+PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "head_bwd": 1, "pool": 1, "pool_bwd": 1}
+#: The head runs per target on pooled features (``_gmlp_pool_fwd_kernel``, ``_gmlp_pool_bwd_kernel``) when the
+#: mean in-degree E / num_targets is at least this: its tiles then cost 2·16² FLOPs per target instead of per
+#: edge, and pooling 2·DIN·IN_K per edge (rounded up to KE edges per target); below it the edge-wise head is
+#: cheaper (bench/NOTES.md).
+POOL_MIN_DEGREE = 4
 #: The backward kernel runs on waves of WAVE_CHUNKS chunks per program, each after grad_h̃ of the wave's edges
 #: was written to a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64, L2-resident).
 WAVE_CHUNKS = 2
@@ -108,13 +124,15 @@ _BLOCK, _GATE, _SCALAR = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 _EXPAND, _MEAN, _AVG, _SPREAD, _PICK = (tl.constexpr(i) for i in range(5))
 
 
-def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
-    """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd", "grad_h") when the dots read ``in_k`` columns
-    (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they shrink as IN_K grows
-    — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128, 128 beyond
-    (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats
-    per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers); forward: h1, IN_K floats per row,
-    128 rows (≤ 128 KiB)."""
+def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 64) -> dict:
+    """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd", "grad_h", "pool", "pool_bwd") when the dots
+    read ``in_k`` columns (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they shrink
+    as IN_K grows — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128,
+    128 beyond (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P)
+    floats per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers); forward: h1, IN_K floats per
+    row, 128 rows (≤ 128 KiB).  The pooled head sums a target's P over ``din`` input channels in tiles of CT, at
+    most DIN_P (a (CT × IN_K) accumulator of ≤ 8192 values, 32 registers per thread; at 4096 the default width
+    spilled 12–56 B)."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
@@ -122,6 +140,8 @@ def launch_config(name: str, in_k: int, interpret: bool = INTERPRET) -> dict:
         config["CHUNK"] = 256 if in_k <= 128 else 128
     elif name == "bwd":
         config["CHUNK"] = 128 if in_k <= 128 else 64
+    elif name in ("pool", "pool_bwd"):
+        config["CT"] = min(max(16, 8192 // in_k), din_padded(din))
     return config
 
 
@@ -487,6 +507,230 @@ def _gmlp_conv_fwd_kernel(
 
 
 @triton.jit
+def _gmlp_rows_kernel(
+    z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
+    triv_ptr, hb_ptr, st_ptr, eps, E, K0, H,
+    L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    """h1 = [MLP(z)[:, :H], 1] of E edges into hb (⌈E / CHUNK⌉·CHUNK, IN_K) — a wave's rows, for the pooled head
+    (``_gmlp_pool_fwd_kernel``) — by persistent programs that take chunks of CHUNK edges in turn."""
+    pid = tl.program_id(0)
+    st_ptr += pid * BLOCK_E * max(P, DOUT_P)
+    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+        start = tl.cast(chunk, tl.int64) * CHUNK
+        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+                  cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
+                  CHUNK, PRECISION, st_ptr)
+
+
+@triton.jit
+def _wave_edges(rowptr_ptr, target, last, W0, E):
+    """The edges of ``target`` in a wave of E edges sorted by target, from the call's edge W0 (rowptr: the call's
+    CSR row pointers), as the wave's rows [lo, hi); empty past the wave's last target."""
+    live = target <= last
+    lo = tl.load(rowptr_ptr + target, mask=live, other=0) - W0
+    hi = tl.load(rowptr_ptr + target + 1, mask=live, other=0) - W0
+    return tl.minimum(tl.maximum(lo, 0), E), tl.minimum(tl.maximum(hi, 0), E)
+
+
+@triton.jit
+def _pool_target(hb_ptr, env_ptr, x_ptr, src_ptr, pb_ptr, lo, hi, DIN, IN_K: tl.constexpr, DIN_P: tl.constexpr,
+                 CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr):
+    """P[c, k] = Σ_e env_e·x[src_e, c]·h1_e[k] over the edges lo, …, hi - 1 (one target's in a wave; rows of hb)
+    into pb (DIN, IN_K): per channel tile of CT, one (CT × KE) @ (KE × IN_K) dot per KE edges."""
+    offs_k = tl.arange(0, IN_K)
+    for c0 in tl.static_range(0, DIN_P, CT):
+        ch = c0 + tl.arange(0, CT)
+        acc = tl.zeros((CT, IN_K), dtype=pb_ptr.dtype.element_ty)
+        for r in range(lo, hi, KE):
+            rows = r + tl.arange(0, KE)
+            m = rows < hi
+            src = tl.load(src_ptr + rows, mask=m, other=0)
+            xe = tl.load(x_ptr + src[:, None] * DIN + ch[None, :], mask=m[:, None] & (ch < DIN)[None, :], other=0.0)
+            xe *= tl.load(env_ptr + rows, mask=m, other=0.0)[:, None]
+            h = tl.load(hb_ptr + rows[:, None] * IN_K + offs_k[None, :], mask=m[:, None], other=0.0)
+            acc += tl.dot(tl.trans(xe), h, input_precision=PRECISION)
+        tl.store(pb_ptr + ch[:, None] * IN_K + offs_k[None, :], acc, mask=(ch < DIN)[:, None])
+
+
+@triton.jit
+def _pooled_head_sum(pb_ptr, rows, W, head_ptr, blk_ptr, count, t, DIN, IN_K: tl.constexpr, P: tl.constexpr,
+                     DOUT_P: tl.constexpr, PRECISION: tl.constexpr):
+    """Σ_j P[rows, c, k:k+16] @ HEAD[c, k:k+16, t:t+16], (len(rows), 16), over the ``count`` head tiles of output
+    tile t listed at blk_ptr as (k/16)·DIN + c; P: rows of width W = DIN·IN_K (``_pool_target``'s layout)."""
+    acc = tl.zeros((rows.shape[0], _HT), dtype=pb_ptr.dtype.element_ty)
+    for j in range(count):
+        kc = tl.load(blk_ptr + j)
+        k = kc // DIN * _HT
+        c = kc % DIN
+        acc += tl.dot(_cols(pb_ptr, rows, c * IN_K + k, W), _head_tile(head_ptr, c, k, t, P, DOUT_P, False),
+                      input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _gmlp_pool_fwd_kernel(
+    hb_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, out_ptr, head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, pb_ptr,
+    W0, E, DIN, DOUT,
+    P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
+    CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The head on pooled features, for a wave of E edges sorted by target (the call's edges W0, …, W0 + E - 1;
+    env, src, tgt and hb's h1 rows from the wave's first edge; rowptr: the call's CSR row pointers).  Persistent
+    programs take blocks of TB consecutive targets of the wave in turn; per target, P = Σ_e env·x[src]ᵀ h1 over
+    its edges in the wave into the program's scratch pb (TB, DIN, IN_K) (``_pool_target``), then per output tile
+    t, Σ P[:, c, k] @ HEAD[c, k, t] over its non-zero tiles and out[target, out_cols[t]] += that (atomics: a
+    target's edges may span two waves).  Each head tile read serves TB targets, and the head's FLOPs are per
+    target, not per edge."""
+    pid = tl.program_id(0)
+    pb_ptr += pid * TB * DIN * IN_K
+    first = tl.load(tgt_ptr)
+    last = tl.load(tgt_ptr + E - 1)
+    offs_i = tl.arange(0, TB)
+    offs_t = tl.arange(0, _HT)
+    for block in range(pid, tl.cdiv(last - first + 1, TB), tl.num_programs(0)):
+        t0 = first + block * TB
+        for i in range(TB):
+            lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
+            _pool_target(hb_ptr, env_ptr, x_ptr, src_ptr, pb_ptr + i * DIN * IN_K, lo, hi, DIN, IN_K, DIN_P, CT, KE,
+                         PRECISION)
+        tl.debug_barrier()  # P is read back by other threads of the program
+        targets = t0 + offs_i
+        lo = tl.load(rowptr_ptr + targets, mask=targets <= last, other=0)
+        hi = tl.load(rowptr_ptr + targets + 1, mask=targets <= last, other=0)
+        touched = (hi > W0) & (lo < W0 + E) & (hi > lo)  # the targets with an edge in the wave
+        for t in range(DOUT_P // _HT):
+            acc = _pooled_head_sum(pb_ptr, offs_i, DIN * IN_K, head_ptr, hblk_ptr + t * (P // _HT) * DIN,
+                                   tl.load(hcnt_ptr + t), t * _HT, DIN, IN_K, P, DOUT_P, PRECISION)
+            cols = tl.load(ocol_ptr + t * _HT + offs_t)
+            tl.atomic_add(out_ptr + targets[:, None] * DOUT + cols[None, :], acc,
+                          mask=touched[:, None] & (cols < DOUT)[None, :], sem="relaxed")
+        tl.debug_barrier()  # every read of P is done before the next block overwrites it
+
+
+@triton.jit
+def _gmlp_pool_bwd_kernel(
+    hb_ptr, gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr,
+    ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ghead_ptr, sb_ptr, W0, E, H, DIN,
+    P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
+    CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr, NEED_HEAD: tl.constexpr,
+):
+    """The head's side of the backward on pooled features, for a wave of E edges sorted by target (as
+    ``_gmlp_pool_fwd_kernel``; gout in the head's order).  Persistent programs take blocks of TB consecutive
+    targets in turn; per block, in the program's scratch sb (TB, DIN, IN_K):
+
+    * with NEED_HEAD, the pooled features P (``_pool_target``) and grad_head[c, k, t] += P[:, c, k]ᵀ @ gout[:, t]
+      over the TB targets, per listed tile, one atomic per entry of the head's support;
+    * G[c, k] = Σ_t HEAD[c, k, t] @ gout[target, t]ᵀ per target (tiles listed per channel: cblk, ccnt);
+    * per edge, KE at a time: grad_h̃ = env · x[src] @ G into gh (zero from column H on), s = h1 @ Gᵀ,
+      grad_x[src] += env · s (atomics) and grad_env = Σ_c x[src, c] · s_c.
+
+    The head's FLOPs are per target (2·16²·TB per listed tile and TB targets, twice), the edges' 2·DIN·IN_K each
+    (four times) — not 2·16² per listed tile and edge (three times) as on the edge-wise kernels."""
+    pid = tl.program_id(0)
+    sb_ptr += pid * TB * DIN * IN_K
+    W: tl.constexpr = IN_K  # row width of one channel in sb
+    TT: tl.constexpr = DOUT_P // _HT
+    first = tl.load(tgt_ptr)
+    last = tl.load(tgt_ptr + E - 1)
+    offs_i = tl.arange(0, TB)
+    offs_t = tl.arange(0, _HT)
+    offs_k = tl.arange(0, IN_K)
+    for block in range(pid, tl.cdiv(last - first + 1, TB), tl.num_programs(0)):
+        t0 = first + block * TB
+        gy_rows = tl.minimum(t0 + offs_i, last)  # rows of gout; the targets past the wave's last have no edge here
+        if NEED_HEAD:
+            for i in range(TB):
+                lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
+                _pool_target(hb_ptr, env_ptr, x_ptr, src_ptr, sb_ptr + i * DIN * IN_K, lo, hi, DIN, IN_K, DIN_P, CT,
+                             KE, PRECISION)
+            tl.debug_barrier()  # P is read back by other threads of the program
+            for t in range(TT):
+                gy = _cols(gout_ptr, gy_rows, t * _HT, DOUT_P)
+                for j in range(tl.load(hcnt_ptr + t)):
+                    kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
+                    k = kc // DIN * _HT
+                    c = kc % DIN
+                    g = tl.dot(tl.trans(_cols(sb_ptr, offs_i, c * IN_K + k, DIN * IN_K)), gy, input_precision=PRECISION)
+                    entries = c * P * DOUT_P + (k + offs_t)[:, None] * DOUT_P + t * _HT + offs_t[None, :]
+                    tl.atomic_add(ghead_ptr + entries, g, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
+            tl.debug_barrier()  # every read of P is done before G overwrites it
+            for i in range(TB):  # G's unlisted entries are zero (the host zeroes sb; P overwrote them)
+                for c0 in tl.static_range(0, DIN_P, CT):
+                    ch = c0 + tl.arange(0, CT)
+                    tl.store(sb_ptr + i * DIN * IN_K + ch[:, None] * IN_K + offs_k[None, :],
+                             tl.zeros((CT, IN_K), dtype=sb_ptr.dtype.element_ty), mask=(ch < DIN)[:, None])
+            tl.debug_barrier()
+        for c in range(DIN):  # G[:, c, k] = Σ_t gout[:, t] @ HEAD[c, k, t]ᵀ over channel c's listed tiles
+            acc = tl.zeros((TB, _HT), dtype=sb_ptr.dtype.element_ty)
+            held = tl.full((), -1, tl.int64)
+            count = tl.load(ccnt_ptr + c)
+            for j in range(count + 1):  # the step past the list flushes its last run
+                kt = tl.load(cblk_ptr + c * (P // _HT) * TT + j, mask=j < count, other=-1)
+                k = tl.where(kt < 0, -1, kt // TT)
+                if (k != held) & (held >= 0):  # add the run of row tile ``held`` into sb (lists in any order)
+                    at = sb_ptr + offs_i[:, None] * (DIN * IN_K) + c * IN_K + held * _HT + offs_t[None, :]
+                    tl.debug_barrier()
+                    tl.store(at, tl.load(at) + acc)
+                    tl.debug_barrier()
+                    acc = tl.zeros((TB, _HT), dtype=sb_ptr.dtype.element_ty)
+                if kt >= 0:
+                    col = kt % TT * _HT  # the output tile's first column
+                    acc += tl.dot(_cols(gout_ptr, gy_rows, col, DOUT_P),
+                                  _head_tile(head_ptr, c, k * _HT, col, P, DOUT_P, True), input_precision=PRECISION)
+                held = k
+        tl.debug_barrier()  # G is read back by other threads of the program
+        for i in range(TB):
+            lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
+            _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, sb_ptr + i * DIN * IN_K, gh_ptr, gx_ptr, genv_ptr, lo, hi, H,
+                       DIN, IN_K, DIN_P, CT, KE, PRECISION)
+        tl.debug_barrier()  # every read of G is done before the next block overwrites it
+
+
+@triton.jit
+def _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, g_ptr, gh_ptr, gx_ptr, genv_ptr, lo, hi, H, DIN, IN_K: tl.constexpr,
+               DIN_P: tl.constexpr, CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr):
+    """For the edges lo, …, hi - 1 of one target (rows of hb, gh), KE at a time, from its G (DIN, IN_K) at g_ptr:
+    s = h1 @ Gᵀ, grad_x[src] += env · s (atomics), grad_env = Σ_c x[src, c] · s_c (stored) and grad_h̃ = env ·
+    x[src] @ G into gh (zero from column H on).  Both products go KC columns of h1 / grad_h̃ at a time (h1's rows
+    read from hb per slice): a whole (KE × IN_K) operand or accumulator made ptxas spill 0.5–13 KB at IN_K = 256."""
+    KC: tl.constexpr = min(IN_K, 32)
+    offs_kc = tl.arange(0, KC)
+    for r in range(lo, hi, KE):
+        rows = r + tl.arange(0, KE)
+        m = rows < hi
+        src = tl.load(src_ptr + rows, mask=m, other=0)
+        env = tl.load(env_ptr + rows, mask=m, other=0.0)
+        ge = tl.zeros((KE,), dtype=hb_ptr.dtype.element_ty)
+        for c0 in tl.static_range(0, DIN_P, CT):
+            ch = c0 + tl.arange(0, CT)
+            on = ch < DIN
+            s = tl.zeros((KE, CT), dtype=hb_ptr.dtype.element_ty)
+            for k in range(0, IN_K, KC):
+                h = tl.load(hb_ptr + rows[:, None] * IN_K + k + offs_kc[None, :], mask=m[:, None], other=0.0)
+                g = tl.load(g_ptr + ch[:, None] * IN_K + k + offs_kc[None, :], mask=on[:, None], other=0.0)
+                s += tl.dot(h, tl.trans(g), input_precision=PRECISION)
+            tl.atomic_add(gx_ptr + src[:, None] * DIN + ch[None, :], s * env[:, None], mask=m[:, None] & on[None, :],
+                          sem="relaxed")
+            ge += tl.sum(tl.load(x_ptr + src[:, None] * DIN + ch[None, :], mask=m[:, None] & on[None, :],
+                                 other=0.0) * s, 1)
+        tl.store(genv_ptr + rows, ge, mask=m)
+        for k in range(0, IN_K, KC):
+            dh = tl.zeros((KE, KC), dtype=hb_ptr.dtype.element_ty)
+            for c0 in tl.static_range(0, DIN_P, CT):
+                ch = c0 + tl.arange(0, CT)
+                on = ch < DIN
+                xm = tl.load(x_ptr + src[:, None] * DIN + ch[None, :], mask=m[:, None] & on[None, :], other=0.0)
+                g = tl.load(g_ptr + ch[:, None] * IN_K + k + offs_kc[None, :], mask=on[:, None], other=0.0)
+                dh += tl.dot(xm, g, input_precision=PRECISION)
+            tl.store(gh_ptr + rows[:, None] * IN_K + k + offs_kc[None, :],
+                     tl.where((k + offs_kc < H)[None, :], dh * env[:, None], 0.0), mask=m[:, None])
+
+
+
+@triton.jit
 def _gmlp_head_bwd_kernel(
     gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
@@ -670,6 +914,7 @@ _LAYERS = _PARAMS[:-1]  # the G-MLP's backward kernel takes all but the head
 _FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
 _BWD_TILES = ("head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
 _HEAD_BWD = ("head_support", "head_blocks", "head_block_count", "head_channel_blocks", "head_channel_block_count")
+_POOL_BWD = ("head",) + _HEAD_BWD  # the pooled head's backward: the head, its support and both tile lists
 
 
 def _meta(packed: dict, k0: int, precision: str) -> dict:
@@ -704,6 +949,11 @@ def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: t
     kernel[(grid,)](*args, *scratch, stage, *sizes, **meta, **config, **flags)
 
 
+def din_padded(din: int) -> int:
+    """DIN_P: the input channels the pooled head's channel tiles cover — a power of two ≥ 16 and ≥ din."""
+    return max(16, triton.next_power_of_2(din))
+
+
 def z_columns(p: int, k0: int, layers: int) -> int:
     """K0P: the columns of z the kernels read — a power of two ≥ 16 and ≥ k0, or P without hidden layers."""
     return p if layers == 0 else max(16, triton.next_power_of_2(k0))
@@ -721,6 +971,11 @@ def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
     return _ws_offset(layers, k0p, in_k, p) if layers else 1
 
 
+def pools(e: int, num_targets: int) -> bool:
+    """Whether the forward pools per target (mean in-degree ≥ POOL_MIN_DEGREE) rather than run the edge-wise head."""
+    return e >= POOL_MIN_DEGREE * num_targets
+
+
 def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
     """(num_targets, dout): the convolution of the packed G-MLP (inputs validated and contiguous)."""
     e, k0 = z.shape
@@ -729,10 +984,43 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
         return out
     with device_ctx(x):
         meta = _meta(packed, k0, precision)
-        _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e,
-                           (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS + _FWD_TILES)),
-                           (meta["IN_K"],), (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout), meta, x)
+        if pools(e, num_targets):
+            _pooled_fwd(z, env, x, src, tgt, out, packed, meta)
+        else:
+            _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e,
+                               (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS + _FWD_TILES)),
+                               (meta["IN_K"],), (packed["eps"], e, k0, packed["hidden"], x.shape[1], dout), meta, x)
     return out
+
+
+def _by_target(z, env, src, tgt, num_targets: int) -> tuple:
+    """The edges sorted by target (stable): (order, then z, env, src and tgt in that order: copies of E rows, and
+    the CSR row pointers (num_targets + 1,))."""
+    order = torch.argsort(tgt, stable=True)
+    rowptr = F.pad(torch.bincount(tgt, minlength=num_targets).cumsum(0), (1, 0))
+    return order, z[order], env[order], src[order], tgt[order], rowptr
+
+
+def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict) -> None:
+    """The forward with the head on pooled features: the edges sorted by target (``_by_target``), then per wave
+    of edges their h1 rows (``_gmlp_rows_kernel``) into a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB
+    on 132 SMs at IN_K = 64) and the pooled head on them (``_gmlp_pool_fwd_kernel``); adds into out."""
+    e, k0 = z.shape
+    din, in_k = x.shape[1], meta["IN_K"]
+    _, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, out.shape[0])
+    rows, pool = launch_config("fwd", in_k), launch_config("pool", in_k, din=din)
+    wave = WAVE_CHUNKS * rows["CHUNK"] * _programs(x, PROGRAMS_PER_SM["fwd"])
+    hb = torch.empty(min(wave, triton.cdiv(e, rows["CHUNK"]) * rows["CHUNK"]), in_k, device=x.device, dtype=x.dtype)
+    grid = min(triton.cdiv(out.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool"]))
+    pb = torch.empty(grid, pool["TB"], din, in_k, device=x.device, dtype=x.dtype)
+    for w in range(0, e, wave):
+        ew = min(e, w + wave) - w
+        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[w:], *(packed[k] for k in _LAYERS), hb), (),
+                           (packed["eps"], ew, k0, packed["hidden"]), meta, x)
+        _gmlp_pool_fwd_kernel[(grid,)](
+            hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out, *(packed[k] for k in ("head",) + _FWD_TILES), pb, w, ew,
+            din, out.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k,
+            DIN_P=din_padded(din), PRECISION=meta["PRECISION"], **pool)
 
 
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
@@ -748,8 +1036,11 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
         return tuple(grads)
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     gout = head_order(grad_out, packed)
-    head_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gx, genv, ghead), need_params, head_chunk)
-    mlp_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gz, gw, gb, gscale, gshift), need_params)
+    if pools(z.shape[0], grad_out.shape[0]) and head_chunk is None:
+        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params)
+    else:
+        head_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gx, genv, ghead), need_params, head_chunk)
+        mlp_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gz, gw, gb, gscale, gshift), need_params)
     return tuple(grads)
 
 
@@ -776,9 +1067,60 @@ def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads:
     the wave (``_gmlp_grad_h_kernel``) into a buffer of the wave's rows, then ``_gmlp_conv_bwd_kernel`` on it;
     adds into grads = (grad_z, grad_weight, grad_bias, grad_scale, grad_shift; all but grad_z only with
     ``need_params``)."""
+    meta = _meta(packed, z.shape[1], precision)
+    config = launch_config("grad_h", meta["IN_K"])
+
+    def grad_h(edges: slice, gh: torch.Tensor) -> None:
+        ew = edges.stop - edges.start
+        _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
+            gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
+            ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
+            PRECISION=meta["PRECISION"], **config)
+
+    _layers_bwd(grad_h, z, x, packed, meta, grads, need_params)
+
+
+def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool) -> None:
+    """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's
+    order: the edges sorted by target (``_by_target``), then per wave of edges their h1 rows
+    (``_gmlp_rows_kernel``), the head's side — grad_x, grad_env, the head's gradient (with ``need_params``) and
+    grad_h̃ into the wave's buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads =
+    (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+    gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
+    e, k0 = z.shape
+    din = x.shape[1]
+    meta = _meta(packed, k0, precision)
+    order, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, gout.shape[0])
+    gzs, genvs = torch.zeros_like(zs), torch.zeros_like(envs)
+    rows, pool = launch_config("fwd", meta["IN_K"]), launch_config("pool_bwd", meta["IN_K"], din=din)
+    grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
+    sb = torch.zeros(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
+    hb = []
+
+    def grad_h(edges: slice, gh: torch.Tensor) -> None:
+        w, ew = edges.start, edges.stop - edges.start
+        if not hb:  # the wave's h1 rows, whole chunks of the rows kernel
+            hb.append(torch.empty(triton.cdiv(gh.shape[0], rows["CHUNK"]) * rows["CHUNK"], meta["IN_K"],
+                                  device=x.device, dtype=x.dtype))
+        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[edges], *(packed[k] for k in _LAYERS), hb[0]), (),
+                           (packed["eps"], ew, k0, packed["hidden"]), meta, x)
+        _gmlp_pool_bwd_kernel[(grid,)](
+            hb[0], gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
+            genvs[edges], ghead, sb, w, ew, packed["hidden"], din, P=meta["P"], DOUT_P=meta["DOUT_P"],
+            IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
+
+    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params)
+    gz.index_add_(0, order, gzs)
+    genv.index_add_(0, order, genvs)
+
+
+def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_params: bool) -> None:
+    """The G-MLP's backward in waves of edges: ``grad_h(edges, gh)`` writes grad_h̃ of the wave's edges (a slice)
+    into gh, a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64), then
+    ``_gmlp_conv_bwd_kernel`` back-propagates it; adds into grads = (grad_z, grad_weight, grad_bias, grad_scale,
+    grad_shift; all but grad_z only with ``need_params``)."""
     e, k0 = z.shape
     gz, gw, gb, gscale, gshift = grads
-    meta = _meta(packed, k0, precision)
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
     programs, bwd = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"])
     wave = WAVE_CHUNKS * bwd["CHUNK"] * programs
@@ -786,15 +1128,11 @@ def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads:
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
     ss = torch.zeros(programs if sums else 1, meta["L"], 2, bwd["BLOCK_E"], meta["P"] if sums else 1,
                      device=x.device, dtype=x.dtype)
-    config = launch_config("grad_h", meta["IN_K"])
     with device_ctx(x):
         for w in range(0, e, wave):
             edges = slice(w, min(e, w + wave))
             ew = edges.stop - w
-            _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
-                gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
-                ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
-                PRECISION=meta["PRECISION"], **config)
+            grad_h(edges, gh)
             _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
                                (gh, z[edges], *(packed[k] for k in _LAYERS), packed["weight_support"], gz[edges],
                                 gw, gb, ss), (sw if need_params else 1,), (packed["eps"], ew, k0), meta, x,
