@@ -623,12 +623,13 @@ def _gmlp_pool_bwd_kernel(
 
     * with NEED_HEAD, the pooled features P (``_pool_target``) and grad_head[c, k, t] += P[:, c, k]ᵀ @ gout[:, t]
       over the TB targets, per listed tile, one atomic per entry of the head's support;
-    * G[c, k] = Σ_t HEAD[c, k, t] @ gout[target, t]ᵀ per target (tiles listed per channel: cblk, ccnt);
+    * G[c, k] = Σ_t HEAD[c, k, t] @ gout[target, t]ᵀ per target (tiles listed per channel: cblk, ccnt), summed
+      into the zeroed scratch a run of one row tile at a time;
     * per edge, KE at a time: grad_h̃ = env · x[src] @ G into gh (zero from column H on), s = h1 @ Gᵀ,
       grad_x[src] += env · s (atomics) and grad_env = Σ_c x[src, c] · s_c.
 
-    The head's FLOPs are per target (2·16²·TB per listed tile and TB targets, twice), the edges' 2·DIN·IN_K each
-    (four times) — not 2·16² per listed tile and edge (three times) as on the edge-wise kernels."""
+    The head's tiles cost 2·16²·TB FLOPs per listed tile and block of TB targets (twice), the edges 2·DIN·IN_K
+    each (three times) — the edge-wise kernels 2·16² per listed tile and edge (twice) and the head's gradient."""
     pid = tl.program_id(0)
     sb_ptr += pid * TB * DIN * IN_K
     W: tl.constexpr = IN_K  # row width of one channel in sb
@@ -657,12 +658,12 @@ def _gmlp_pool_bwd_kernel(
                     entries = c * P * DOUT_P + (k + offs_t)[:, None] * DOUT_P + t * _HT + offs_t[None, :]
                     tl.atomic_add(ghead_ptr + entries, g, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
             tl.debug_barrier()  # every read of P is done before G overwrites it
-            for i in range(TB):  # G's unlisted entries are zero (the host zeroes sb; P overwrote them)
-                for c0 in tl.static_range(0, DIN_P, CT):
-                    ch = c0 + tl.arange(0, CT)
-                    tl.store(sb_ptr + i * DIN * IN_K + ch[:, None] * IN_K + offs_k[None, :],
-                             tl.zeros((CT, IN_K), dtype=sb_ptr.dtype.element_ty), mask=(ch < DIN)[:, None])
-            tl.debug_barrier()
+        for i in range(TB):  # G is summed into zeros (the previous block's G or P are there)
+            for c0 in tl.static_range(0, DIN_P, CT):
+                ch = c0 + tl.arange(0, CT)
+                tl.store(sb_ptr + i * DIN * IN_K + ch[:, None] * IN_K + offs_k[None, :],
+                         tl.zeros((CT, IN_K), dtype=sb_ptr.dtype.element_ty), mask=(ch < DIN)[:, None])
+        tl.debug_barrier()
         for c in range(DIN):  # G[:, c, k] = Σ_t gout[:, t] @ HEAD[c, k, t]ᵀ over channel c's listed tiles
             acc = tl.zeros((TB, _HT), dtype=sb_ptr.dtype.element_ty)
             held = tl.full((), -1, tl.int64)
@@ -1095,7 +1096,7 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     gzs, genvs = torch.zeros_like(zs), torch.zeros_like(envs)
     rows, pool = launch_config("fwd", meta["IN_K"]), launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
-    sb = torch.zeros(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
+    sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
     hb = []
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
