@@ -973,7 +973,8 @@ def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
 
 
 def pools(e: int, num_targets: int) -> bool:
-    """Whether the forward pools per target (mean in-degree ≥ POOL_MIN_DEGREE) rather than run the edge-wise head."""
+    """Whether the head runs per target on pooled features, forward and backward (mean in-degree E / num_targets
+    ≥ POOL_MIN_DEGREE), rather than per edge."""
     return e >= POOL_MIN_DEGREE * num_targets
 
 
