@@ -91,11 +91,9 @@ def pooled(request, monkeypatch) -> bool:
     return request.param
 
 
-def test_any_group_matches_reference(any_group, monkeypatch):
-    """The edge-wise head (in-degree below POOL_MIN_DEGREE) on every group of the table."""
-    from fastik.triton_kernels import gmlp_conv
-
-    monkeypatch.setattr(gmlp_conv, "POOL_MIN_DEGREE", float("inf"))
+def test_any_group_matches_reference(any_group, pooled):
+    """Forward and every gradient on every group of the table, with either head: per edge (in-degree below
+    POOL_MIN_DEGREE) and per target on pooled features."""
     dim = any_group.dim
     t = fastik.FieldType(any_group, FIELDS[dim])
     ref, fused = twins(t, t, hidden_channels=1)
@@ -263,20 +261,6 @@ def test_wide_mlp_matches_reference(hidden_channels):
 def forward(conv, inputs):
     with torch.no_grad():
         return conv(**inputs)
-
-
-def test_pooled_head_on_any_group(any_group, monkeypatch):
-    """The head per target on features pooled over its edges (the default at mean in-degree ≥ POOL_MIN_DEGREE),
-    forward and backward, against the reference on every group of the table."""
-    from fastik.triton_kernels import gmlp_conv
-
-    monkeypatch.setattr(gmlp_conv, "POOL_MIN_DEGREE", 0)
-    t = fastik.FieldType(any_group, FIELDS[any_group.dim])
-    ref, fused = twins(t, t, hidden_channels=1)
-    pos, ei = graph(9, 26, any_group.dim)
-    assert gmlp_conv.pools(ei.shape[1], 9)
-    assert_same(ref, fused, dict(x=torch.randn(9, t.dim, dtype=torch.float64, device=DEVICE), pos=pos,
-                                 edge_index=ei))
 
 
 @pytest.mark.parametrize("bipartite", [False, True])
