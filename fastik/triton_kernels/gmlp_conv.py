@@ -556,6 +556,17 @@ def _pool_target(hb_ptr, env_ptr, x_ptr, src_ptr, pb_ptr, lo, hi, DIN, IN_K: tl.
 
 
 @triton.jit
+def _pool_block(hb_ptr, env_ptr, x_ptr, src_ptr, rowptr_ptr, pb_ptr, t0, last, W0, E, DIN, IN_K: tl.constexpr,
+                DIN_P: tl.constexpr, TB: tl.constexpr, CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr):
+    """P of the targets t0, …, t0 + TB - 1 over their edges in the wave (``_wave_edges``) into pb (TB, DIN, IN_K),
+    one target at a time (``_pool_target``)."""
+    for i in range(TB):
+        lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
+        _pool_target(hb_ptr, env_ptr, x_ptr, src_ptr, pb_ptr + i * DIN * IN_K, lo, hi, DIN, IN_K, DIN_P, CT, KE,
+                     PRECISION)
+
+
+@triton.jit
 def _pooled_head_sum(pb_ptr, rows, W, head_ptr, blk_ptr, count, t, DIN, IN_K: tl.constexpr, P: tl.constexpr,
                      DOUT_P: tl.constexpr, PRECISION: tl.constexpr):
     """Σ_j P[rows, c, k:k+16] @ HEAD[c, k:k+16, t:t+16], (len(rows), 16), over the ``count`` head tiles of output
@@ -592,10 +603,8 @@ def _gmlp_pool_fwd_kernel(
     offs_t = tl.arange(0, _HT)
     for block in range(pid, tl.cdiv(last - first + 1, TB), tl.num_programs(0)):
         t0 = first + block * TB
-        for i in range(TB):
-            lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
-            _pool_target(hb_ptr, env_ptr, x_ptr, src_ptr, pb_ptr + i * DIN * IN_K, lo, hi, DIN, IN_K, DIN_P, CT, KE,
-                         PRECISION)
+        _pool_block(hb_ptr, env_ptr, x_ptr, src_ptr, rowptr_ptr, pb_ptr, t0, last, W0, E, DIN, IN_K, DIN_P, TB, CT, KE,
+                    PRECISION)
         tl.debug_barrier()  # P is read back by other threads of the program
         targets = t0 + offs_i
         lo = tl.load(rowptr_ptr + targets, mask=targets <= last, other=0)
@@ -632,7 +641,6 @@ def _gmlp_pool_bwd_kernel(
     each (three times) — the edge-wise kernels 2·16² per listed tile and edge (twice) and the head's gradient."""
     pid = tl.program_id(0)
     sb_ptr += pid * TB * DIN * IN_K
-    W: tl.constexpr = IN_K  # row width of one channel in sb
     TT: tl.constexpr = DOUT_P // _HT
     first = tl.load(tgt_ptr)
     last = tl.load(tgt_ptr + E - 1)
@@ -643,10 +651,8 @@ def _gmlp_pool_bwd_kernel(
         t0 = first + block * TB
         gy_rows = tl.minimum(t0 + offs_i, last)  # rows of gout; the targets past the wave's last have no edge here
         if NEED_HEAD:
-            for i in range(TB):
-                lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
-                _pool_target(hb_ptr, env_ptr, x_ptr, src_ptr, sb_ptr + i * DIN * IN_K, lo, hi, DIN, IN_K, DIN_P, CT,
-                             KE, PRECISION)
+            _pool_block(hb_ptr, env_ptr, x_ptr, src_ptr, rowptr_ptr, sb_ptr, t0, last, W0, E, DIN, IN_K, DIN_P, TB,
+                        CT, KE, PRECISION)
             tl.debug_barrier()  # P is read back by other threads of the program
             for t in range(TT):
                 gy = _cols(gout_ptr, gy_rows, t * _HT, DOUT_P)
@@ -728,7 +734,6 @@ def _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, g_ptr, gh_ptr, gx_ptr, genv_ptr,
                 dh += tl.dot(xm, g, input_precision=PRECISION)
             tl.store(gh_ptr + rows[:, None] * IN_K + k + offs_kc[None, :],
                      tl.where((k + offs_kc < H)[None, :], dh * env[:, None], 0.0), mask=m[:, None])
-
 
 
 @triton.jit
@@ -1098,23 +1103,26 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     rows, pool = launch_config("fwd", meta["IN_K"]), launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
-    hb = []
+    wave_rows = triton.cdiv(min(e, _bwd_wave(x, meta)), rows["CHUNK"]) * rows["CHUNK"]  # the rows kernel's chunks
+    hb = torch.empty(wave_rows, meta["IN_K"], device=x.device, dtype=x.dtype)  # the wave's h1 rows
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         w, ew = edges.start, edges.stop - edges.start
-        if not hb:  # the wave's h1 rows, whole chunks of the rows kernel
-            hb.append(torch.empty(triton.cdiv(gh.shape[0], rows["CHUNK"]) * rows["CHUNK"], meta["IN_K"],
-                                  device=x.device, dtype=x.dtype))
-        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[edges], *(packed[k] for k in _LAYERS), hb[0]), (),
+        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[edges], *(packed[k] for k in _LAYERS), hb), (),
                            (packed["eps"], ew, k0, packed["hidden"]), meta, x)
         _gmlp_pool_bwd_kernel[(grid,)](
-            hb[0], gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
+            hb, gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
             genvs[edges], ghead, sb, w, ew, packed["hidden"], din, P=meta["P"], DOUT_P=meta["DOUT_P"],
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
 
     _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params)
     gz.index_add_(0, order, gzs)
     genv.index_add_(0, order, genvs)
+
+
+def _bwd_wave(x: torch.Tensor, meta: dict) -> int:
+    """Edges per wave of the G-MLP's backward: WAVE_CHUNKS chunks of its kernel per persistent program."""
+    return WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
 
 
 def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_params: bool) -> None:
@@ -1125,8 +1133,7 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
     e, k0 = z.shape
     gz, gw, gb, gscale, gshift = grads
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    programs, bwd = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"])
-    wave = WAVE_CHUNKS * bwd["CHUNK"] * programs
+    programs, bwd, wave = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"]), _bwd_wave(x, meta)
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
     ss = torch.zeros(programs if sums else 1, meta["L"], 2, bwd["BLOCK_E"], meta["P"] if sums else 1,
