@@ -608,8 +608,8 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
     kernel and grad_h̃ do not run). The backward kernel recomputes layer i's input (layers < i), its linear part
     and norm, and back-propagates (norm again, gates, three sums, the weight's transpose). Per-layer vectors (bias,
-    scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1.  ``degree``: the
-    standard workload's (bench.workload.DEGREE) by default."""
+    scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1.
+    ``degree``: the standard workload's (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns, z_columns
 
@@ -722,8 +722,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
 
 @contextlib.contextmanager
 def _edge_wise(gc):
-    """Inside the block, the fused forward of module ``gc`` (fastik.triton_kernels.gmlp_conv) runs its head per
-    edge at any in-degree (``POOL_MIN_DEGREE`` = ∞)."""
+    """Inside the block, the fused op of module ``gc`` (fastik.triton_kernels.gmlp_conv) runs its head per edge,
+    forward and backward, at any in-degree (``POOL_MIN_DEGREE`` = ∞)."""
     saved = gc.POOL_MIN_DEGREE
     gc.POOL_MIN_DEGREE = math.inf
     try:
