@@ -49,10 +49,18 @@ KERNELS = (
     ("segmented_bwd", "_segmented_bwd_kernel", "_configs", "GPU_CONFIG"),
 )
 
-#: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) and their constexprs
-FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": "fwd", "_gmlp_conv_bwd_kernel": "bwd", "_gmlp_head_bwd_kernel": "head_bwd",
-                 "_gmlp_grad_h_kernel": "grad_h", "_gmlp_rows_kernel": "fwd", "_gmlp_pool_fwd_kernel": "pool",
-                 "_gmlp_pool_bwd_kernel": "pool_bwd"}
+#: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) as launched: row name -> (kernel, launch
+#: configuration, whether it saves / reads the rows of the layers' forward state (SV > 0: the pooled backward's
+#: rows kernel and the G-MLP's backward kernel after it; SV = 0: the forward's rows kernel, the edge-wise backward))
+FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": ("_gmlp_conv_fwd_kernel", "fwd", False),
+                 "_gmlp_conv_bwd_kernel": ("_gmlp_conv_bwd_kernel", "bwd", False),
+                 "_gmlp_conv_bwd_kernel[saved]": ("_gmlp_conv_bwd_kernel", "saved_bwd", True),
+                 "_gmlp_head_bwd_kernel": ("_gmlp_head_bwd_kernel", "head_bwd", False),
+                 "_gmlp_grad_h_kernel": ("_gmlp_grad_h_kernel", "grad_h", False),
+                 "_gmlp_rows_kernel": ("_gmlp_rows_kernel", "fwd", False),
+                 "_gmlp_rows_kernel[saved]": ("_gmlp_rows_kernel", "fwd", True),
+                 "_gmlp_pool_fwd_kernel": ("_gmlp_pool_fwd_kernel", "pool", False),
+                 "_gmlp_pool_bwd_kernel": ("_gmlp_pool_bwd_kernel", "pool_bwd", False)}
 #: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P, DIN = 64): the anchors'
 #: (hidden_channels=5, H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P)
 FUSED_WIDTHS = {"anchor": {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16,
@@ -189,13 +197,15 @@ def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> l
     out = []
     for width in widths:
         sizes = FUSED_WIDTHS[width]
-        for kernel, name in FUSED_KERNELS.items():
+        for label, (kernel, name, saved) in FUSED_KERNELS.items():
             fn = _jit_function(getattr(g, kernel))
-            constexprs = {**sizes, "SW": g.scratch_width(sizes["P"], sizes["IN_K"], sizes["K0P"], sizes["L"])}
+            constexprs = {**sizes, "SW": g.scratch_width(sizes["P"], sizes["IN_K"], sizes["K0P"], sizes["L"]),
+                          "SV": g.saved_width(sizes["P"], sizes["NB"], sizes["NG"], sizes["IN_K"], sizes["L"])
+                          if saved else 0}
             constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
             for precision in precisions:
                 config = g.launch_config(name, sizes["IN_K"], din=sizes["DIN_P"])
-                row = compile_row(fn, kernel, config, precision, constexprs)
+                row = compile_row(fn, label, config, precision, constexprs)
                 row.config = f"P={sizes['P']},IN_K={sizes['IN_K']},{row.config}"
                 out.append(row)
     return out

@@ -549,11 +549,13 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     on 16 channels' tiles at once per group of listed tiles (``head_groups``; listed or not).  At a mean
     in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per edge the pooling dots
     (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles (backward: G and
-    the head's gradient, twice), the MLP once more for the h1 rows; its bytes: the edges' sort (z, env, src, tgt
-    gathered and written) and one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head
-    at any in-degree."""
+    the head's gradient, twice), the MLP once more for the h1 rows, which saves every layer's state (SV floats
+    per edge, written and read back), so the layers' backward recomputes nothing (per layer: the weight's
+    transpose, the sums per block and per gate, the weight gradient); its bytes: the edges' sort (z, env, src,
+    tgt gathered and written) and one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise
+    head at any in-degree."""
     from fastik.ops.fused_gmlp import HEAD_TILE
-    from fastik.triton_kernels.gmlp_conv import pools, used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import pools, saved_width, used_columns, z_columns
 
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
@@ -564,6 +566,7 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     linear = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
     mlp = sum(linear) + layers * norm
     steps = sum(sum(linear[:i]) + i * norm + 2 * linear[i] + norm + sums + 2.0 * size * k for i in range(layers))
+    saved_steps = sum(linear[i] + sums + 2.0 * size * k for i in range(layers))  # from the saved state
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     head_grad = 2.0 * HEAD_TILE ** 3 * head_groups(packed)
@@ -576,8 +579,9 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     pool, tiles = _pooled_head(packed, din, k, e / n)
     sort = 2 * e * (k0 * f4 + f4 + 2 * i8)  # z, env, src, tgt gathered and written in target order
     return {"fwd": (e * (mlp + pool + tiles), io + n * dout_p * f4 + sort),
-            "bwd": (e * (2 * mlp + 3 * pool + 2 * tiles + steps),
-                    2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + 2 * e * (k0 + 1) * f4),
+            "bwd": (e * (2 * mlp + 3 * pool + 2 * tiles + saved_steps),
+                    2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + 2 * e * (k0 + 1) * f4
+                    + 2 * e * saved_width(size, nb, ng, k, layers) * f4),
             "fwd_edge_wise": fwd_edge_wise, "bwd_edge_wise": bwd_edge_wise}
 
 
@@ -607,7 +611,9 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB
     targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
     kernel and grad_h̃ do not run). The backward kernel recomputes layer i's input (layers < i), its linear part
-    and norm, and back-propagates (norm again, gates, three sums, the weight's transpose). Per-layer vectors (bias,
+    and norm, and back-propagates (norm again, gates, three sums, the weight's transpose) — pooled, it reads the
+    layers' state that the h1 rows' kernel saved instead (per layer: the 1 / rms spread, the three sums, the
+    spreads of the backward, the weight's transpose). Per-layer vectors (bias,
     scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1.
     ``degree``: the standard workload's (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
@@ -627,22 +633,23 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     back = 2 * sums + 2 * vec + gates + size * ng * f4 + 2 * nb * size * f4 + 5 * vec  # _layer_bwd's structure
     mlp = sum(weights) + layers * layer
     bwd = sum(sum(weights[:i]) + i * layer + 2 * weights[i] + back for i in range(layers))
+    saved = sum(weights[i] + back - 2 * sums - vec - gates for i in range(layers))  # no recompute, no norm sums
     tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
     if degree >= POOL_MIN_DEGREE:
         rows = mlp / config["fwd"]["BLOCK_E"]
         out = {"fwd": rows + tiles / (config["pool"]["TB"] * degree),
-               "pool_bwd": rows + 2 * tiles / (config["pool_bwd"]["TB"] * degree)}
+               "pool_bwd": rows + 2 * tiles / (config["pool_bwd"]["TB"] * degree),
+               "bwd": saved / config["saved_bwd"]["BLOCK_E"]}
     else:
         out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
                "head_bwd": mlp / config["head_bwd"]["BLOCK_E"] + 3 * tiles / config["head_bwd"]["CHUNK"],
-               "grad_h": tiles / config["grad_h"]["BLOCK_E"]}
-    out["bwd"] = bwd / config["bwd"]["BLOCK_E"]
+               "grad_h": tiles / config["grad_h"]["BLOCK_E"], "bwd": bwd / config["bwd"]["BLOCK_E"]}
     return {**out, "total": sum(out.values())}
 
 
 #: the fully fused kernels' configuration names (fastik.triton_kernels.gmlp_conv.launch_config)
-GPU_KERNELS = ("fwd", "head_bwd", "bwd", "grad_h", "pool", "pool_bwd")
+GPU_KERNELS = ("fwd", "head_bwd", "bwd", "saved_bwd", "grad_h", "pool", "pool_bwd")
 
 
 def _runs(blocks, counts, key: Callable[[int], object]) -> int:
@@ -682,9 +689,10 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per
     run of output tiles and x[src, c] per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row,
     its weight-gradient rows and, per layer with a norm, its program's sums of the scale and shift gradients
-    (2P values read, and written, per edge)."""
+    (2P values read, and written, per edge) — pooled, also the row of the layers' saved state (``saved_width``)."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
-    from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, din_padded, launch_config, used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import (POOL_MIN_DEGREE, din_padded, launch_config, saved_width,
+                                                 used_columns, z_columns)
 
     from .workload import DEGREE
 
@@ -699,7 +707,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     tiles = int(cpu["head_block_count"].sum())
     fwd_runs = _runs(cpu["head_blocks"], cpu["head_block_count"], lambda b: b // din)
     gh_runs = _runs(cpu["head_row_blocks"], cpu["head_row_block_count"], lambda b: b // din)
-    weight_rows, stage = 0, launch_config("bwd", in_k, interpret=False)["BLOCK_E"] * max(size, dout_p)
+    bwd_name = "saved_bwd" if degree >= POOL_MIN_DEGREE else "bwd"  # the backward kernel's configuration
+    weight_rows, stage = 0, launch_config(bwd_name, in_k, interpret=False)["BLOCK_E"] * max(size, dout_p)
     for i in range(layers):  # _weight_grad: u (KL) once per column tile of PT, da (P) once
         kl = k0p if i == 0 else in_k
         weight_rows += (size // min(size, stage // kl)) * kl + size
@@ -717,6 +726,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
                "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
                "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4)}
     out["bwd"] = (in_k + weight_rows + (2 * layers * size if packed.norm else 0)) * f4
+    if degree >= POOL_MIN_DEGREE:
+        out["bwd"] += saved_width(size, packed.mean.shape[2], packed.gate_pick.shape[2], in_k, layers) * f4
     return {**out, "total": sum(out.values())}
 
 
@@ -937,6 +948,9 @@ def stage_split(ctx: Context) -> None:
         with _gpu_config(gc, "head_bwd", BLOCK_E=16):  # the head kernel's previous MLP blocks
             item(f"gmlp_conv bwd head side, BLOCK_E=16 ({label}, P={size}, tf32x3)",
                  lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
+        with _gpu_config(gc, "saved_bwd", BLOCK_E=16):  # the pooled backward's layers on 16 edges at a time
+            item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
         item(f"gmlp_conv bwd G-MLP side ({label}, P={size}, tf32x3): grad_h̃ + layers, in waves",
              lambda: gc.mlp_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[3:], True))
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows

@@ -118,13 +118,13 @@ def test_backward_over_many_chunks():
 
 
 def test_gpu_block_sizes_match_reference(pooled, monkeypatch):
-    """The forward and the head kernel run the MLP on BLOCK_E = 32 edges at a time on a GPU (the interpreter's
-    other tests on 16): with the GPU's block sizes and row blocks (BLOCK_E, KE; two MLP blocks per chunk, E = 150:
-    several chunks over two programs, the last one partial) forward and every gradient match the reference, with
-    either head."""
+    """The forward, the head kernel and the pooled backward's layers run on BLOCK_E = 32 edges at a time on a GPU
+    (the interpreter's other tests on 16): with the GPU's block sizes and row blocks (BLOCK_E, KE; two MLP blocks
+    per chunk, E = 150: several chunks over two programs, the last one partial) forward and every gradient match
+    the reference, with either head."""
     from fastik.triton_kernels import gmlp_conv
 
-    for name in ("fwd", "head_bwd", "bwd"):
+    for name in ("fwd", "head_bwd", "bwd", "saved_bwd"):
         gpu = {k: v for k, v in gmlp_conv.GPU_CONFIG[name].items() if k in ("BLOCK_E", "KE")}
         monkeypatch.setitem(gmlp_conv.INTERPRET_CONFIG, name,
                             {**gmlp_conv.INTERPRET_CONFIG[name], **gpu, "CHUNK": 2 * max(gpu.values())})
@@ -217,7 +217,9 @@ def test_attributes_and_bipartite(case, bipartite):
 @pytest.mark.parametrize("kw", [dict(hidden_layers=0), dict(hidden_layers=1, norm=False),
                                 dict(hidden_layers=3, sigma=None), dict(aggr="mean")],
                          ids=["no-hidden", "no-norm", "three-layers", "mean"])
-def test_mlp_shapes(kw):
+def test_mlp_shapes(kw, pooled):
+    """Layer counts and options, with either head: the pooled backward saves each layer's state (no hidden layer:
+    nothing; without norm: c = a, rinv unused; three layers: the second and third inputs) and reads it back."""
     G = fastik.group("so3")
     t = fastik.FieldType(G, "2x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=2, **kw)
@@ -453,7 +455,7 @@ def test_no_edge_times_width_tensor(pooled, monkeypatch):
     conv = fastik.ImplicitPointConv(ft, ft, edge_attr_type=fastik.FieldType(G, "1x0e"), hidden_channels=2,
                                     backend="fused").to(DEVICE)
     assert conv.kernel.hidden_type.dim + 1 > 16 and ft.dim * ft.dim > 16 and conv.kernel.input_type.dim < 16
-    n, e = 100, 1600
+    n, e = 200, 3200  # the interpreter's wave buffers have a fixed number of rows (the saved states: 128 × 160)
     pos = torch.randn(n, 3, device=DEVICE)
     x = torch.randn(n, ft.dim, device=DEVICE, requires_grad=True)
     ei = torch.randint(0, n, (2, e), device=DEVICE)

@@ -53,9 +53,11 @@ target, ``_gmlp_rows_kernel`` writes the h1 rows of a wave of edges to a buffer 
 ``_gmlp_pool_fwd_kernel`` sums each target's pooled features P = Σ_e env·x[src]ᵀ h1 (DIN × IN_K) and multiplies
 the head's tiles once per block of TB targets (M = TB rows per dot); in the backward ``_gmlp_pool_bwd_kernel``
 takes the place of the head kernel and of grad_h̃'s (P for the head's gradient, G = Σ_t gout_t HEAD[:, :, t]ᵀ per
-target for grad_h̃, grad_x and grad_env), wave by wave before the G-MLP's backward kernel.
+target for grad_h̃, grad_x and grad_env), wave by wave before the G-MLP's backward kernel; there the rows kernel
+also saves each layer's state of the wave's edges (``_sv_offset``), which the G-MLP's backward kernel reads
+instead of recomputing the layers (``_layer_state``).
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
-gradients (the scratch holds ≤ #programs × CHUNK rows, the grad_h̃ buffer one wave's).
+gradients (the scratch holds ≤ #programs × CHUNK rows, the grad_h̃ buffer and the saved states one wave's).
 
 All packed tensors are padded (no masks): W (L, P, P), b / scale / shift / TRIV (L, P),
 MEAN / AVG (L, P, NB), EXP (L, NB, P), GEXP (L, NG, P), HEAD (DIN, P, DOUT_P),
@@ -91,16 +93,19 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order"
 # kernel run the MLP on BLOCK_E = 32 edges at a time (each layer weight read serves 32 edges; at 16 they read
 # twice as much, at 64 the forward spilled 52–216 B under Triton 3.6) into CHUNK scratch rows per program, then the
 # head on the chunk (forward: 128 edges, each head tile read serves 128); the backward kernel's layers stay at 16
-# edges (at 32 ptxas spilled 0.2–1.1 KB under Triton 3.6). The backward kernels sum the parameter gradients over
+# edges where it recomputes them (at 32 ptxas spilled 0.2–1.1 KB under Triton 3.6) and at the default width;
+# reading their saved state ("saved_bwd", the pooled backward) it takes 32 at IN_K ≤ 128. The backward kernels sum the parameter gradients over
 # a chunk (`launch_config`), reading their scratch rows back KE at a time; grad_h̃ is its own kernel on 128 edges
 # per program and row tile (inside the backward kernel, per chunk, its scratch addresses were live across the
 # layers' backward and ptxas spilled 60–280 B at P = 256); in the interpreter the blocks and chunks are short and
 # the programs few, so that tests cross block, chunk, program and wave boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
+                    "saved_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16),
                     "pool": dict(TB=16, KE=16, CT=16), "pool_bwd": dict(TB=16, KE=16, CT=16)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
+              "saved_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
               "head_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
               "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1),
               "pool": dict(TB=16, KE=16, num_warps=8, num_stages=1),
@@ -108,7 +113,7 @@ GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
 #: Persistent programs per SM on a GPU: one 8-warp program each — the forward takes 176–255 registers per thread
 #: (two would need ≤ 128), the backward kernels 255 and a scratch per program; the pooled head a scratch of
 #: TB·DIN·IN_K values (256 KiB at the anchors' width: one per SM keeps them in L2).
-PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "head_bwd": 1, "pool": 1, "pool_bwd": 1}
+PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "saved_bwd": 1, "head_bwd": 1, "pool": 1, "pool_bwd": 1}
 #: The head runs per target on pooled features (``_gmlp_pool_fwd_kernel``, ``_gmlp_pool_bwd_kernel``) when the
 #: mean in-degree E / num_targets is at least this: its tiles then cost 2·16² FLOPs per target instead of per
 #: edge, and pooling 2·DIN·IN_K per edge (rounded up to KE edges per target); below it the edge-wise head is
@@ -125,11 +130,13 @@ _EXPAND, _MEAN, _AVG, _SPREAD, _PICK = (tl.constexpr(i) for i in range(5))
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 64) -> dict:
-    """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd", "grad_h", "pool", "pool_bwd") when the dots
-    read ``in_k`` columns (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they shrink
-    as IN_K grows — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to IN_K = 128,
-    128 beyond (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P)
-    floats per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers); forward: h1, IN_K floats per
+    """The configuration of kernel ``name`` ("fwd", "bwd", "saved_bwd", "head_bwd", "grad_h", "pool", "pool_bwd")
+    when the dots read ``in_k`` columns (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per
+    program, so they shrink as IN_K grows — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256
+    rows up to IN_K = 128, 128 beyond (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient,
+    K0P + P + (L - 1)(IN_K + P) floats per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers),
+    its layers on 16 edges at a time, on 32 where it reads their saved state at IN_K ≤ 128 (beyond, 16: at the
+    default width 32 would not fit in registers); forward: h1, IN_K floats per
     row, 128 rows (≤ 128 KiB).  The pooled head sums a target's P over ``din`` input channels in tiles of CT, at
     most DIN_P (a (CT × IN_K) accumulator of ≤ 8192 values, 32 registers per thread; at 4096 the default width
     spilled 12–56 B)."""
@@ -138,8 +145,10 @@ def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 
     config = dict(GPU_CONFIG[name])
     if name == "head_bwd":
         config["CHUNK"] = 256 if in_k <= 128 else 128
-    elif name == "bwd":
+    elif name in ("bwd", "saved_bwd"):
         config["CHUNK"] = 128 if in_k <= 128 else 64
+        if in_k > 128:
+            config["BLOCK_E"] = 16
     elif name in ("pool", "pool_bwd"):
         config["CT"] = min(max(16, 8192 // in_k), din_padded(din))
     return config
@@ -209,6 +218,15 @@ def _ws_offset(l, k0p, in_k, p):
     return 0 if l == 0 else k0p + p + (l - 1) * (in_k + p)
 
 
+@triton.constexpr_function
+def _sv_offset(l, p, nb, ng, in_k):
+    """Column of layer l's centred linear part c in the rows of the saved forward state, [c_0 (P) | rinv_0 (NB) |
+    sg_0 (NG) | u_1 (IN_K) | c_1 | rinv_1 | sg_1 | u_2 …] (1 / rms per block, the gates' sigmoids, the next layer's
+    used input columns); layer l's input u_l (l ≥ 1) sits at _sv_offset(l) - IN_K, and the rows' width SV of L
+    layers is _sv_offset(L) - IN_K (``saved_width``)."""
+    return l * (p + nb + ng + in_k)
+
+
 @triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
 def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, wsup_ptr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr,
                  K0P: tl.constexpr, SW: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, ST: tl.constexpr,
@@ -271,6 +289,14 @@ def _spread(v, l: tl.constexpr, INDEX: tl.constexpr, SCALE: tl.constexpr, cidx_p
 
 
 @triton.jit
+def _norm_out(c, rinv, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P: tl.constexpr, st_ptr):
+    """The normed output of hidden layer l, c · spread(1 / rms) · scale + shift, from its centred linear part c
+    (BLOCK_E, P) and 1 / rms per block rinv (BLOCK_E, NB)."""
+    return c * _spread(rinv, l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr) * \
+        _vec(scale_ptr + l * P, P)[None, :] + _vec(shift_ptr + l * P, P)[None, :]
+
+
+@triton.jit
 def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P: tl.constexpr,
             NB: tl.constexpr, NORM: tl.constexpr, SP: tl.constexpr, st_ptr):
     """Per-field norm of hidden layer l on its linear part a: (c, rinv, n) — a centred (channel mean off the
@@ -280,8 +306,7 @@ def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_pt
         c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr), l, _BLOCK, _EXPAND, cidx_ptr,
                         cscale_ptr, P, st_ptr)
         rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr) + eps)
-        n = c * _spread(rinv, l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr) * \
-            _vec(scale_ptr + l * P, P)[None, :] + _vec(shift_ptr + l * P, P)[None, :]
+        n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
     else:
         c = a
         n = a
@@ -301,53 +326,96 @@ def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, st_ptr):
 @triton.jit
 def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
                triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-               PRECISION: tl.constexpr, st_ptr):
-    """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere."""
+               IN_K: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row, SV: tl.constexpr):
+    """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere.  With
+    SV > 0, its state for the backward (c, 1 / rms, the gates) goes to the saved rows sv_row (BLOCK_E, 1)
+    pointers (``_sv_offset``)."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
-    _, _, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP,
-                      st_ptr)
-    gf = _spread(_gates(n, l, gcol_ptr, NG, st_ptr), l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr)
+    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP,
+                         st_ptr)
+    sg = _gates(n, l, gcol_ptr, NG, st_ptr)
+    if SV > 0:
+        at = sv_row + _sv_offset(l, P, NB, NG, IN_K)
+        tl.store(at + tl.arange(0, P)[None, :], c)
+        tl.store(at + P + tl.arange(0, NB)[None, :], rinv)
+        tl.store(at + P + NB + tl.arange(0, NG)[None, :], sg)
+    gf = _spread(sg, l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr)
     return _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
 
 
 @triton.jit
 def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
          cscale_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-         IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
-    """The first L hidden layers on z (BLOCK_E, K0P): (BLOCK_E, P), or z itself for L = 0."""
+         IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row, SV: tl.constexpr):
+    """The first L hidden layers on z (BLOCK_E, K0P): (BLOCK_E, P), or z itself for L = 0.  With SV > 0 every
+    layer's state for the backward and every later layer's input go to the saved rows sv_row (``_sv_offset``)."""
     u = z
     for l in tl.static_range(L):
         u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
-                       mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM,
-                       PRECISION, st_ptr)
+                       mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K,
+                       PRECISION, st_ptr, sv_row, SV)
+        if SV > 0 and l + 1 < L:
+            tl.store(sv_row + _sv_offset(l + 1, P, NB, NG, IN_K) - IN_K + tl.arange(0, IN_K)[None, :],
+                     _used_cols(u, P, IN_K))
     return u
 
 
 @triton.jit
-def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr,
-               cscale_ptr, gexp_ptr, triv_ptr, w_ptr, ss_ptr, ws_ptr, rows, eps,
-               P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
-               K0P: tl.constexpr, SW: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, st_ptr):
-    """Gradient w.r.t. the input u of layer l (linear part a) from the gradient dy of its output, (BLOCK_E, P)
-    or, for l = 0, (BLOCK_E, IN_K) (the shape of u: ``_linear``).  With NEED_PARAMS the block's gradients of
-    scale and shift, per edge, are added to the program's sums ss (L, 2, BLOCK_E, P), and its rows of u and
-    of the linear part's gradient da are stored at ``rows`` of the scratch (row width SW) for ``_weight_grad``.
+def _layer_state(z, l: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+                 cscale_ptr, triv_ptr, ws_row, sv_row, mask_e, eps, P: tl.constexpr, NB: tl.constexpr,
+                 NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
+                 PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, SV: tl.constexpr, st_ptr):
+    """What the backward of hidden layer l needs of its forward on a block of edges with inputs z: (c, rinv, n,
+    sg) — the centred linear part, 1 / rms per block, the normed output and the gates' sigmoids — read from the
+    saved rows sv_row (SV > 0: ``_sv_offset``; n from c and rinv) or recomputed from z (SV = 0: the layers below
+    l, then l's linear part and norm; L(L+1)/2 layer evaluations over a backward).  With NEED_PARAMS the layer's
+    input (its used columns) goes to the scratch rows ws_row first, for ``_weight_grad``."""
+    SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
+    KL: tl.constexpr = K0P if l == 0 else IN_K
+    ws_u = ws_row + _ws_offset(l, K0P, IN_K, P) + tl.arange(0, KL)[None, :]
+    if SV > 0:
+        at = sv_row + _sv_offset(l, P, NB, NG, IN_K)
+        if NEED_PARAMS:
+            if l == 0:
+                tl.store(ws_u, z)
+            else:
+                tl.store(ws_u, tl.load(at - IN_K + tl.arange(0, IN_K)[None, :], mask=mask_e[:, None], other=0.0))
+        c = tl.load(at + tl.arange(0, P)[None, :], mask=mask_e[:, None], other=0.0)
+        rinv = tl.load(at + P + tl.arange(0, NB)[None, :], mask=mask_e[:, None], other=0.0)
+        if NORM:
+            n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
+        else:
+            n = c
+        sg = tl.load(at + P + NB + tl.arange(0, NG)[None, :], mask=mask_e[:, None], other=0.0)
+    else:
+        u = _mlp(z, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
+                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr, sv_row, 0)
+        if NEED_PARAMS:
+            if l == 0:
+                tl.store(ws_u, u)
+            else:
+                tl.store(ws_u, _used_cols(u, P, IN_K))
+        c, rinv, n = _normed(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
+                             mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP, st_ptr)
+        sg = _gates(n, l, gcol_ptr, NG, st_ptr)
+    return c, rinv, n, sg
+
+
+@triton.jit
+def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
+               w_ptr, ss_ptr, ws_row, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
+               IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, st_ptr):
+    """Gradient w.r.t. the input of layer l from the gradient dy of its output and its forward state (c, rinv,
+    n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, (BLOCK_E, IN_K) (the shape of its input: ``_linear``).
+    With NEED_PARAMS the block's gradients of scale and shift, per edge, are added to the program's sums ss
+    (L, 2, BLOCK_E, P), and the linear part's gradient da goes to the scratch rows ws_row for ``_weight_grad``.
 
     Register budget: every (BLOCK_E, P) tile alive across a dot is 16 registers per thread at P = 256, so few
-    are kept (dy, c, n, sigmoid(n) at most): u goes to the scratch first, the per-component broadcasts of 1/rms
-    and of the gates (rf, gf) are recomputed from the per-block values where they are used."""
+    are kept (dy, c, n, sigmoid(n) at most): the per-component broadcasts of 1/rms and of the gates (rf, gf) are
+    recomputed from the per-block values where they are used."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
     offs = tl.arange(0, P)
     KL: tl.constexpr = K0P if l == 0 else IN_K
-    row = ws_ptr + rows[:, None] * SW + _ws_offset(l, K0P, IN_K, P)
-    if NEED_PARAMS:
-        if l == 0:
-            tl.store(row + tl.arange(0, KL)[None, :], u)
-        else:
-            tl.store(row + tl.arange(0, KL)[None, :], _used_cols(u, P, IN_K))
-    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP,
-                         st_ptr)
-    sg = _gates(n, l, gcol_ptr, NG, st_ptr)
     dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr)  # per gate: a sum over its components
     s = tl.sigmoid(n)
     dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) +
@@ -370,7 +438,7 @@ def _layer_bwd(dy, u, a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_pt
     else:
         da = dn
     if NEED_PARAMS:
-        tl.store(row + KL + offs[None, :], da)
+        tl.store(ws_row + _ws_offset(l, K0P, IN_K, P) + KL + offs[None, :], da)
     if l == 0:  # IN_K columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB
         du = _mm(da, w_ptr, P, IN_K, P, True, PRECISION, st_ptr)
     else:
@@ -406,13 +474,15 @@ def _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK: tl.constexpr):
 def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
               cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr,
               NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr,
-              CHUNK: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
+              CHUNK: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_ptr, SV: tl.constexpr):
     """h1 = [MLP(z)[:, :H], 1] (h̃ before the envelope) of the chunk of CHUNK edges from start, by the MLP on
-    BLOCK_E edges at a time, into the program's scratch rows hs (CHUNK, IN_K); padding edges get z = 0's."""
+    BLOCK_E edges at a time, into the program's scratch rows hs (CHUNK, IN_K); padding edges get z = 0's.  With
+    SV > 0 the layers' state for the backward goes to the chunk's saved rows sv (CHUNK, SV) (``_sv_offset``)."""
     for s in range(CHUNK // BLOCK_E):
         _, _, z = _z_rows(start + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
         h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
-                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
+                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr,
+                 sv_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * SV, SV)
         h1 = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h)
         tl.store(hs_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * IN_K + tl.arange(0, IN_K)[None, :],
                  _used_cols(h1, P, IN_K))
@@ -494,7 +564,7 @@ def _gmlp_conv_fwd_kernel(
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
                   cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK,
-                  PRECISION, st_ptr)
+                  PRECISION, st_ptr, hs_ptr, 0)
         tl.debug_barrier()  # the rows are read back by other threads of the program
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
@@ -509,20 +579,22 @@ def _gmlp_conv_fwd_kernel(
 @triton.jit
 def _gmlp_rows_kernel(
     z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-    triv_ptr, hb_ptr, st_ptr, eps, E, K0, H,
+    triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    CHUNK: tl.constexpr,
+    CHUNK: tl.constexpr, SV: tl.constexpr,
 ):
     """h1 = [MLP(z)[:, :H], 1] of E edges into hb (⌈E / CHUNK⌉·CHUNK, IN_K) — a wave's rows, for the pooled head
-    (``_gmlp_pool_fwd_kernel``) — by persistent programs that take chunks of CHUNK edges in turn."""
+    (``_gmlp_pool_fwd_kernel``) — by persistent programs that take chunks of CHUNK edges in turn.  In the
+    backward (SV > 0) also the layers' state into sv (⌈E / CHUNK⌉·CHUNK, SV) (``_sv_offset``), which the
+    G-MLP's backward kernel reads instead of recomputing the layers."""
     pid = tl.program_id(0)
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
                   cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
-                  CHUNK, PRECISION, st_ptr)
+                  CHUNK, PRECISION, st_ptr, sv_ptr + start * SV, SV)
 
 
 @triton.jit
@@ -764,7 +836,7 @@ def _gmlp_head_bwd_kernel(
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
                   cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK,
-                  PRECISION, st_ptr)
+                  PRECISION, st_ptr, hs_ptr, 0)
         _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
         tl.debug_barrier()  # the rows are read back by other threads of the program
         _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr,
@@ -868,17 +940,19 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 
 @triton.jit
 def _gmlp_conv_bwd_kernel(
-    gh_ptr, z_ptr,
+    gh_ptr, sv_ptr, z_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
     wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
     eps, E, K0,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr,
+    NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr, SV: tl.constexpr,
 ):
     """The G-MLP's side of the backward, by persistent programs that take chunks of CHUNK edges in turn and
-    back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel``), then each
-    layer from the last to the first, its input recomputed from z.  With NEED_PARAMS each layer's input and
+    back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel`` or
+    ``_gmlp_pool_bwd_kernel``), then each layer from the last to the first, its forward state read from the saved
+    rows sv (E, SV) that ``_gmlp_rows_kernel`` wrote (SV > 0) or recomputed from z (``_layer_state``).  With
+    NEED_PARAMS each layer's input and
     linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW), and after the chunk
     ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry; the gradients of scale
     and shift are added to the program's sums ss (L, 2, BLOCK_E, P) per edge position in a block (summed over
@@ -892,17 +966,20 @@ def _gmlp_conv_bwd_kernel(
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         for s in range(CHUNK // BLOCK_E):
             rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
-            offs_e, mask_e, z = _z_rows(tl.cast(chunk, tl.int64) * CHUNK + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
+            start = tl.cast(chunk, tl.int64) * CHUNK + s * BLOCK_E
+            offs_e, mask_e, z = _z_rows(start, z_ptr, E, K0, BLOCK_E, K0P)
             dh = tl.load(gh_ptr + offs_e[:, None] * IN_K + offs_k[None, :], mask=mask_e[:, None], other=0.0)
             if IN_K < P:
                 dh = _join(dh, tl.zeros_like(dh), P)
+            ws_row = ws_ptr + rows[:, None] * SW
+            sv_row = sv_ptr + start * SV + tl.arange(0, BLOCK_E)[:, None] * SV  # 32-bit offsets from the block's row
             for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
-                u = _mlp(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-                         cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr)
-                a = _linear(u, L - 1 - i, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr)
-                dh = _layer_bwd(dh, u, a, L - 1 - i, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr,
-                                cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr, w_ptr, ss_ptr, ws_ptr, rows,
-                                eps, P, NB, NG, NORM, IN_K, K0P, SW, PRECISION, NEED_PARAMS, st_ptr)
+                c, rinv, n, sg = _layer_state(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
+                                              gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, ws_row, sv_row, mask_e, eps,
+                                              P, NB, NG, NORM, IN_K, K0P, PRECISION, NEED_PARAMS, SV, st_ptr)
+                dh = _layer_bwd(dh, c, rinv, n, sg, L - 1 - i, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
+                                triv_ptr, w_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PRECISION, NEED_PARAMS,
+                                st_ptr)
             offs_z = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
                      mask=mask_e[:, None] & (offs_z < K0)[None, :])
@@ -977,6 +1054,12 @@ def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
     return _ws_offset(layers, k0p, in_k, p) if layers else 1
 
 
+def saved_width(p: int, nb: int, ng: int, in_k: int, layers: int) -> int:
+    """SV: the width of the rows of the layers' forward state that the pooled backward saves per edge of a wave,
+    [c_0 (P) | rinv_0 (NB) | sg_0 (NG) | u_1 (IN_K) | c_1 | …] (``_sv_offset``); 0 without hidden layers."""
+    return _sv_offset(layers, p, nb, ng, in_k) - in_k if layers else 0
+
+
 def pools(e: int, num_targets: int) -> bool:
     """Whether the head runs per target on pooled features, forward and backward (mean in-degree E / num_targets
     ≥ POOL_MIN_DEGREE), rather than per edge."""
@@ -1022,8 +1105,8 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict) -> None:
     pb = torch.empty(grid, pool["TB"], din, in_k, device=x.device, dtype=x.dtype)
     for w in range(0, e, wave):
         ew = min(e, w + wave) - w
-        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[w:], *(packed[k] for k in _LAYERS), hb), (),
-                           (packed["eps"], ew, k0, packed["hidden"]), meta, x)
+        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[w:], *(packed[k] for k in _LAYERS), hb, hb), (),
+                           (packed["eps"], ew, k0, packed["hidden"]), meta, x, SV=0)
         _gmlp_pool_fwd_kernel[(grid,)](
             hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out, *(packed[k] for k in ("head",) + _FWD_TILES), pb, w, ew,
             din, out.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k,
@@ -1103,37 +1186,44 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     rows, pool = launch_config("fwd", meta["IN_K"]), launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
-    wave_rows = triton.cdiv(min(e, _bwd_wave(x, meta)), rows["CHUNK"]) * rows["CHUNK"]  # the rows kernel's chunks
+    wave_rows = triton.cdiv(min(e, _bwd_wave(x, meta, "saved_bwd")), rows["CHUNK"]) * rows["CHUNK"]  # in its chunks
     hb = torch.empty(wave_rows, meta["IN_K"], device=x.device, dtype=x.dtype)  # the wave's h1 rows
+    sv_width = saved_width(meta["P"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"])
+    sv = torch.empty(wave_rows, max(sv_width, 1), device=x.device, dtype=x.dtype)  # the wave's layer states
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         w, ew = edges.start, edges.stop - edges.start
-        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[edges], *(packed[k] for k in _LAYERS), hb), (),
-                           (packed["eps"], ew, k0, packed["hidden"]), meta, x)
+        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[edges], *(packed[k] for k in _LAYERS), hb, sv), (),
+                           (packed["eps"], ew, k0, packed["hidden"]), meta, x, SV=sv_width)
         _gmlp_pool_bwd_kernel[(grid,)](
             hb, gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
             genvs[edges], ghead, sb, w, ew, packed["hidden"], din, P=meta["P"], DOUT_P=meta["DOUT_P"],
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
 
-    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params)
+    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, sv if sv_width else None)
     gz.index_add_(0, order, gzs)
     genv.index_add_(0, order, genvs)
 
 
-def _bwd_wave(x: torch.Tensor, meta: dict) -> int:
-    """Edges per wave of the G-MLP's backward: WAVE_CHUNKS chunks of its kernel per persistent program."""
-    return WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
+def _bwd_wave(x: torch.Tensor, meta: dict, name: str) -> int:
+    """Edges per wave of the G-MLP's backward: WAVE_CHUNKS chunks of its kernel (configuration ``name``: "bwd" or
+    "saved_bwd") per persistent program."""
+    return WAVE_CHUNKS * launch_config(name, meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM[name])
 
 
-def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_params: bool) -> None:
+def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_params: bool,
+                sv: torch.Tensor | None = None) -> None:
     """The G-MLP's backward in waves of edges: ``grad_h(edges, gh)`` writes grad_h̃ of the wave's edges (a slice)
-    into gh, a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64), then
-    ``_gmlp_conv_bwd_kernel`` back-propagates it; adds into grads = (grad_z, grad_weight, grad_bias, grad_scale,
-    grad_shift; all but grad_z only with ``need_params``)."""
+    into gh, a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64) — and, given
+    ``sv``, the layers' forward state of the wave's edges into it (``saved_width`` columns) — then
+    ``_gmlp_conv_bwd_kernel`` back-propagates it (recomputing the layers from z without ``sv``); adds into grads =
+    (grad_z, grad_weight, grad_bias, grad_scale, grad_shift; all but grad_z only with ``need_params``)."""
     e, k0 = z.shape
     gz, gw, gb, gscale, gshift = grads
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    programs, bwd, wave = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"]), _bwd_wave(x, meta)
+    name = "bwd" if sv is None else "saved_bwd"
+    programs, bwd = _programs(x, PROGRAMS_PER_SM[name]), launch_config(name, meta["IN_K"])
+    wave = _bwd_wave(x, meta, name)
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
     ss = torch.zeros(programs if sums else 1, meta["L"], 2, bwd["BLOCK_E"], meta["P"] if sums else 1,
@@ -1143,10 +1233,11 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
             edges = slice(w, min(e, w + wave))
             ew = edges.stop - w
             grad_h(edges, gh)
-            _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
-                               (gh, z[edges], *(packed[k] for k in _LAYERS), packed["weight_support"], gz[edges],
-                                gw, gb, ss), (sw if need_params else 1,), (packed["eps"], ew, k0), meta, x,
-                               NEED_PARAMS=need_params, SW=sw)
+            _launch_persistent(_gmlp_conv_bwd_kernel, name, ew,
+                               (gh, gh if sv is None else sv, z[edges], *(packed[k] for k in _LAYERS),
+                                packed["weight_support"], gz[edges], gw, gb, ss), (sw if need_params else 1,),
+                               (packed["eps"], ew, k0), meta, x, NEED_PARAMS=need_params,
+                               SW=sw, SV=0 if sv is None else sv.shape[1])
     if sums:
         gscale += ss[:, :, 0].sum((0, 2))
         gshift += ss[:, :, 1].sum((0, 2))
