@@ -951,6 +951,11 @@ def stage_split(ctx: Context) -> None:
         with _gpu_config(gc, "saved_bwd", BLOCK_E=16):  # the pooled backward's layers on 16 edges at a time
             item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
+        with _gpu_config(gc, "pool", TB=32), _gpu_config(gc, "pool_bwd", TB=32):  # half the head's atomics, twice
+            item(f"gmlp_conv fwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",  # the P scratch
+                 lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, "tf32x3"))
+            item(f"gmlp_conv bwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
         item(f"gmlp_conv bwd G-MLP side ({label}, P={size}, tf32x3): grad_h̃ + layers, in waves",
              lambda: gc.mlp_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[3:], True))
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows

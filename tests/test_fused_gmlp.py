@@ -265,15 +265,20 @@ def forward(conv, inputs):
         return conv(**inputs)
 
 
-@pytest.mark.parametrize("bipartite", [False, True])
-def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, monkeypatch):
+@pytest.mark.parametrize("bipartite,targets_per_block", [(False, 16), (True, 16), (False, 32)],
+                         ids=["graph", "bipartite", "graph-TB32"])
+def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_block, monkeypatch):
     """The pooled head on a graph that crosses its every boundary: 150 edges in random order, so two waves
     of 128 edges in the interpreter; a hub target with 40 edges (three blocks of KE = 16, over both waves),
     isolated targets and self-loops; 18 input channels (two channel tiles of CT = 16) — against the reference
-    (forward and every gradient) and against the edge-wise head."""
+    (forward and every gradient) and against the edge-wise head; also with blocks of TB = 32 targets (a GPU
+    variant that bench/gpu_check.py times)."""
     from fastik.triton_kernels import gmlp_conv
 
     assert gmlp_conv.INTERPRET_CONFIG["pool"]["CT"] == gmlp_conv.INTERPRET_CONFIG["pool_bwd"]["CT"] == 16
+    for name in ("pool", "pool_bwd"):
+        monkeypatch.setitem(gmlp_conv.INTERPRET_CONFIG, name,
+                            {**gmlp_conv.INTERPRET_CONFIG[name], "TB": targets_per_block})
     assert gmlp_conv.WAVE_CHUNKS * 32 * 2 == 128
     t = fastik.FieldType(fastik.group("so3"), "6x0e + 4x1o")
     ref, fused = twins(t, fastik.FieldType(fastik.group("so3"), "2x0e + 1x1o"), hidden_channels=2)

@@ -109,7 +109,8 @@ def test_dry_run_stage_results(dry_run):
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
         for variant in ("fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM", "bwd head side, BLOCK_E=16",
-                        "bwd, saved layer states on 16-edge blocks"):
+                        "bwd, saved layer states on 16-edge blocks", "fwd, pooled head on 32-target blocks",
+                        "bwd, pooled head on 32-target blocks"):
             assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
     for model in ("weight_reads_bytes_per_edge", "scratch_reads_bytes_per_edge"):  # the models beside the times
