@@ -94,11 +94,12 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order"
 # twice as much, at 64 the forward spilled 52–216 B under Triton 3.6) into CHUNK scratch rows per program, then the
 # head on the chunk (forward: 128 edges, each head tile read serves 128); the backward kernel's layers stay at 16
 # edges where it recomputes them (at 32 ptxas spilled 0.2–1.1 KB under Triton 3.6) and at the default width;
-# reading their saved state ("saved_bwd", the pooled backward) it takes 32 at IN_K ≤ 128. The backward kernels sum the parameter gradients over
-# a chunk (`launch_config`), reading their scratch rows back KE at a time; grad_h̃ is its own kernel on 128 edges
-# per program and row tile (inside the backward kernel, per chunk, its scratch addresses were live across the
-# layers' backward and ptxas spilled 60–280 B at P = 256); in the interpreter the blocks and chunks are short and
-# the programs few, so that tests cross block, chunk, program and wave boundaries.
+# reading their saved state ("saved_bwd", the pooled backward) it takes 32 at IN_K ≤ 128. The backward kernels
+# sum the parameter gradients over a chunk (`launch_config`), reading their scratch rows back KE at a time; grad_h̃
+# is its own kernel on 128 edges per program and row tile (inside the backward kernel, per chunk, its scratch
+# addresses were live across the layers' backward and ptxas spilled 60–280 B at P = 256); in the interpreter the
+# blocks and chunks are short and the programs few, so that tests cross block, chunk, program and wave
+# boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "saved_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16),
@@ -952,11 +953,10 @@ def _gmlp_conv_bwd_kernel(
     back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel`` or
     ``_gmlp_pool_bwd_kernel``), then each layer from the last to the first, its forward state read from the saved
     rows sv (E, SV) that ``_gmlp_rows_kernel`` wrote (SV > 0) or recomputed from z (``_layer_state``).  With
-    NEED_PARAMS each layer's input and
-    linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW), and after the chunk
-    ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry; the gradients of scale
-    and shift are added to the program's sums ss (L, 2, BLOCK_E, P) per edge position in a block (summed over
-    programs and rows after the last wave: ``mlp_side_bwd``)."""
+    NEED_PARAMS each layer's input and linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW),
+    and after the chunk ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry; the
+    gradients of scale and shift are added to the program's sums ss (L, 2, BLOCK_E, P) per edge position in a
+    block (summed over programs and rows after the last wave: ``_layers_bwd``)."""
     pid = tl.program_id(0)
     ws_ptr += pid * CHUNK * SW
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
