@@ -50,11 +50,10 @@ KERNELS = (
 )
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) as launched: row name -> (kernel, launch
-#: configuration, whether it saves / reads the rows of the layers' forward state (SV > 0: the pooled backward's
-#: rows kernel and the G-MLP's backward kernel after it; SV = 0: the forward's rows kernel, the edge-wise backward))
+#: configuration, whether it saves / reads the rows of the layers' forward state (SV > 0: the backward's rows
+#: kernel and the G-MLP's backward kernel after it; SV = 0: the forward's rows kernel))
 FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": ("_gmlp_conv_fwd_kernel", "fwd", False),
-                 "_gmlp_conv_bwd_kernel": ("_gmlp_conv_bwd_kernel", "bwd", False),
-                 "_gmlp_conv_bwd_kernel[saved]": ("_gmlp_conv_bwd_kernel", "saved_bwd", True),
+                 "_gmlp_conv_bwd_kernel": ("_gmlp_conv_bwd_kernel", "bwd", True),
                  "_gmlp_head_bwd_kernel": ("_gmlp_head_bwd_kernel", "head_bwd", False),
                  "_gmlp_grad_h_kernel": ("_gmlp_grad_h_kernel", "grad_h", False),
                  "_gmlp_rows_kernel": ("_gmlp_rows_kernel", "fwd", False),

@@ -542,17 +542,16 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     """(FLOPs, bytes) of the fully fused kernels as written (dense padded layer weights; layer 0 reads K0P
     columns, the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear
     part and the norm's two block sums, 4P·NB; the spreads onto the components and the gate scalars are gathers)
-    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the head's tiles (grad_h̃, no MLP; written
-    to a buffer of IN_K floats per edge and read back a wave of edges later), then per
-    layer its input recomputed, its norm again, the backward's sums per block and per gate (4P·NB + 2P·NG), its
-    weight and input gradients; the head kernel: the MLP, the tiles (grad_x and grad_env), and the head's gradient
-    on 16 channels' tiles at once per group of listed tiles (``head_groups``; listed or not).  At a mean
+    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the rows kernel's MLP (saving every
+    layer's state, SV floats per edge written and read back a wave of edges later; and h1's rows, IN_K floats);
+    the head kernel: the MLP again, the tiles (grad_x and grad_env), and the head's gradient on 16 channels' tiles at once per group of listed tiles (``head_groups``;
+    listed or not); the head's tiles for grad_h̃ (no MLP; written to a buffer of IN_K floats per edge and read
+    back); then per layer from its saved state the backward's sums per block and per gate (4P·NB + 2P·NG), its
+    weight and input gradients (nothing recomputed).  At a mean
     in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per edge the pooling dots
     (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles (backward: G and
-    the head's gradient, twice), the MLP once more for the h1 rows, which saves every layer's state (SV floats
-    per edge, written and read back), so the layers' backward recomputes nothing (per layer: the weight's
-    transpose, the sums per block and per gate, the weight gradient); its bytes: the edges' sort (z, env, src,
-    tgt gathered and written) and one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise
+    the head's gradient, twice), the MLP once more for the h1 rows, which saves the layers' state; its bytes: the
+    edges' sort (z, env, src, tgt gathered and written) and one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise
     head at any in-degree."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import pools, saved_width, used_columns, z_columns
@@ -565,23 +564,22 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     sums = 4.0 * size * nb + 2.0 * size * ng
     linear = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
     mlp = sum(linear) + layers * norm
-    steps = sum(sum(linear[:i]) + i * norm + 2 * linear[i] + norm + sums + 2.0 * size * k for i in range(layers))
-    saved_steps = sum(linear[i] + sums + 2.0 * size * k for i in range(layers))  # from the saved state
+    steps = sum(linear[i] + sums + 2.0 * size * k for i in range(layers))  # each layer from its saved state
+    saved = 2 * e * saved_width(size, nb, ng, k, layers) * f4  # the layers' state, written and read back
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     head_grad = 2.0 * HEAD_TILE ** 3 * head_groups(packed)
     fwd_edge_wise = (e * (mlp + head_tiles), io + e * dout_p * f4)
-    bwd_edge_wise = (e * (mlp + 2 * head_tiles + head_grad + steps),
-                     2 * io + 2 * e * dout_p * f4 + e * din * f4 + 2 * e * k * f4)
+    bwd_edge_wise = (e * (2 * mlp + 2 * head_tiles + head_grad + steps),
+                     2 * io + 2 * e * dout_p * f4 + e * din * f4 + 3 * e * k * f4 + saved)
     if not pools(e, n):
         return {"fwd": fwd_edge_wise, "bwd": bwd_edge_wise, "fwd_edge_wise": fwd_edge_wise,
                 "bwd_edge_wise": bwd_edge_wise}
     pool, tiles = _pooled_head(packed, din, k, e / n)
     sort = 2 * e * (k0 * f4 + f4 + 2 * i8)  # z, env, src, tgt gathered and written in target order
     return {"fwd": (e * (mlp + pool + tiles), io + n * dout_p * f4 + sort),
-            "bwd": (e * (2 * mlp + 3 * pool + 2 * tiles + saved_steps),
-                    2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + 2 * e * (k0 + 1) * f4
-                    + 2 * e * saved_width(size, nb, ng, k, layers) * f4),
+            "bwd": (e * (2 * mlp + 3 * pool + 2 * tiles + steps),
+                    2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + 2 * e * (k0 + 1) * f4 + saved),
             "fwd_edge_wise": fwd_edge_wise, "bwd_edge_wise": bwd_edge_wise}
 
 
@@ -610,10 +608,9 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     (forward), three times per chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics)
     and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB
     targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
-    kernel and grad_h̃ do not run). The backward kernel recomputes layer i's input (layers < i), its linear part
-    and norm, and back-propagates (norm again, gates, three sums, the weight's transpose) — pooled, it reads the
-    layers' state that the h1 rows' kernel saved instead (per layer: the 1 / rms spread, the three sums, the
-    spreads of the backward, the weight's transpose). Per-layer vectors (bias,
+    kernel and grad_h̃ do not run; edge-wise, the rows kernel's MLP once more, per BLOCK_E edges: it saves the
+    layers' state). The backward kernel reads each layer's state that the backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward, the weight's transpose;
+    nothing recomputed). Per-layer vectors (bias,
     scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1.
     ``degree``: the standard workload's (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
@@ -632,24 +629,23 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     layer = 2 * sums + 4 * vec + gates  # norm (MEAN, AVG dots; two spreads), gate columns and spread (2 vectors)
     back = 2 * sums + 2 * vec + gates + size * ng * f4 + 2 * nb * size * f4 + 5 * vec  # _layer_bwd's structure
     mlp = sum(weights) + layers * layer
-    bwd = sum(sum(weights[:i]) + i * layer + 2 * weights[i] + back for i in range(layers))
     saved = sum(weights[i] + back - 2 * sums - vec - gates for i in range(layers))  # no recompute, no norm sums
     tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
     if degree >= POOL_MIN_DEGREE:
         rows = mlp / config["fwd"]["BLOCK_E"]
         out = {"fwd": rows + tiles / (config["pool"]["TB"] * degree),
-               "pool_bwd": rows + 2 * tiles / (config["pool_bwd"]["TB"] * degree),
-               "bwd": saved / config["saved_bwd"]["BLOCK_E"]}
+               "pool_bwd": rows + 2 * tiles / (config["pool_bwd"]["TB"] * degree)}
     else:
         out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
                "head_bwd": mlp / config["head_bwd"]["BLOCK_E"] + 3 * tiles / config["head_bwd"]["CHUNK"],
-               "grad_h": tiles / config["grad_h"]["BLOCK_E"], "bwd": bwd / config["bwd"]["BLOCK_E"]}
+               "grad_h": tiles / config["grad_h"]["BLOCK_E"], "rows": mlp / config["fwd"]["BLOCK_E"]}
+    out["bwd"] = saved / config["bwd"]["BLOCK_E"]
     return {**out, "total": sum(out.values())}
 
 
 #: the fully fused kernels' configuration names (fastik.triton_kernels.gmlp_conv.launch_config)
-GPU_KERNELS = ("fwd", "head_bwd", "bwd", "saved_bwd", "grad_h", "pool", "pool_bwd")
+GPU_KERNELS = ("fwd", "head_bwd", "bwd", "grad_h", "pool", "pool_bwd")
 
 
 def _runs(blocks, counts, key: Callable[[int], object]) -> int:
@@ -707,8 +703,7 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     tiles = int(cpu["head_block_count"].sum())
     fwd_runs = _runs(cpu["head_blocks"], cpu["head_block_count"], lambda b: b // din)
     gh_runs = _runs(cpu["head_row_blocks"], cpu["head_row_block_count"], lambda b: b // din)
-    bwd_name = "saved_bwd" if degree >= POOL_MIN_DEGREE else "bwd"  # the backward kernel's configuration
-    weight_rows, stage = 0, launch_config(bwd_name, in_k, interpret=False)["BLOCK_E"] * max(size, dout_p)
+    weight_rows, stage = 0, launch_config("bwd", in_k, interpret=False)["BLOCK_E"] * max(size, dout_p)
     for i in range(layers):  # _weight_grad: u (KL) once per column tile of PT, da (P) once
         kl = k0p if i == 0 else in_k
         weight_rows += (size // min(size, stage // kl)) * kl + size
@@ -725,9 +720,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
         out = {"fwd": fwd_runs * slice_b + tiles * f4,
                "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
                "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4)}
-    out["bwd"] = (in_k + weight_rows + (2 * layers * size if packed.norm else 0)) * f4
-    if degree >= POOL_MIN_DEGREE:
-        out["bwd"] += saved_width(size, packed.mean.shape[2], packed.gate_pick.shape[2], in_k, layers) * f4
+    saved = saved_width(size, packed.mean.shape[2], packed.gate_pick.shape[2], in_k, layers)
+    out["bwd"] = (in_k + saved + weight_rows + (2 * layers * size if packed.norm else 0)) * f4
     return {**out, "total": sum(out.values())}
 
 
@@ -940,15 +934,14 @@ def stage_split(ctx: Context) -> None:
                     item(f"gmlp_conv fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM ({tag})",
                          lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision),
                          *fmodel["fwd_edge_wise"])
-        gout_h = gc.head_order(gout, pdict)  # the backward's two sides apart, tf32x3 (gradients added, not kept)
-        sink = [torch.zeros_like(t) for t in (x, env, pdict["head"], z, pdict["weight"], pdict["bias"],
-                                              pdict["scale"], pdict["shift"])]
+        gout_h = gc.head_order(gout, pdict)  # the edge-wise head kernel alone (not saving the layers' state), tf32x3
+        sink = [torch.zeros_like(t) for t in (x, env, pdict["head"])]  # (gradients added, not kept)
         item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head",
-             lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
+             lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink, True))
         with _gpu_config(gc, "head_bwd", BLOCK_E=16):  # the head kernel's previous MLP blocks
             item(f"gmlp_conv bwd head side, BLOCK_E=16 ({label}, P={size}, tf32x3)",
-                 lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[:3], True))
-        with _gpu_config(gc, "saved_bwd", BLOCK_E=16):  # the pooled backward's layers on 16 edges at a time
+                 lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink, True))
+        with _gpu_config(gc, "bwd", BLOCK_E=16):  # the layers' backward on 16 edges at a time
             item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
         with _gpu_config(gc, "pool", TB=32), _gpu_config(gc, "pool_bwd", TB=32):  # half the head's atomics, twice
@@ -956,8 +949,6 @@ def stage_split(ctx: Context) -> None:
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, "tf32x3"))
             item(f"gmlp_conv bwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
-        item(f"gmlp_conv bwd G-MLP side ({label}, P={size}, tf32x3): grad_h̃ + layers, in waves",
-             lambda: gc.mlp_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink[3:], True))
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows
             item(f"gmlp_conv bwd, head chunk {chunk} ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", head_chunk=chunk))

@@ -34,12 +34,14 @@ outputs' components so that Schur's lemma leaves few: ≈ 17 % of the dense head
 listed per output tile (forward, head gradient), per row tile (grad_h̃) and per input channel (grad_x); the
 backward kernels take grad_out with its columns in the head's order.
 
-The backward is three kernels.  The head's side (``_gmlp_head_bwd_kernel``) evaluates the MLP once per chunk:
-grad_x, grad_env and the head's own gradient.  The G-MLP's side runs in waves of a few chunks per program:
-``_gmlp_grad_h_kernel`` writes grad_h̃ = env · Σ x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) (on the tiles; no MLP, no
-h̃) of the wave's edges to a buffer of one wave's rows, then ``_gmlp_conv_bwd_kernel`` reads it back per block
-of edges and, from the last layer to the first, recomputes each layer's input from z (L(L+1)/2 layer
-evaluations) and back-propagates it.
+The backward is four kernels per wave of edges (a few chunks per program).  ``_gmlp_rows_kernel`` evaluates
+the MLP and saves each layer's state (``_sv_offset``: the centred linear part, 1 / rms per block, the gates'
+sigmoids, the next layer's input) to a buffer of the wave's rows; the head's side (``_gmlp_head_bwd_kernel``)
+evaluates the MLP once per chunk for grad_x, grad_env and the head's own gradient; ``_gmlp_grad_h_kernel`` writes
+grad_h̃ = env · Σ x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) (on the tiles; no MLP, no h̃) of the wave's edges to a
+buffer of one wave's rows; then ``_gmlp_conv_bwd_kernel`` reads both back per block of edges and, from the last
+layer to the first, back-propagates each layer from its saved state (``_layer_state``), recomputing nothing.
+(Saving the state from the head kernel's own MLP pass made ptxas spill 152 B there at P = 256 under Triton 3.6.)
 The parameter gradients are sums over edges, added to memory with atomics — as few as possible.  Every kernel
 runs persistent programs (PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn.  The forward and the head
 kernel write the chunk's h1 rows (and grad_out[tgt]) into a per-program scratch and then apply the head to the
@@ -54,8 +56,7 @@ target, ``_gmlp_rows_kernel`` writes the h1 rows of a wave of edges to a buffer 
 the head's tiles once per block of TB targets (M = TB rows per dot); in the backward ``_gmlp_pool_bwd_kernel``
 takes the place of the head kernel and of grad_h̃'s (P for the head's gradient, G = Σ_t gout_t HEAD[:, :, t]ᵀ per
 target for grad_h̃, grad_x and grad_env), wave by wave before the G-MLP's backward kernel; there the rows kernel
-also saves each layer's state of the wave's edges (``_sv_offset``), which the G-MLP's backward kernel reads
-instead of recomputing the layers (``_layer_state``).
+saves the layers' state.
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
 gradients (the scratch holds ≤ #programs × CHUNK rows, the grad_h̃ buffer and the saved states one wave's).
 
@@ -84,7 +85,7 @@ import triton.language as tl
 from ..ops.fused_gmlp import HEAD_TILE
 from ._config import INTERPRET, device_ctx
 
-__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order", "head_side_bwd", "mlp_side_bwd",
+__all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order", "head_side_bwd", "edge_wise_bwd",
            "INTERPRET_CONFIG",
            "GPU_CONFIG", "launch_config"]
 
@@ -92,21 +93,19 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order"
 # and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The forward and the head
 # kernel run the MLP on BLOCK_E = 32 edges at a time (each layer weight read serves 32 edges; at 16 they read
 # twice as much, at 64 the forward spilled 52–216 B under Triton 3.6) into CHUNK scratch rows per program, then the
-# head on the chunk (forward: 128 edges, each head tile read serves 128); the backward kernel's layers stay at 16
-# edges where it recomputes them (at 32 ptxas spilled 0.2–1.1 KB under Triton 3.6) and at the default width;
-# reading their saved state ("saved_bwd", the pooled backward) it takes 32 at IN_K ≤ 128. The backward kernels
+# head on the chunk (forward: 128 edges, each head tile read serves 128); the backward kernel back-propagates the
+# layers from their saved state on 32 edges at a time at IN_K ≤ 128, 16 beyond (when it recomputed them it spilled
+# at 32 under Triton 3.6; at the default width 32 does not fit in registers). The backward kernels
 # sum the parameter gradients over a chunk (`launch_config`), reading their scratch rows back KE at a time; grad_h̃
 # is its own kernel on 128 edges per program and row tile (inside the backward kernel, per chunk, its scratch
 # addresses were live across the layers' backward and ptxas spilled 60–280 B at P = 256); in the interpreter the
 # blocks and chunks are short and the programs few, so that tests cross block, chunk, program and wave
 # boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
-                    "saved_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16),
                     "pool": dict(TB=16, KE=16, CT=16), "pool_bwd": dict(TB=16, KE=16, CT=16)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
-              "bwd": dict(BLOCK_E=16, KE=32, num_warps=8, num_stages=1),
-              "saved_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
+              "bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
               "head_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
               "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1),
               "pool": dict(TB=16, KE=16, num_warps=8, num_stages=1),
@@ -114,7 +113,7 @@ GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
 #: Persistent programs per SM on a GPU: one 8-warp program each — the forward takes 176–255 registers per thread
 #: (two would need ≤ 128), the backward kernels 255 and a scratch per program; the pooled head a scratch of
 #: TB·DIN·IN_K values (256 KiB at the anchors' width: one per SM keeps them in L2).
-PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "saved_bwd": 1, "head_bwd": 1, "pool": 1, "pool_bwd": 1}
+PROGRAMS_PER_SM = {"fwd": 1, "bwd": 1, "head_bwd": 1, "pool": 1, "pool_bwd": 1}
 #: The head runs per target on pooled features (``_gmlp_pool_fwd_kernel``, ``_gmlp_pool_bwd_kernel``) when the
 #: mean in-degree E / num_targets is at least this: its tiles then cost 2·16² FLOPs per target instead of per
 #: edge, and pooling 2·DIN·IN_K per edge (rounded up to KE edges per target); below it the edge-wise head is
@@ -131,13 +130,13 @@ _EXPAND, _MEAN, _AVG, _SPREAD, _PICK = (tl.constexpr(i) for i in range(5))
 
 
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 64) -> dict:
-    """The configuration of kernel ``name`` ("fwd", "bwd", "saved_bwd", "head_bwd", "grad_h", "pool", "pool_bwd")
-    when the dots read ``in_k`` columns (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per
-    program, so they shrink as IN_K grows — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256
-    rows up to IN_K = 128, 128 beyond (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient,
+    """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd", "grad_h", "pool", "pool_bwd") when the dots
+    read ``in_k`` columns (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they
+    shrink as IN_K grows — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to
+    IN_K = 128, 128 beyond (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient,
     K0P + P + (L - 1)(IN_K + P) floats per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers),
-    its layers on 16 edges at a time, on 32 where it reads their saved state at IN_K ≤ 128 (beyond, 16: at the
-    default width 32 would not fit in registers); forward: h1, IN_K floats per
+    its layers on 32 edges at a time up to IN_K = 128, 16 beyond (32 would not fit in registers); forward: h1,
+    IN_K floats per
     row, 128 rows (≤ 128 KiB).  The pooled head sums a target's P over ``din`` input channels in tiles of CT, at
     most DIN_P (a (CT × IN_K) accumulator of ≤ 8192 values, 32 registers per thread; at 4096 the default width
     spilled 12–56 B)."""
@@ -146,7 +145,7 @@ def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 
     config = dict(GPU_CONFIG[name])
     if name == "head_bwd":
         config["CHUNK"] = 256 if in_k <= 128 else 128
-    elif name in ("bwd", "saved_bwd"):
+    elif name == "bwd":
         config["CHUNK"] = 128 if in_k <= 128 else 64
         if in_k > 128:
             config["BLOCK_E"] = 16
@@ -362,43 +361,29 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
 
 
 @triton.jit
-def _layer_state(z, l: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-                 cscale_ptr, triv_ptr, ws_row, sv_row, mask_e, eps, P: tl.constexpr, NB: tl.constexpr,
-                 NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
-                 PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, SV: tl.constexpr, st_ptr):
+def _layer_state(z, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, ws_row, sv_row, mask_e,
+                 P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
+                 K0P: tl.constexpr, NEED_PARAMS: tl.constexpr, SV: tl.constexpr, st_ptr):
     """What the backward of hidden layer l needs of its forward on a block of edges with inputs z: (c, rinv, n,
     sg) — the centred linear part, 1 / rms per block, the normed output and the gates' sigmoids — read from the
-    saved rows sv_row (SV > 0: ``_sv_offset``; n from c and rinv) or recomputed from z (SV = 0: the layers below
-    l, then l's linear part and norm; L(L+1)/2 layer evaluations over a backward).  With NEED_PARAMS the layer's
-    input (its used columns) goes to the scratch rows ws_row first, for ``_weight_grad``."""
-    SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
+    rows sv_row that the backward's G-MLP pass saved (``_sv_offset``; n rebuilt from c and rinv by one gather).
+    With NEED_PARAMS the layer's input (z, or its saved used columns) goes to the scratch rows ws_row, for
+    ``_weight_grad``."""
+    at = sv_row + _sv_offset(l, P, NB, NG, IN_K)
     KL: tl.constexpr = K0P if l == 0 else IN_K
-    ws_u = ws_row + _ws_offset(l, K0P, IN_K, P) + tl.arange(0, KL)[None, :]
-    if SV > 0:
-        at = sv_row + _sv_offset(l, P, NB, NG, IN_K)
-        if NEED_PARAMS:
-            if l == 0:
-                tl.store(ws_u, z)
-            else:
-                tl.store(ws_u, tl.load(at - IN_K + tl.arange(0, IN_K)[None, :], mask=mask_e[:, None], other=0.0))
-        c = tl.load(at + tl.arange(0, P)[None, :], mask=mask_e[:, None], other=0.0)
-        rinv = tl.load(at + P + tl.arange(0, NB)[None, :], mask=mask_e[:, None], other=0.0)
-        if NORM:
-            n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
+    if NEED_PARAMS:
+        ws_u = ws_row + _ws_offset(l, K0P, IN_K, P) + tl.arange(0, KL)[None, :]
+        if l == 0:
+            tl.store(ws_u, z)
         else:
-            n = c
-        sg = tl.load(at + P + NB + tl.arange(0, NG)[None, :], mask=mask_e[:, None], other=0.0)
+            tl.store(ws_u, tl.load(at - IN_K + tl.arange(0, IN_K)[None, :], mask=mask_e[:, None], other=0.0))
+    c = tl.load(at + tl.arange(0, P)[None, :], mask=mask_e[:, None], other=0.0)
+    rinv = tl.load(at + P + tl.arange(0, NB)[None, :], mask=mask_e[:, None], other=0.0)
+    if NORM:
+        n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
     else:
-        u = _mlp(z, l, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
-                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr, sv_row, 0)
-        if NEED_PARAMS:
-            if l == 0:
-                tl.store(ws_u, u)
-            else:
-                tl.store(ws_u, _used_cols(u, P, IN_K))
-        c, rinv, n = _normed(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
-                             mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP, st_ptr)
-        sg = _gates(n, l, gcol_ptr, NG, st_ptr)
+        n = c
+    sg = tl.load(at + P + NB + tl.arange(0, NG)[None, :], mask=mask_e[:, None], other=0.0)
     return c, rinv, n, sg
 
 
@@ -951,8 +936,9 @@ def _gmlp_conv_bwd_kernel(
 ):
     """The G-MLP's side of the backward, by persistent programs that take chunks of CHUNK edges in turn and
     back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel`` or
-    ``_gmlp_pool_bwd_kernel``), then each layer from the last to the first, its forward state read from the saved
-    rows sv (E, SV) that ``_gmlp_rows_kernel`` wrote (SV > 0) or recomputed from z (``_layer_state``).  With
+    ``_gmlp_pool_bwd_kernel``), then each layer from the last to the first from its forward state, read from the
+    rows sv (E, SV) that the backward's G-MLP pass saved (``_gmlp_head_bwd_kernel``, ``_gmlp_rows_kernel``;
+    ``_layer_state``).  With
     NEED_PARAMS each layer's input and linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW),
     and after the chunk ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry; the
     gradients of scale and shift are added to the program's sums ss (L, 2, BLOCK_E, P) per edge position in a
@@ -974,9 +960,8 @@ def _gmlp_conv_bwd_kernel(
             ws_row = ws_ptr + rows[:, None] * SW
             sv_row = sv_ptr + start * SV + tl.arange(0, BLOCK_E)[:, None] * SV  # 32-bit offsets from the block's row
             for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
-                c, rinv, n, sg = _layer_state(z, L - 1 - i, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr,
-                                              gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, ws_row, sv_row, mask_e, eps,
-                                              P, NB, NG, NORM, IN_K, K0P, PRECISION, NEED_PARAMS, SV, st_ptr)
+                c, rinv, n, sg = _layer_state(z, L - 1 - i, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, ws_row,
+                                              sv_row, mask_e, P, NB, NG, NORM, IN_K, K0P, NEED_PARAMS, SV, st_ptr)
                 dh = _layer_bwd(dh, c, rinv, n, sg, L - 1 - i, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
                                 triv_ptr, w_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PRECISION, NEED_PARAMS,
                                 st_ptr)
@@ -1125,13 +1110,11 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
     if z.shape[0] == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
-    gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     gout = head_order(grad_out, packed)
     if pools(z.shape[0], grad_out.shape[0]) and head_chunk is None:
         pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params)
     else:
-        head_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gx, genv, ghead), need_params, head_chunk)
-        mlp_side_bwd(gout, z, env, x, src, tgt, packed, precision, (gz, gw, gb, gscale, gshift), need_params)
+        edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk)
     return tuple(grads)
 
 
@@ -1153,77 +1136,100 @@ def head_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
                            NEED_HEAD=need_head)
 
 
-def mlp_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool) -> None:
-    """The G-MLP's side of the backward, gout in the head's order (``head_order``), in waves of edges: grad_h̃ of
-    the wave (``_gmlp_grad_h_kernel``) into a buffer of the wave's rows, then ``_gmlp_conv_bwd_kernel`` on it;
-    adds into grads = (grad_z, grad_weight, grad_bias, grad_scale, grad_shift; all but grad_z only with
-    ``need_params``)."""
+def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
+                  chunk: int | None = None) -> None:
+    """The whole backward with the head per edge, gout in the head's order (``head_order``), in waves of edges:
+    per wave the layers' state (``_gmlp_rows_kernel``) into a buffer of the wave's rows, the head's side
+    (``head_side_bwd``: grad_x, grad_env, the head's gradient with ``need_params``) and grad_h̃
+    (``_gmlp_grad_h_kernel``, on the tiles: no MLP) into a buffer of the wave's rows, then the G-MLP's backward
+    on both (``_layers_bwd``).  ``chunk``: the head kernel's (``gmlp_conv_bwd``'s head_chunk).  Adds into grads =
+    (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+    gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     meta = _meta(packed, z.shape[1], precision)
     config = launch_config("grad_h", meta["IN_K"])
+    save = _WaveState(z, x, packed, meta)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         ew = edges.stop - edges.start
+        save(edges)
+        head_side_bwd(gout, z[edges], env[edges], x, src[edges], tgt[edges], packed, precision,
+                      (gx, genv[edges], ghead), need_params, chunk)
         _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
             gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
             ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
             PRECISION=meta["PRECISION"], **config)
 
-    _layers_bwd(grad_h, z, x, packed, meta, grads, need_params)
+    _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv)
 
 
 def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool) -> None:
     """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's
-    order: the edges sorted by target (``_by_target``), then per wave of edges their h1 rows
-    (``_gmlp_rows_kernel``), the head's side — grad_x, grad_env, the head's gradient (with ``need_params``) and
+    order: the edges sorted by target (``_by_target``), then per wave of edges their h1 rows and the layers' state
+    (``_WaveState``), the head's side — grad_x, grad_env, the head's gradient (with ``need_params``) and
     grad_h̃ into the wave's buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads =
     (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
-    e, k0 = z.shape
     din = x.shape[1]
-    meta = _meta(packed, k0, precision)
+    meta = _meta(packed, z.shape[1], precision)
     order, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, gout.shape[0])
     gzs, genvs = torch.zeros_like(zs), torch.zeros_like(envs)
-    rows, pool = launch_config("fwd", meta["IN_K"]), launch_config("pool_bwd", meta["IN_K"], din=din)
+    pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
-    wave_rows = triton.cdiv(min(e, _bwd_wave(x, meta, "saved_bwd")), rows["CHUNK"]) * rows["CHUNK"]  # in its chunks
-    hb = torch.empty(wave_rows, meta["IN_K"], device=x.device, dtype=x.dtype)  # the wave's h1 rows
-    sv_width = saved_width(meta["P"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"])
-    sv = torch.empty(wave_rows, max(sv_width, 1), device=x.device, dtype=x.dtype)  # the wave's layer states
+    save = _WaveState(zs, x, packed, meta)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         w, ew = edges.start, edges.stop - edges.start
-        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[edges], *(packed[k] for k in _LAYERS), hb, sv), (),
-                           (packed["eps"], ew, k0, packed["hidden"]), meta, x, SV=sv_width)
+        save(edges)
         _gmlp_pool_bwd_kernel[(grid,)](
-            hb, gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
+            save.hb, gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
             genvs[edges], ghead, sb, w, ew, packed["hidden"], din, P=meta["P"], DOUT_P=meta["DOUT_P"],
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
 
-    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, sv if sv_width else None)
+    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv)
     gz.index_add_(0, order, gzs)
     genv.index_add_(0, order, genvs)
 
 
-def _bwd_wave(x: torch.Tensor, meta: dict, name: str) -> int:
-    """Edges per wave of the G-MLP's backward: WAVE_CHUNKS chunks of its kernel (configuration ``name``: "bwd" or
-    "saved_bwd") per persistent program."""
-    return WAVE_CHUNKS * launch_config(name, meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM[name])
+def _bwd_wave(x: torch.Tensor, meta: dict) -> int:
+    """Edges per wave of the G-MLP's backward: WAVE_CHUNKS chunks of its kernel per persistent program."""
+    return WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
+
+
+class _WaveState:
+    """The backward's G-MLP pass over a wave of edges (``_gmlp_rows_kernel``): calling it with a slice of the edges
+    writes their h1 rows to ``hb`` (IN_K floats per edge) and each layer's state to ``sv`` (``saved_width``
+    floats per edge: 384 at the anchors' width, 52 MB for a wave on 132 SMs; None without hidden layers), the
+    buffers of one wave's rows of the G-MLP's backward (``_layers_bwd``) in the rows kernel's chunks."""
+
+    def __init__(self, z: torch.Tensor, x: torch.Tensor, packed: dict, meta: dict) -> None:
+        self.z, self.x, self.packed, self.meta = z, x, packed, meta
+        chunk = launch_config("fwd", meta["IN_K"])["CHUNK"]
+        rows = triton.cdiv(min(z.shape[0], _bwd_wave(x, meta)), chunk) * chunk
+        width = saved_width(meta["P"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"])
+        self.hb = torch.empty(rows, meta["IN_K"], device=x.device, dtype=x.dtype)
+        self.sv = torch.empty(rows, width, device=x.device, dtype=x.dtype) if width else None
+
+    def __call__(self, edges: slice) -> None:
+        ew, k0, packed = edges.stop - edges.start, self.z.shape[1], self.packed
+        sv = self.hb if self.sv is None else self.sv
+        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (self.z[edges], *(packed[k] for k in _LAYERS), self.hb, sv),
+                           (), (packed["eps"], ew, k0, packed["hidden"]), self.meta, self.x,
+                           SV=0 if self.sv is None else sv.shape[1])
 
 
 def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_params: bool,
-                sv: torch.Tensor | None = None) -> None:
+                sv: torch.Tensor | None) -> None:
     """The G-MLP's backward in waves of edges: ``grad_h(edges, gh)`` writes grad_h̃ of the wave's edges (a slice)
-    into gh, a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64) — and, given
-    ``sv``, the layers' forward state of the wave's edges into it (``saved_width`` columns) — then
-    ``_gmlp_conv_bwd_kernel`` back-propagates it (recomputing the layers from z without ``sv``); adds into grads =
-    (grad_z, grad_weight, grad_bias, grad_scale, grad_shift; all but grad_z only with ``need_params``)."""
+    into gh, a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64), and the layers'
+    forward state of the wave's edges into ``sv`` (``_WaveState``; None without hidden layers), then
+    ``_gmlp_conv_bwd_kernel`` back-propagates; adds into grads = (grad_z, grad_weight, grad_bias, grad_scale,
+    grad_shift; all but grad_z only with ``need_params``)."""
     e, k0 = z.shape
     gz, gw, gb, gscale, gshift = grads
+    assert (sv is None) == (meta["L"] == 0), "the layers' backward reads their saved state"
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    name = "bwd" if sv is None else "saved_bwd"
-    programs, bwd = _programs(x, PROGRAMS_PER_SM[name]), launch_config(name, meta["IN_K"])
-    wave = _bwd_wave(x, meta, name)
+    programs, bwd, wave = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"]), _bwd_wave(x, meta)
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
     ss = torch.zeros(programs if sums else 1, meta["L"], 2, bwd["BLOCK_E"], meta["P"] if sums else 1,
@@ -1233,7 +1239,7 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
             edges = slice(w, min(e, w + wave))
             ew = edges.stop - w
             grad_h(edges, gh)
-            _launch_persistent(_gmlp_conv_bwd_kernel, name, ew,
+            _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
                                (gh, gh if sv is None else sv, z[edges], *(packed[k] for k in _LAYERS),
                                 packed["weight_support"], gz[edges], gw, gb, ss), (sw if need_params else 1,),
                                (packed["eps"], ew, k0), meta, x, NEED_PARAMS=need_params,
