@@ -544,15 +544,15 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     part and the norm's two block sums, 4P·NB; the spreads onto the components and the gate scalars are gathers)
     and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the rows kernel's MLP (saving every
     layer's state, SV floats per edge written and read back a wave of edges later; and h1's rows, IN_K floats);
-    the head kernel: the MLP again, the tiles (grad_x and grad_env), and the head's gradient on 16 channels' tiles at once per group of listed tiles (``head_groups``;
-    listed or not); the head's tiles for grad_h̃ (no MLP; written to a buffer of IN_K floats per edge and read
-    back); then per layer from its saved state the backward's sums per block and per gate (4P·NB + 2P·NG), its
-    weight and input gradients (nothing recomputed).  At a mean
-    in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per edge the pooling dots
-    (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles (backward: G and
-    the head's gradient, twice), the MLP once more for the h1 rows, which saves the layers' state; its bytes: the
-    edges' sort (z, env, src, tgt gathered and written) and one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise
-    head at any in-degree."""
+    the head kernel: the MLP again, the tiles (grad_x and grad_env), and the head's gradient on 16 channels'
+    tiles at once per group of listed tiles (``head_groups``; listed or not); the head's tiles for grad_h̃ (no
+    MLP; written to a buffer of IN_K floats per edge and read back); then per layer from its saved state the
+    backward's sums per block and per gate (4P·NB + 2P·NG), its weight and input gradients (nothing
+    recomputed).  At a mean in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per
+    edge the pooling dots (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the
+    tiles (backward: G and the head's gradient, twice), the MLP once more for the h1 rows, which saves the
+    layers' state; its bytes: the edges' sort (z, env, src, tgt gathered and written) and one output row per
+    target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import pools, saved_width, used_columns, z_columns
 
@@ -608,10 +608,11 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     (forward), three times per chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics)
     and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB
     targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
-    kernel and grad_h̃ do not run; edge-wise, the rows kernel's MLP once more, per BLOCK_E edges: it saves the
-    layers' state). The backward kernel reads each layer's state that the backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward, the weight's transpose;
-    nothing recomputed). Per-layer vectors (bias,
-    scale, shift, trivial) and the L1 are left out: an upper bound on L2 traffic if nothing stays in L1.
+    kernel and grad_h̃ do not run); edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E edges, saving
+    the layers' state) besides the head kernel. The backward kernel reads each layer's state that the backward's
+    G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward, the weight's
+    transpose; nothing recomputed). Per-layer vectors (bias, scale, shift, trivial) and the L1 are left out: an
+    upper bound on L2 traffic if nothing stays in L1.
     ``degree``: the standard workload's (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns, z_columns
@@ -685,7 +686,7 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per
     run of output tiles and x[src, c] per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row,
     its weight-gradient rows and, per layer with a norm, its program's sums of the scale and shift gradients
-    (2P values read, and written, per edge) — pooled, also the row of the layers' saved state (``saved_width``)."""
+    (2P values read, and written, per edge), and the row of the layers' saved state (``saved_width``)."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
     from fastik.triton_kernels.gmlp_conv import (POOL_MIN_DEGREE, din_padded, launch_config, saved_width,
                                                  used_columns, z_columns)

@@ -136,10 +136,9 @@ def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 
     IN_K = 128, 128 beyond (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient,
     K0P + P + (L - 1)(IN_K + P) floats per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers),
     its layers on 32 edges at a time up to IN_K = 128, 16 beyond (32 would not fit in registers); forward: h1,
-    IN_K floats per
-    row, 128 rows (≤ 128 KiB).  The pooled head sums a target's P over ``din`` input channels in tiles of CT, at
-    most DIN_P (a (CT × IN_K) accumulator of ≤ 8192 values, 32 registers per thread; at 4096 the default width
-    spilled 12–56 B)."""
+    IN_K floats per row, 128 rows (≤ 128 KiB).  The pooled head sums a target's P over ``din`` input channels in
+    tiles of CT, at most DIN_P (a (CT × IN_K) accumulator of ≤ 8192 values, 32 registers per thread; at 4096 the
+    default width spilled 12–56 B)."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
@@ -937,8 +936,7 @@ def _gmlp_conv_bwd_kernel(
     """The G-MLP's side of the backward, by persistent programs that take chunks of CHUNK edges in turn and
     back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel`` or
     ``_gmlp_pool_bwd_kernel``), then each layer from the last to the first from its forward state, read from the
-    rows sv (E, SV) that the backward's G-MLP pass saved (``_gmlp_head_bwd_kernel``, ``_gmlp_rows_kernel``;
-    ``_layer_state``).  With
+    rows sv (E, SV) that the backward's G-MLP pass saved (``_gmlp_rows_kernel``; ``_layer_state``).  With
     NEED_PARAMS each layer's input and linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW),
     and after the chunk ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry; the
     gradients of scale and shift are added to the program's sums ss (L, 2, BLOCK_E, P) per edge position in a
@@ -1040,7 +1038,7 @@ def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
 
 
 def saved_width(p: int, nb: int, ng: int, in_k: int, layers: int) -> int:
-    """SV: the width of the rows of the layers' forward state that the pooled backward saves per edge of a wave,
+    """SV: the width of the rows of the layers' forward state that the backward saves per edge of a wave,
     [c_0 (P) | rinv_0 (NB) | sg_0 (NG) | u_1 (IN_K) | c_1 | …] (``_sv_offset``); 0 without hidden layers."""
     return _sv_offset(layers, p, nb, ng, in_k) - in_k if layers else 0
 
