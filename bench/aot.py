@@ -222,7 +222,8 @@ def spill_table(result: list[Row]) -> dict[str, list[str]]:
 def markdown(result: list[Row], triton_version: str) -> str:
     lines = [f"sm_90a, Triton {triton_version}, DIN = DOUT = 64 (ptxas -v; first row per kernel and precision: "
              "the GPU default configuration)", "",
-             "| kernel | config | precision | registers | spill st / ld (B) | shared (B) |", "|---|---|---|---|---|---|"]
+             "| kernel | config | precision | registers | spill st / ld (B) | shared (B) |",
+             "|---|---|---|---|---|---|"]
     for r in result:
         if r.error:
             lines.append(f"| {r.kernel} | {r.config} | {r.precision} | **error** | {r.error} | |")

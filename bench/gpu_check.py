@@ -542,17 +542,17 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     """(FLOPs, bytes) of the fully fused kernels as written (dense padded layer weights; layer 0 reads K0P
     columns, the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear
     part and the norm's two block sums, 4P·NB; the spreads onto the components and the gate scalars are gathers)
-    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the rows kernel's MLP (saving every
-    layer's state, SV floats per edge written and read back a wave of edges later; and h1's rows, IN_K floats);
-    the head kernel: the MLP again, the tiles (grad_x and grad_env), and the head's gradient on 16 channels'
-    tiles at once per group of listed tiles (``head_groups``; listed or not); the head's tiles for grad_h̃ (no
-    MLP; written to a buffer of IN_K floats per edge and read back); then per layer from its saved state the
-    backward's sums per block and per gate (4P·NB + 2P·NG), its weight and input gradients (nothing
-    recomputed).  At a mean in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per
-    edge the pooling dots (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the
-    tiles (backward: G and the head's gradient, twice), the MLP once more for the h1 rows, which saves the
-    layers' state; its bytes: the edges' sort (z, env, src, tgt gathered and written) and one output row per
-    target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree."""
+    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the rows kernel's MLP, the backward's only
+    one (saving every layer's state, SV floats per edge written and read back a wave of edges later; and h1's
+    rows, IN_K floats, written and read back); the head kernel on those rows (no MLP): the tiles (grad_x and
+    grad_env), and the head's gradient on 16 channels' tiles at once per group of listed tiles
+    (``head_groups``; listed or not); the head's tiles for grad_h̃ (no MLP; written to a buffer of IN_K floats
+    per edge and read back); then per layer from its saved state the backward's sums per block and per gate
+    (4P·NB + 2P·NG), its weight and input gradients (nothing recomputed).  At a mean in-degree
+    e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per edge the pooling dots (the
+    backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles (backward: G and the
+    head's gradient, twice); its bytes: the edges' sort (z, env, src, tgt gathered and written) and one output
+    row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import pools, saved_width, used_columns, z_columns
 
@@ -570,15 +570,15 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     head_grad = 2.0 * HEAD_TILE ** 3 * head_groups(packed)
     fwd_edge_wise = (e * (mlp + head_tiles), io + e * dout_p * f4)
-    bwd_edge_wise = (e * (2 * mlp + 2 * head_tiles + head_grad + steps),
-                     2 * io + 2 * e * dout_p * f4 + e * din * f4 + 3 * e * k * f4 + saved)
+    bwd_edge_wise = (e * (mlp + 2 * head_tiles + head_grad + steps),
+                     2 * io + 2 * e * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + saved)
     if not pools(e, n):
         return {"fwd": fwd_edge_wise, "bwd": bwd_edge_wise, "fwd_edge_wise": fwd_edge_wise,
                 "bwd_edge_wise": bwd_edge_wise}
     pool, tiles = _pooled_head(packed, din, k, e / n)
     sort = 2 * e * (k0 * f4 + f4 + 2 * i8)  # z, env, src, tgt gathered and written in target order
     return {"fwd": (e * (mlp + pool + tiles), io + n * dout_p * f4 + sort),
-            "bwd": (e * (2 * mlp + 3 * pool + 2 * tiles + steps),
+            "bwd": (e * (mlp + 3 * pool + 2 * tiles + steps),
                     2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + 2 * e * (k0 + 1) * f4 + saved),
             "fwd_edge_wise": fwd_edge_wise, "bwd_edge_wise": bwd_edge_wise}
 
@@ -609,9 +609,9 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB
     targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
     kernel and grad_h̃ do not run); edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E edges, saving
-    the layers' state) besides the head kernel. The backward kernel reads each layer's state that the backward's
-    G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward, the weight's
-    transpose; nothing recomputed). Per-layer vectors (bias, scale, shift, trivial) and the L1 are left out: an
+    the layers' state and the h1 rows the head kernel reads). The backward kernel reads each layer's state that the
+    backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward, the
+    weight's transpose; nothing recomputed). Per-layer vectors (bias, scale, shift, trivial) and the L1 are left out: an
     upper bound on L2 traffic if nothing stays in L1.
     ``degree``: the standard workload's (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
@@ -639,7 +639,7 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
                "pool_bwd": rows + 2 * tiles / (config["pool_bwd"]["TB"] * degree)}
     else:
         out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
-               "head_bwd": mlp / config["head_bwd"]["BLOCK_E"] + 3 * tiles / config["head_bwd"]["CHUNK"],
+               "head_bwd": 3 * tiles / config["head_bwd"]["CHUNK"],
                "grad_h": tiles / config["grad_h"]["BLOCK_E"], "rows": mlp / config["fwd"]["BLOCK_E"]}
     out["bwd"] = saved / config["bwd"]["BLOCK_E"]
     return {**out, "total": sum(out.values())}
@@ -681,12 +681,13 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     pooled features, once per TB targets, and in the backward (``_gmlp_pool_bwd_kernel``, instead of the head
     kernel and grad_h̃) the same pooling, per listed tile the slices of P and of grad_out (head gradient) and of
     grad_out again (G), G's slice per run of row tiles in a channel's list (its sum), and per KE edges of a target
-    all of its G (DIN × IN_K), the edges' h1 rows, x[src], src and env; the head kernel's grad_x pass h1's
-    and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient pass both slices, src and env
-    per group of channels (``head_groups``; 140 B) and x[src, c] per tile; grad_h̃'s gathered grad_out slice per
-    run of output tiles and x[src, c] per tile, src, tgt and env per row tile; the backward kernel's grad_h̃ row,
-    its weight-gradient rows and, per layer with a norm, its program's sums of the scale and shift gradients
-    (2P values read, and written, per edge), and the row of the layers' saved state (``saved_width``)."""
+    all of its G (DIN × IN_K), the edges' h1 rows, x[src], src and env; the head kernel's grad_x pass h1's (from
+    the rows pass's wave buffer) and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient
+    pass both slices, src and env per group of channels (``head_groups``; 140 B) and x[src, c] per tile;
+    grad_h̃'s gathered grad_out slice per run of output tiles and x[src, c] per tile, src, tgt and env per row
+    tile; the backward kernel's grad_h̃ row, its weight-gradient rows and, per layer with a norm, its program's
+    sums of the scale and shift gradients (2P values read, and written, per edge), and the row of the layers'
+    saved state (``saved_width``)."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
     from fastik.triton_kernels.gmlp_conv import (POOL_MIN_DEGREE, din_padded, launch_config, saved_width,
                                                  used_columns, z_columns)
@@ -935,13 +936,11 @@ def stage_split(ctx: Context) -> None:
                     item(f"gmlp_conv fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM ({tag})",
                          lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision),
                          *fmodel["fwd_edge_wise"])
-        gout_h = gc.head_order(gout, pdict)  # the edge-wise head kernel alone (not saving the layers' state), tf32x3
+        gout_h = gc.head_order(gout, pdict)  # the edge-wise head kernel alone on all E edges' h1 rows, tf32x3
         sink = [torch.zeros_like(t) for t in (x, env, pdict["head"])]  # (gradients added, not kept)
-        item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head",
-             lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink, True))
-        with _gpu_config(gc, "head_bwd", BLOCK_E=16):  # the head kernel's previous MLP blocks
-            item(f"gmlp_conv bwd head side, BLOCK_E=16 ({label}, P={size}, tf32x3)",
-                 lambda: gc.head_side_bwd(gout_h, z, env, x, src, tgt, pdict, "tf32x3", sink, True))
+        hb = torch.rand(-(-e // 512) * 512, gc.used_columns(size, z.shape[1], packed.hidden), device=dev)
+        item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head from h1 rows",
+             lambda: gc.head_side_bwd(gout_h, hb, env, x, src, tgt, pdict, "tf32x3", sink, True))
         with _gpu_config(gc, "bwd", BLOCK_E=16):  # the layers' backward on 16 edges at a time
             item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))

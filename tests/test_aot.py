@@ -72,19 +72,19 @@ ptxas info    : Function properties for fastik_$_f
 
 
 def test_fused_gradient_chunks_shrink_as_the_width_grows():
-    """The persistent kernels' scratch per program: head kernel CHUNK × (IN_K + DOUT_P) floats, 256 edges up to
-    IN_K = 128 (the anchors' width reads 64 columns), 128 at the default width (256 columns); backward (every
-    layer's input and gradient rows) 128 and 64 edges; forward (h̃ rows, the head applied per chunk) 128 at both
-    widths; the forward and the head kernel run the MLP 32 edges at a time, the backward kernel its layers 32 at
-    IN_K ≤ 128, 16 at IN_K = 256."""
+    """The persistent kernels' scratch per program: head kernel CHUNK × DOUT_P floats (grad_out[tgt]; its h1 rows
+    are the rows pass's), 256 edges at any IN_K; backward (every layer's input and gradient rows) 128 and 64 edges;
+    forward (h̃ rows, the head applied per chunk) 128 at both widths; the forward runs the MLP 32 edges at a time
+    (the head kernel gathers grad_out 32 rows at a time), the backward kernel its layers 32 at IN_K ≤ 128, 16 at
+    IN_K = 256, where it also sums the weight gradients 16 rows at a time (KE)."""
     pytest.importorskip("triton")
     from fastik.triton_kernels.gmlp_conv import launch_config
 
-    assert [launch_config("head_bwd", k, interpret=False)["CHUNK"] for k in (32, 64, 128, 256)] == \
-        [256, 256, 256, 128]
+    assert [launch_config("head_bwd", k, interpret=False)["CHUNK"] for k in (32, 64, 128, 256)] == [256] * 4
     assert [launch_config("bwd", k, interpret=False)["CHUNK"] for k in (32, 64, 128, 256)] == [128, 128, 128, 64]
     assert [launch_config(k, 256, interpret=False)["BLOCK_E"] for k in ("fwd", "bwd", "head_bwd")] == [32, 16, 32]
     assert [launch_config("bwd", k, interpret=False)["BLOCK_E"] for k in (64, 128, 256)] == [32, 32, 16]
+    assert [launch_config("bwd", k, interpret=False)["KE"] for k in (64, 128, 256)] == [32, 32, 16]
     assert [launch_config("fwd", k, interpret=False)["CHUNK"] for k in (64, 256)] == [128, 128]
 
 

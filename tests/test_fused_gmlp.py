@@ -118,10 +118,10 @@ def test_backward_over_many_chunks():
 
 
 def test_gpu_block_sizes_match_reference(pooled, monkeypatch):
-    """The forward, the head kernel and the pooled backward's layers run on BLOCK_E = 32 edges at a time on a GPU
-    (the interpreter's other tests on 16): with the GPU's block sizes and row blocks (BLOCK_E, KE; two MLP blocks
-    per chunk, E = 150: several chunks over two programs, the last one partial) forward and every gradient match
-    the reference, with either head."""
+    """The forward's MLP, the head kernel's grad_out rows and the backward's layers run on BLOCK_E = 32 edges at a
+    time on a GPU (the interpreter's other tests on 16): with the GPU's block sizes and row blocks (BLOCK_E, KE;
+    two MLP blocks per chunk, E = 150: several chunks over two programs, the last one partial) forward and every
+    gradient match the reference, with either head."""
     from fastik.triton_kernels import gmlp_conv
 
     for name in ("fwd", "head_bwd", "bwd"):

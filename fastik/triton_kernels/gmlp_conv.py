@@ -34,22 +34,20 @@ outputs' components so that Schur's lemma leaves few: ≈ 17 % of the dense head
 listed per output tile (forward, head gradient), per row tile (grad_h̃) and per input channel (grad_x); the
 backward kernels take grad_out with its columns in the head's order.
 
-The backward is four kernels per wave of edges (a few chunks per program).  ``_gmlp_rows_kernel`` evaluates
-the MLP and saves each layer's state (``_sv_offset``: the centred linear part, 1 / rms per block, the gates'
-sigmoids, the next layer's input) to a buffer of the wave's rows; the head's side (``_gmlp_head_bwd_kernel``)
-evaluates the MLP once per chunk for grad_x, grad_env and the head's own gradient; ``_gmlp_grad_h_kernel`` writes
-grad_h̃ = env · Σ x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) (on the tiles; no MLP, no h̃) of the wave's edges to a
-buffer of one wave's rows; then ``_gmlp_conv_bwd_kernel`` reads both back per block of edges and, from the last
-layer to the first, back-propagates each layer from its saved state (``_layer_state``), recomputing nothing.
-(Saving the state from the head kernel's own MLP pass made ptxas spill 152 B there at P = 256 under Triton 3.6.)
-The parameter gradients are sums over edges, added to memory with atomics — as few as possible.  Every kernel
-runs persistent programs (PROGRAMS_PER_SM), each takes chunks of CHUNK edges in turn.  The forward and the head
-kernel write the chunk's h1 rows (and grad_out[tgt]) into a per-program scratch and then apply the head to the
-whole chunk (each head tile read serves CHUNK edges); the backward kernel writes the rows a layer's weight
-gradient is summed from (each layer's input and linear-part gradient) into its scratch and, after the chunk,
-sums them with dots over the edge dimension before one atomic per entry; the head kernel sums the head's
-gradient over the chunk the same way, 16 channels' tiles of one (row tile, output tile) pair per dot (their
-operand slices read once, not once per channel).
+The backward is four kernels per wave of edges (a few chunks per program).  ``_gmlp_rows_kernel`` evaluates the MLP and
+saves each layer's state (``_sv_offset``: the centred linear part, 1 / rms per block, the gates' sigmoids, the next
+layer's input) and the h1 rows to buffers of the wave's rows; the head's side (``_gmlp_head_bwd_kernel``) reads the h1
+rows for grad_x, grad_env and the head's own gradient (no MLP there); ``_gmlp_grad_h_kernel`` writes grad_h̃ = env · Σ
+x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) (on the tiles; no MLP, no h̃) of the wave's edges to a buffer of one wave's rows;
+then ``_gmlp_conv_bwd_kernel`` reads both back per block of edges and, from the last layer to the first, back-propagates
+each layer from its saved state (``_layer_state``), recomputing nothing.  The parameter gradients are sums over edges,
+added to memory with atomics — as few as possible.  Every kernel runs persistent programs (PROGRAMS_PER_SM), each takes
+chunks of CHUNK edges in turn.  The forward writes the chunk's h1 rows into a per-program scratch (the head kernel
+grad_out[tgt]) and then applies the head to the whole chunk (each head tile read serves CHUNK edges); the backward
+kernel writes the rows a layer's weight gradient is summed from (each layer's input and linear-part gradient) into its
+scratch and, after the chunk, sums them with dots over the edge dimension before one atomic per entry; the head kernel
+sums the head's gradient over the chunk the same way, 16 channels' tiles of one (row tile, output tile) pair per dot
+(their operand slices read once, not once per channel).
 Where the mean in-degree is at least POOL_MIN_DEGREE the head runs per target instead: the edges are sorted by
 target, ``_gmlp_rows_kernel`` writes the h1 rows of a wave of edges to a buffer of one wave's rows, and
 ``_gmlp_pool_fwd_kernel`` sums each target's pooled features P = Σ_e env·x[src]ᵀ h1 (DIN × IN_K) and multiplies
@@ -89,24 +87,23 @@ __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order"
            "INTERPRET_CONFIG",
            "GPU_CONFIG", "launch_config"]
 
-# One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P
-# and BLOCK_E: ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The forward and the head
-# kernel run the MLP on BLOCK_E = 32 edges at a time (each layer weight read serves 32 edges; at 16 they read
-# twice as much, at 64 the forward spilled 52–216 B under Triton 3.6) into CHUNK scratch rows per program, then the
-# head on the chunk (forward: 128 edges, each head tile read serves 128); the backward kernel back-propagates the
-# layers from their saved state on 32 edges at a time at IN_K ≤ 128, 16 beyond (when it recomputed them it spilled
-# at 32 under Triton 3.6; at the default width 32 does not fit in registers). The backward kernels
-# sum the parameter gradients over a chunk (`launch_config`), reading their scratch rows back KE at a time; grad_h̃
-# is its own kernel on 128 edges per program and row tile (inside the backward kernel, per chunk, its scratch
-# addresses were live across the layers' backward and ptxas spilled 60–280 B at P = 256); in the interpreter the
-# blocks and chunks are short and the programs few, so that tests cross block, chunk, program and wave
-# boundaries.
+# One configuration per kernel (no autotuning: never run on a GPU). Registers and shared memory grow with P and BLOCK_E:
+# ptxas (sm_90a) numbers in bench/NOTES.md, `python -m bench.aot --fused`. The forward runs the MLP on BLOCK_E = 32
+# edges at a time (each layer weight read serves 32 edges; at 16 they read twice as much, at 64 it spilled 52–216 B
+# under Triton 3.6) into CHUNK scratch rows per program, then the head on the chunk (128 edges, each head tile read
+# serves 128); the head kernel reads the rows pass's h1 rows (no MLP); the backward kernel back-propagates the layers
+# from their saved state on 32 edges at a time at IN_K ≤ 128, 16 beyond (when it recomputed them it spilled at 32 under
+# Triton 3.6; at the default width 32 does not fit in registers). The backward kernels sum the parameter gradients over
+# a chunk (`launch_config`), reading their scratch rows back KE at a time; grad_h̃ is its own kernel on 128 edges per
+# program and row tile (inside the backward kernel, per chunk, its scratch addresses were live across the layers'
+# backward and ptxas spilled 60–280 B at P = 256); in the interpreter the blocks and chunks are short and the programs
+# few, so that tests cross block, chunk, program and wave boundaries.
 INTERPRET_CONFIG = {"fwd": dict(BLOCK_E=16, CHUNK=32), "bwd": dict(BLOCK_E=16, KE=16, CHUNK=32),
                     "head_bwd": dict(BLOCK_E=16, KE=16, CHUNK=32), "grad_h": dict(BLOCK_E=16),
                     "pool": dict(TB=16, KE=16, CT=16), "pool_bwd": dict(TB=16, KE=16, CT=16)}
 GPU_CONFIG = {"fwd": dict(BLOCK_E=32, CHUNK=128, num_warps=8, num_stages=1),
               "bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
-              "head_bwd": dict(BLOCK_E=32, KE=32, num_warps=8, num_stages=1),
+              "head_bwd": dict(BLOCK_E=32, KE=32, CHUNK=256, num_warps=8, num_stages=1),
               "grad_h": dict(BLOCK_E=128, num_warps=4, num_stages=1),
               "pool": dict(TB=16, KE=16, num_warps=8, num_stages=1),
               "pool_bwd": dict(TB=16, KE=16, num_warps=8, num_stages=1)}
@@ -132,22 +129,20 @@ _EXPAND, _MEAN, _AVG, _SPREAD, _PICK = (tl.constexpr(i) for i in range(5))
 def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 64) -> dict:
     """The configuration of kernel ``name`` ("fwd", "bwd", "head_bwd", "grad_h", "pool", "pool_bwd") when the dots
     read ``in_k`` columns (IN_K): the persistent kernels' chunks hold CHUNK rows of scratch per program, so they
-    shrink as IN_K grows — head kernel: h1 and grad_out[tgt], IN_K + DOUT_P floats per row, 256 rows up to
-    IN_K = 128, 128 beyond (≤ 160 KiB at DOUT_P = 64); backward: every layer's input and gradient,
-    K0P + P + (L - 1)(IN_K + P) floats per row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers),
-    its layers on 32 edges at a time up to IN_K = 128, 16 beyond (32 would not fit in registers); forward: h1,
-    IN_K floats per row, 128 rows (≤ 128 KiB).  The pooled head sums a target's P over ``din`` input channels in
+    shrink as IN_K grows — backward: every layer's input and gradient, K0P + P + (L - 1)(IN_K + P) floats per
+    row, 128 rows up to IN_K = 128, 64 beyond (≤ 200 KiB for two layers), its layers on 32 edges at a time up to
+    IN_K = 128, 16 beyond (and its weight-gradient sums 16 rows at a time); forward: h1, IN_K floats per row,
+    128 rows (≤ 128 KiB); head kernel: grad_out[tgt], DOUT_P floats per row, 256 rows at any IN_K (64 KiB at
+    DOUT_P = 64; its h1 rows are the rows pass's).  The pooled head sums a target's P over ``din`` input channels in
     tiles of CT, at most DIN_P (a (CT × IN_K) accumulator of ≤ 8192 values, 32 registers per thread; at 4096 the
     default width spilled 12–56 B)."""
     if interpret:
         return dict(INTERPRET_CONFIG[name])
     config = dict(GPU_CONFIG[name])
-    if name == "head_bwd":
-        config["CHUNK"] = 256 if in_k <= 128 else 128
-    elif name == "bwd":
+    if name == "bwd":
         config["CHUNK"] = 128 if in_k <= 128 else 64
-        if in_k > 128:
-            config["BLOCK_E"] = 16
+        if in_k > 128:  # 32 would not fit in registers; KE = 32 spilled 16 B in TF32 under Triton 3.6
+            config["BLOCK_E"] = config["KE"] = 16
     elif name in ("pool", "pool_bwd"):
         config["CT"] = min(max(16, 8192 // in_k), din_padded(din))
     return config
@@ -795,17 +790,15 @@ def _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, g_ptr, gh_ptr, gx_ptr, genv_ptr,
 
 @triton.jit
 def _gmlp_head_bwd_kernel(
-    gout_ptr, z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-    head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, hs_ptr, gs_ptr, st_ptr,
-    eps, E, K0, H, DIN,
-    L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
+    gout_ptr, hb_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
+    head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, gs_ptr, E, DIN,
+    P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_HEAD: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr,
 ):
     """The head's side of the backward on HEAD's non-zero tiles, by persistent programs that take chunks of CHUNK
-    edges in turn.  Per chunk: h1 (``_chunk_h1``) and grad_out[tgt] (gy) into the program's scratch rows (hs
-    (CHUNK, IN_K), gs (CHUNK, DOUT_P)); then per input channel c (tiles listed per channel: cblk, ccnt)
+    edges in turn, from the edges' h1 rows hb (⌈E / CHUNK⌉·CHUNK, IN_K; finite on the padding rows) that the
+    backward's G-MLP pass wrote (``_gmlp_rows_kernel``: no MLP here).  Per chunk: grad_out[tgt] (gy) into the
+    program's scratch rows gs (CHUNK, DOUT_P); then per input channel c (tiles listed per channel: cblk, ccnt)
     s_c = Σ_{k,t} rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t): grad_x[src, c] += env·s_c (atomics) and
     grad_env = Σ_c x[src, c]·s_c (stored); with NEED_HEAD, per run of non-zero (16 × 16) tiles (hblk, hcnt) that
     share output tile t, row tile k and a group of 16 channels (``_head_grad_group``), grad_head[c, k, t] +=
@@ -813,15 +806,11 @@ def _gmlp_head_bwd_kernel(
     time) and one atomic per entry of the head's support (hsup ≠ 0: structural zeros get no gradient) — per edge
     256 / CHUNK atomics per non-zero tile."""
     pid = tl.program_id(0)
-    hs_ptr += pid * CHUNK * IN_K
     gs_ptr += pid * CHUNK * DOUT_P
-    st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     TT: tl.constexpr = DOUT_P // _HT
     for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-                  cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK,
-                  PRECISION, st_ptr, hs_ptr, 0)
+        hs_ptr = hb_ptr + start * IN_K
         _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
         tl.debug_barrier()  # the rows are read back by other threads of the program
         _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr,
@@ -849,8 +838,8 @@ def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cbl
                  start, E, DIN, P: tl.constexpr, IN_K: tl.constexpr, DOUT_P: tl.constexpr, CHUNK: tl.constexpr,
                  PRECISION: tl.constexpr):
     """grad_x[src, c] += env·s_c and grad_env = Σ_c x[src, c]·s_c for the chunk at ``start``, s_c = Σ_{k,t}
-    rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t) over channel c's listed tiles (cblk, ccnt), from the chunk's scratch
-    rows hs (h1) and gs (grad_out[tgt])."""
+    rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t) over channel c's listed tiles (cblk, ccnt), from the chunk's rows
+    hs (h1) and gs (grad_out[tgt])."""
     TT: tl.constexpr = DOUT_P // _HT
     rows, mask_e, src, _, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
     ge = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
@@ -988,7 +977,12 @@ def _meta(packed: dict, k0: int, precision: str) -> dict:
     _, p, nb = packed["mean"].shape
     return dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
                 NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]), K0P=z_columns(p, k0, packed["layers"]),
-                PRECISION=precision if packed["head"].dtype == torch.float32 else "ieee")
+                PRECISION=_precision(packed, precision))
+
+
+def _precision(packed: dict, precision: str) -> str:
+    """The dots' input precision: ``precision`` in float32, IEEE in float64."""
+    return precision if packed["head"].dtype == torch.float32 else "ieee"
 
 
 def _programs(x: torch.Tensor, per_sm: int) -> int:
@@ -999,20 +993,30 @@ def _programs(x: torch.Tensor, per_sm: int) -> int:
 
 
 def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: tuple[int, ...], sizes: tuple,
-                       meta: dict, x: torch.Tensor, chunk: int | None = None, **flags) -> None:
+                       meta: dict, x: torch.Tensor, chunk: int | None = None, staged: bool = True, **flags) -> None:
     """Kernel ``name`` on min(chunks of CHUNK edges, programs) persistent programs, each with CHUNK scratch rows of
-    every width in ``scratch_widths`` and a staging buffer of BLOCK_E·max(P, DOUT_P) values (passed after
-    ``args``, in that order); ``chunk`` overrides CHUNK (for tuning)."""
+    every width in ``scratch_widths`` and, if ``staged``, a staging buffer of BLOCK_E·max(P, DOUT_P) values (passed
+    after ``args``, in that order); ``chunk`` overrides CHUNK (for tuning; ``launch_chunk``)."""
     config = launch_config(name, meta["IN_K"])
-    if chunk is not None:
-        if chunk & (chunk - 1) or chunk < max(config["BLOCK_E"], config["KE"]):
-            raise ValueError(f"chunk must be a power of two ≥ {max(config['BLOCK_E'], config['KE'])}, "
-                             f"got {chunk}")
-        config["CHUNK"] = chunk
+    config["CHUNK"] = launch_chunk(name, meta["IN_K"], chunk)
     grid = min(triton.cdiv(e, config["CHUNK"]), _programs(x, PROGRAMS_PER_SM[name]))
     scratch = [torch.empty(grid, config["CHUNK"], w, device=x.device, dtype=x.dtype) for w in scratch_widths]
-    stage = torch.empty(grid, config["BLOCK_E"] * max(meta["P"], meta["DOUT_P"]), device=x.device, dtype=x.dtype)
-    kernel[(grid,)](*args, *scratch, stage, *sizes, **meta, **config, **flags)
+    if staged:
+        scratch.append(torch.empty(grid, config["BLOCK_E"] * max(meta["P"], meta["DOUT_P"]), device=x.device,
+                                   dtype=x.dtype))
+    kernel[(grid,)](*args, *scratch, *sizes, **meta, **config, **flags)
+
+
+def launch_chunk(name: str, in_k: int, chunk: int | None = None) -> int:
+    """CHUNK of persistent kernel ``name``: ``launch_config``'s, or ``chunk`` (a power of two ≥ BLOCK_E and KE;
+    ValueError otherwise)."""
+    config = launch_config(name, in_k)
+    if chunk is None:
+        return config["CHUNK"]
+    least = max(config["BLOCK_E"], config.get("KE", 1))
+    if chunk & (chunk - 1) or chunk < least:
+        raise ValueError(f"chunk must be a power of two ≥ {least}, got {chunk}")
+    return chunk
 
 
 def din_padded(din: int) -> int:
@@ -1121,36 +1125,39 @@ def head_order(grad_out: torch.Tensor, packed: dict) -> torch.Tensor:
     return F.pad(grad_out, (0, packed["head"].shape[2] - grad_out.shape[1])).index_select(1, packed["out_cols"])
 
 
-def head_side_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_head: bool,
+def head_side_bwd(gout, hb, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_head: bool,
                   chunk: int | None = None) -> None:
-    """The head's side of the backward (``_gmlp_head_bwd_kernel``), gout in the head's order (``head_order``):
-    adds into grads = (grad_x, grad_env, grad_head; the last only with ``need_head``)."""
-    meta = _meta(packed, z.shape[1], precision)
+    """The head's side of the backward (``_gmlp_head_bwd_kernel``) on E edges (env, src, tgt: (E,)) from their h1
+    rows hb (≥ ⌈E / CHUNK⌉·CHUNK rows of IN_K, finite: ``launch_chunk``; the G-MLP's backward pass writes them),
+    gout in the head's order (``head_order``): adds into grads = (grad_x, grad_env, grad_head; the last only with
+    ``need_head``)."""
+    e, (_, p, dout_p), in_k = env.shape[0], packed["head"].shape, hb.shape[1]
+    rows = launch_chunk("head_bwd", in_k, chunk)
+    assert hb.shape[0] >= triton.cdiv(e, rows) * rows, "the head kernel reads whole chunks of h1 rows"
     with device_ctx(x):
-        _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", z.shape[0],
-                           (gout, z, env, x, src, tgt, *(packed[k] for k in _PARAMS + _HEAD_BWD), *grads),
-                           (meta["IN_K"], meta["DOUT_P"]),
-                           (packed["eps"], z.shape[0], z.shape[1], packed["hidden"], x.shape[1]), meta, x, chunk,
-                           NEED_HEAD=need_head)
+        _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", e,
+                           (gout, hb, env, x, src, tgt, packed["head"], *(packed[k] for k in _HEAD_BWD), *grads),
+                           (dout_p,), (e, x.shape[1]), dict(P=p, DOUT_P=dout_p, IN_K=in_k), x, chunk, staged=False,
+                           PRECISION=_precision(packed, precision), NEED_HEAD=need_head)
 
 
 def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
                   chunk: int | None = None) -> None:
     """The whole backward with the head per edge, gout in the head's order (``head_order``), in waves of edges:
-    per wave the layers' state (``_gmlp_rows_kernel``) into a buffer of the wave's rows, the head's side
-    (``head_side_bwd``: grad_x, grad_env, the head's gradient with ``need_params``) and grad_h̃
+    per wave the h1 rows and the layers' state (``_WaveState``) into buffers of the wave's rows, the head's side
+    on the h1 rows (``head_side_bwd``: grad_x, grad_env, the head's gradient with ``need_params``) and grad_h̃
     (``_gmlp_grad_h_kernel``, on the tiles: no MLP) into a buffer of the wave's rows, then the G-MLP's backward
     on both (``_layers_bwd``).  ``chunk``: the head kernel's (``gmlp_conv_bwd``'s head_chunk).  Adds into grads =
     (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     meta = _meta(packed, z.shape[1], precision)
     config = launch_config("grad_h", meta["IN_K"])
-    save = _WaveState(z, x, packed, meta)
+    save = _WaveState(z, x, packed, meta, launch_chunk("head_bwd", meta["IN_K"], chunk))
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         ew = edges.stop - edges.start
         save(edges)
-        head_side_bwd(gout, z[edges], env[edges], x, src[edges], tgt[edges], packed, precision,
+        head_side_bwd(gout, save.hb, env[edges], x, src[edges], tgt[edges], packed, precision,
                       (gx, genv[edges], ghead), need_params, chunk)
         _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
             gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
@@ -1198,14 +1205,15 @@ class _WaveState:
     """The backward's G-MLP pass over a wave of edges (``_gmlp_rows_kernel``): calling it with a slice of the edges
     writes their h1 rows to ``hb`` (IN_K floats per edge) and each layer's state to ``sv`` (``saved_width``
     floats per edge: 384 at the anchors' width, 52 MB for a wave on 132 SMs; None without hidden layers), the
-    buffers of one wave's rows of the G-MLP's backward (``_layers_bwd``) in the rows kernel's chunks."""
+    buffers of one wave's rows of the G-MLP's backward (``_layers_bwd``) in the rows kernel's chunks.  ``hb``'s
+    rows past the wave's edges, up to a multiple of ``chunk`` (a reader's chunk, a power of two), are finite."""
 
-    def __init__(self, z: torch.Tensor, x: torch.Tensor, packed: dict, meta: dict) -> None:
+    def __init__(self, z: torch.Tensor, x: torch.Tensor, packed: dict, meta: dict, chunk: int = 1) -> None:
         self.z, self.x, self.packed, self.meta = z, x, packed, meta
-        chunk = launch_config("fwd", meta["IN_K"])["CHUNK"]
+        chunk = max(chunk, launch_config("fwd", meta["IN_K"])["CHUNK"])
         rows = triton.cdiv(min(z.shape[0], _bwd_wave(x, meta)), chunk) * chunk
         width = saved_width(meta["P"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"])
-        self.hb = torch.empty(rows, meta["IN_K"], device=x.device, dtype=x.dtype)
+        self.hb = torch.zeros(rows, meta["IN_K"], device=x.device, dtype=x.dtype)
         self.sv = torch.empty(rows, width, device=x.device, dtype=x.dtype) if width else None
 
     def __call__(self, edges: slice) -> None:
