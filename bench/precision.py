@@ -11,6 +11,10 @@ the dots' operands — TF32 for the layers and the head in "tf32" mode, tf32x3 f
 (as the kernels split them) — and reports each mode's error against float64 on the standard workload. It is
 a model (CPU fp32 accumulation order, rounding of h̃ rather than of h̃·x_c), not a GPU measurement: stage b
 of ``bench/gpu_check.sh`` measures the kernels themselves.
+
+Both heads of the fused op are modelled: edge-wise (the head's dot on h̃, per edge: ``packed_conv_reference``)
+and pooled (mean in-degree ≥ 4, the standard workload's path: per target P = Σ_e (env·x[src]) ⊗ h1 — a dot with
+rounded operands x·env and h1 — then P's dot with the head — rounded P and head: :func:`pooled_conv`).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["round_tf32", "tf32_mm", "tf32x3_mm", "MODES", "mode_errors"]
+__all__ = ["round_tf32", "tf32_mm", "tf32x3_mm", "MODES", "HEADS", "pooled_conv", "mode_errors"]
 
 
 def round_tf32(a: Tensor) -> Tensor:
@@ -49,8 +53,33 @@ MODES: dict[str, tuple[Callable, Callable]] = {"ieee": (torch.matmul, torch.matm
                                                "tf32": (tf32_mm, tf32x3_mm)}
 
 
-def mode_errors(edges: int, hidden_channels: int, seed: int = 0) -> dict[str, float]:
-    """max |y_mode − y_float64| / max |y_float64| of one so3 standard-workload layer per precision mode."""
+def pooled_conv(z: Tensor, env: Tensor, x: Tensor, packed, src: Tensor, tgt: Tensor, num_targets: int,
+                mm: Callable = torch.matmul, structure_mm: Callable = torch.matmul) -> Tensor:
+    """The pooled head's statement of the fused op (num_targets, dout), with its dots' products: per target
+    P_i = mm((env·x[src])ᵀ, h1) over its edges (Din × P), then out = mm(P (N, Din·P), HEAD (Din·P, dout)) — the
+    same function as ``packed_conv_reference``, summed in the pooled kernels' order."""
+    from fastik.ops.fused_gmlp import head_columns, packed_h1
+
+    h1 = packed_h1(z, packed, mm, structure_mm)
+    xe = x[src] * env[:, None]
+    order = torch.argsort(tgt, stable=True)
+    bounds = torch.bincount(tgt, minlength=num_targets).cumsum(0).tolist()
+    pooled = h1.new_zeros(num_targets, x.shape[1], h1.shape[1])
+    for i, (lo, hi) in enumerate(zip([0] + bounds[:-1], bounds)):
+        if hi > lo:
+            e = order[lo:hi]
+            pooled[i] = mm(xe[e].T, h1[e])
+    head = head_columns(packed)
+    return mm(pooled.reshape(num_targets, -1), head.reshape(-1, head.shape[2]))
+
+
+#: the fused op's two heads: per edge (``packed_conv_reference``) and per target on pooled features (``pooled_conv``)
+HEADS = ("edge-wise", "pooled")
+
+
+def mode_errors(edges: int, hidden_channels: int, seed: int = 0, head: str = "edge-wise") -> dict[str, float]:
+    """max |y_mode − y_float64| / max |y_float64| of one so3 standard-workload layer per precision mode, with the
+    head of ``HEADS``."""
     import fastik
     from fastik.nn.packing import pack_gmlp
     from fastik.ops.fused_gmlp import packed_conv_reference
@@ -69,9 +98,9 @@ def mode_errors(edges: int, hidden_channels: int, seed: int = 0) -> dict[str, fl
         y64 = packed_conv_reference(z, env, g.x, packed64, src, tgt, g.num_nodes)
         packed32 = pack_gmlp(conv.kernel, torch.float32)
         out = {}
+        conv32 = {"edge-wise": packed_conv_reference, "pooled": pooled_conv}[head]
         for mode, (mm, structure_mm) in MODES.items():
-            y = packed_conv_reference(z.float(), env.float(), g.x.float(), packed32, src, tgt, g.num_nodes, mm,
-                                      structure_mm)
+            y = conv32(z.float(), env.float(), g.x.float(), packed32, src, tgt, g.num_nodes, mm, structure_mm)
             out[mode] = ((y.double() - y64).abs().max() / y64.abs().max()).item()
     return out
 
@@ -83,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--json", help="also write the errors as JSON to this path")
     args = p.parse_args(argv)
-    rows = [{"hidden_channels": int(w), "seed": s, **mode_errors(args.edges, int(w), s)}
-            for w in args.widths.split(",") for s in range(args.seeds)]
+    rows = [{"hidden_channels": int(w), "seed": s, "head": head, **mode_errors(args.edges, int(w), s, head)}
+            for w in args.widths.split(",") for s in range(args.seeds) for head in HEADS]
     print(f"relative max error vs float64, so3 standard workload, E ≈ {args.edges} (emulated roundings, CPU)\n")
-    print("| hidden_channels | seed | " + " | ".join(MODES) + " |\n|---|---|" + "---|" * len(MODES))
+    print("| hidden_channels | seed | head | " + " | ".join(MODES) + " |\n|---|---|---|" + "---|" * len(MODES))
     for r in rows:
-        print(f"| {r['hidden_channels']} | {r['seed']} | " + " | ".join(f"{r[m]:.2e}" for m in MODES) + " |")
+        print(f"| {r['hidden_channels']} | {r['seed']} | {r['head']} | " + " | ".join(f"{r[m]:.2e}" for m in MODES)
+              + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"edges": args.edges, "rows": rows}, f, indent=1)

@@ -33,3 +33,31 @@ def test_mode_errors_on_a_small_workload():
     errors = mode_errors(200, hidden_channels=2)
     assert set(errors) == set(MODES)
     assert errors["ieee"] < 1e-5 and errors["tf32x3"] < 1e-5 and errors["tf32"] > 10 * errors["tf32x3"]
+
+
+def test_pooled_statement_is_the_same_function():
+    """The pooled head's torch statement (per-target P, then the head) equals the edge-wise one in float64."""
+    import fastik
+    from bench.precision import pooled_conv
+    from bench.workload import make_graph
+    from fastik.nn.packing import pack_gmlp
+    from fastik.ops.fused_gmlp import packed_conv_reference
+
+    torch.manual_seed(1)
+    ft = fastik.FieldType(fastik.group("so3"), "2x0e + 2x1o")
+    conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=2).double()
+    g = make_graph(300, ft.dim, dtype=torch.float64, seed=1)
+    src, tgt = g.edge_index
+    r = g.pos[src] - g.pos[tgt]
+    z, env = conv.kernel.embed(r), conv.kernel.envelope(r) * conv.scale
+    packed = pack_gmlp(conv.kernel, torch.float64)
+    expected = packed_conv_reference(z, env, g.x, packed, src, tgt, g.num_nodes)
+    got = pooled_conv(z, env, g.x, packed, src, tgt, g.num_nodes)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pooled_mode_errors_on_a_small_workload():
+    errors = mode_errors(200, hidden_channels=2, head="pooled")
+    assert set(errors) == set(MODES)
+    assert errors["ieee"] < 1e-5 and errors["tf32x3"] < 1e-5 and errors["tf32"] > 10 * errors["tf32x3"]

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from ._contract import PRECISIONS, check_indices, require_triton
 
-__all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference", "DOUBLE_BACKWARD_FLOATS"]
+__all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference", "packed_h1", "head_columns",
+           "DOUBLE_BACKWARD_FLOATS"]
 
 
 class PackedGMLP(NamedTuple):
@@ -104,15 +105,11 @@ _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come f
 _INDEX = ("out_cols",) + HEAD_TILE_LISTS + ("column_index", "gate_columns")  # its int64 tensors
 
 
-def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
-                          num_targets: int, mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul,
-                          structure_mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul) -> Tensor:
-    """The fused op in plain torch (any dtype, differentiable to any order): (num_targets, dout).
-
-    Forms the activations (E, P) and the per-edge kernel matrices (E, Din, Dout): for tests and
-    second derivatives, not for scale. ``mm``: the product of the linear layers and the head, ``structure_mm``:
-    of the norm and gate structure matrices — as the kernels split them by precision (`bench.precision`
-    passes roundings to TF32)."""
+def packed_h1(z: Tensor, packed: PackedGMLP, mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul,
+              structure_mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul) -> Tensor:
+    """h1 (E, P): the packed G-MLP's last output with column H set to 1 (the head's bias row; h̃ = h1 · env; the
+    head's rows past H are zero), in plain torch. ``mm``: the product of the linear layers, ``structure_mm``: of
+    the norm and gate structure matrices (as :func:`packed_conv_reference`)."""
     p = packed
     size = p.weight.shape[1]
     u = F.pad(z, (0, size - z.shape[1]))
@@ -125,12 +122,31 @@ def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP,
             n = c * structure_mm(rinv, p.expand[l]) * p.scale[l] + p.shift[l]
         gates = structure_mm(torch.sigmoid(structure_mm(n, p.gate_pick[l])), p.gate_expand[l])
         u = p.trivial[l] * F.silu(n) + n * gates
-    ht = torch.where(torch.arange(size, device=u.device) == p.hidden, 1.0, u) * env[:, None]
+    return torch.where(torch.arange(size, device=u.device) == p.hidden, 1.0, u)
+
+
+def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
+                          num_targets: int, mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul,
+                          structure_mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul) -> Tensor:
+    """The fused op in plain torch (any dtype, differentiable to any order): (num_targets, dout).
+
+    Forms the activations (E, P) and the per-edge kernel matrices (E, Din, Dout): for tests and
+    second derivatives, not for scale. ``mm``: the product of the linear layers and the head, ``structure_mm``:
+    of the norm and gate structure matrices — as the kernels split them by precision (`bench.precision`
+    passes roundings to TF32)."""
+    p = packed
+    size = p.weight.shape[1]
+    ht = packed_h1(z, p, mm, structure_mm) * env[:, None]
     din = p.head.shape[0]
-    head = (p.head * p.head_support)[..., torch.argsort(p.out_cols)[:p.dout]]  # output columns in their order
-    kernels = mm(ht, head.transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
+    kernels = mm(ht, head_columns(p).transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
     msg = (kernels * x[src][:, :, None]).sum(1)
     return msg.new_zeros(num_targets, p.dout).index_add_(0, tgt, msg)
+
+
+def head_columns(packed: PackedGMLP) -> Tensor:
+    """The head on its support with its output columns in their order: (Din, P, dout)."""
+    p = packed
+    return (p.head * p.head_support)[..., torch.argsort(p.out_cols)[:p.dout]]
 
 
 def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: Tensor, num_targets: int,
