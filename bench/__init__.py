@@ -3,8 +3,9 @@
 Compares one steerable point-convolution layer across implementations, side by
 side in one run on one device:
 
-* ``fastik-reference`` / ``fastik-triton`` / ``fastik-triton-csr`` — :class:`fastik.ImplicitPointConv`
-  on the reference (plain torch) and fused (Triton) backends;
+* ``fastik-reference`` / ``fastik-triton`` / ``fastik-triton-csr`` / ``fastik-fused`` / ``fastik-fused-csr``
+  (and ``-h64``: the anchors' MLP width) — :class:`fastik.ImplicitPointConv` on the reference (plain torch),
+  triton and fused (the whole G-MLP in one Triton op) backends, the ``-csr`` ones given the graph's CSR;
 * ``escnn-implicit`` — the paper's construction written with escnn (a G-MLP
   from the standard representation to ρin ⊗ ρout, materialised per edge);
 * ``escnn-pointconv`` — escnn's ``R3PointConv`` (analytical kernel basis);

@@ -312,6 +312,36 @@ def test_no_edges_and_csr():
         fused(x, pos, ei, csr=fastik.ops.build_csr((ei[1] + 1) % 5, 5))
 
 
+def test_csr_order_is_not_sorted_again(pooled, monkeypatch):
+    """With a csr the fused layer takes the edges in its order and passes their row pointer: the op does not sort
+    them, forward or backward, and forward and every gradient (the edge attributes' too) match the reference, with
+    either head.  The op refuses a row pointer of edges that are not sorted by target, or not theirs."""
+    from fastik.ops.aggregate import csr_rowptr
+    from fastik.triton_kernels import gmlp_conv
+
+    G = fastik.group("so3")
+    t, a = fastik.FieldType(G, "1x0e + 1x1o"), fastik.FieldType(G, "1x0e + 1x1o")
+    ref, fused = twins(t, t, edge_attr_type=a, hidden_channels=2)
+    pos, ei = graph(20, 150, 3)
+    x = torch.randn(20, t.dim, dtype=torch.float64, device=DEVICE)
+    attr = torch.randn(150, a.dim, dtype=torch.float64, device=DEVICE)
+    csr = fastik.ops.build_csr(ei[1], 20)
+    sort, sorts = gmlp_conv._by_target, []
+    monkeypatch.setattr(gmlp_conv, "_by_target", lambda *args: sorts.append(args[-1]) or sort(*args))
+    assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei, edge_attr=attr, csr=csr))
+    assert len(sorts) == (2 if pooled else 0) and all(rowptr is not None for rowptr in sorts)
+    src, tgt = ei
+    r = pos[src] - pos[tgt]
+    z, env, p = fused.kernel.embed(r, attr, None, None), fused.kernel.envelope(r), fused.kernel.packed(torch.float64)
+    rowptr, perm = csr_rowptr(tgt, 20), csr.perm
+    with pytest.raises(ValueError, match="sorted"):  # the edges in their own order
+        fused_gmlp_conv(z, env, x, p, src, tgt, 20, tgt_rowptr=rowptr)
+    with pytest.raises(ValueError, match="sorted"):  # not their row pointer
+        fused_gmlp_conv(z[perm], env[perm], x, p, src[perm], tgt[perm], 20, tgt_rowptr=rowptr.flip(0))
+    with pytest.raises(ValueError, match="tgt_rowptr"):
+        fused_gmlp_conv(z[perm], env[perm], x, p, src[perm], tgt[perm], 20, tgt_rowptr=rowptr[1:])
+
+
 def test_float32_within_fp32_round_off():
     G = fastik.group("so3")
     t = fastik.FieldType(G, "4x0e + 2x1o")

@@ -10,7 +10,8 @@ from torch import nn
 from ..workload import LayerSpec
 from .base import Impl, Unavailable
 
-__all__ = ["FastikReference", "FastikReferenceH64", "FastikTriton", "FastikTritonCSR", "FastikFused", "FastikFusedH64"]
+__all__ = ["FastikReference", "FastikReferenceH64", "FastikTriton", "FastikTritonCSR", "FastikFused", "FastikFusedCSR",
+           "FastikFusedH64"]
 
 #: hidden_channels giving a G-MLP width matched to the anchors (escnn / e3nn radial MLPs of width 64):
 #: 5 copies of 0e, 1o, 1e, 2e → H = 60, H + 1 = 61 for the standard fields
@@ -102,6 +103,13 @@ class FastikFused(FastikTriton):
     summary = ("fastik ImplicitPointConv, backend='fused': the whole G-MLP, head, contraction and scatter in one "
                "Triton op per edge block, recomputed in backward (nothing of size E·H stored)")
     backend = "fused"
+
+
+class FastikFusedCSR(FastikFused):
+    name = "fastik-fused-csr"
+    summary = ("fastik ImplicitPointConv, backend='fused' with a CSR: the edges taken in its order, so the op does "
+               "not sort them in forward and backward")
+    use_csr = True
 
 
 class FastikFusedH64(FastikFused):

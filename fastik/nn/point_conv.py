@@ -8,6 +8,7 @@ from ..groups import FieldType
 from ..ops import dispatch
 from ..ops.aggregate import CSR
 from ..ops.fused_gmlp import fused_gmlp_conv
+from ..ops.reference import validated_csr_targets
 from ._checks import check_int
 from .kernel import ImplicitKernel, compact_repr
 from .linear import invariant_bias, reset_children
@@ -44,9 +45,10 @@ class ImplicitPointConv(nn.Module):
             ``"triton"`` (G-MLP in torch, messages and aggregation in fused kernels; CUDA, or CPU
             under TRITON_INTERPRET=1), ``"fused"`` (the whole G-MLP inside one Triton op, recomputed
             in backward: nothing of size E × H exists; float32 or float64; gate nonlinearity only —
-            with ``fourier_elu`` it runs as ``"triton"``; a ``csr`` is checked, edges are summed
-            with atomics) or ``"auto"`` (triton on CUDA, else reference).  A run-time choice: it
-            changes no parameter or state_dict key.
+            with ``fourier_elu`` it runs as ``"triton"``; with a ``csr`` the edges are taken in its
+            order, so the op does not sort them; edges are summed with atomics) or ``"auto"``
+            (triton on CUDA, else reference).  A run-time choice: it changes no parameter or
+            state_dict key.
         avg_degree: expected number of incoming edges d; messages are scaled by 1/√d
             (sum) or √d (mean) so that outputs start with roughly unit variance.
         chunk_size: edges per chunk (None: ``mlp_chunk_size``, and on the reference
@@ -102,6 +104,12 @@ class ImplicitPointConv(nn.Module):
         indices_checked = self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
         src, tgt = edge_index.long()  # int32 indices: one copy, the kernels index with int64
         num_targets = pos_t.shape[0]
+        fused = dispatch.resolve_backend(self.backend, x) == "fused" and self.kernel.fusable
+        rowptr = None
+        if fused and csr is not None:  # the edges in the CSR's order: the fused op does not sort them again
+            tgt = validated_csr_targets(csr, tgt, num_targets, indices_checked)
+            src, rowptr = src[csr.perm], csr.rowptr
+            edge_attr = None if edge_attr is None else edge_attr[csr.perm]
         r = pos[src] - pos_t[tgt]
         if pos_target is None:  # a self-loop's r is identically 0: its exact derivative is zero, so stop
             r = torch.where((src == tgt)[:, None], r.detach(), r)  # the ±huge terms that cancel only to fp32 round-off
@@ -110,12 +118,10 @@ class ImplicitPointConv(nn.Module):
         if node_attr is not None:
             z_t = (node_attr if pos_target is None else node_attr_target)[tgt]
         parts = (r, edge_attr, z_t, None if node_attr is None else node_attr[src])
-        if dispatch.resolve_backend(self.backend, x) == "fused" and self.kernel.fusable:
-            if csr is not None:
-                csr.check(src.shape[0], num_targets, tgt)
+        if fused:
             out = fused_gmlp_conv(self.kernel.embed(*parts), self.kernel.envelope(r) * self.scale, x,
                                   self.kernel.packed(x.dtype), src, tgt, num_targets, self.precision,
-                                  indices_checked=indices_checked)
+                                  indices_checked=indices_checked, tgt_rowptr=rowptr)
         else:
             out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
                                          self.kernel.head.structured(x.dtype), src, tgt, num_targets,

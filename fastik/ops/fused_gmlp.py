@@ -18,7 +18,7 @@ function in torch, which forms per-edge kernel matrices — so one chunk's inter
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +150,7 @@ def head_columns(packed: PackedGMLP) -> Tensor:
 
 
 def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: Tensor, num_targets: int,
-           precision: str) -> None:
+           precision: str, tgt_rowptr: Optional[Tensor] = None) -> None:
     """Shapes, dtypes and devices (valid on fake tensors too)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -187,6 +187,10 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
             raise ValueError(f"{name} is {t.dtype} on {t.device}, must be {dtype} on {x.device} (the device of x)")
     if num_targets < 0:
         raise ValueError(f"num_targets must be ≥ 0, got {num_targets}")
+    if tgt_rowptr is not None and (tgt_rowptr.dtype != torch.int64 or tgt_rowptr.shape != (num_targets + 1,)
+                                   or tgt_rowptr.device != x.device):
+        raise ValueError(f"tgt_rowptr must be int64 of shape (num_targets + 1,) = ({num_targets + 1},) on "
+                         f"{x.device}, got {tgt_rowptr.dtype} {tuple(tgt_rowptr.shape)} on {tgt_rowptr.device}")
     if x.is_cuda and size > CUDA_MAX_WIDTH:
         raise NotImplementedError(
             f"backend='fused' on CUDA holds (16 x P) activations in registers and is compiled and checked up to "
@@ -233,82 +237,89 @@ def _packed(tensors: tuple, meta: tuple) -> PackedGMLP:
     return PackedGMLP(*tensors, *meta)
 
 
+def _contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
+
+
 def _kernel_args(p: PackedGMLP) -> dict:
     """The packed G-MLP as the launchers take it: a dict, tensors contiguous."""
     return {k: v.contiguous() if isinstance(v, Tensor) else v for k, v in p._asdict().items()}
 
 
-def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
-                  tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-                  precision: str, indices_checked: bool) -> Tensor:
+def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, tgt_rowptr: Optional[Tensor],
+                  num_targets: int, tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool,
+                  eps: float, precision: str, indices_checked: bool) -> Tensor:
     """Body of the forward op (a plain function: tests run it under a dispatch mode to see what it allocates)."""
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
-    _check(z, env, x, p, src, tgt, num_targets, precision)
+    _check(z, env, x, p, src, tgt, num_targets, precision, tgt_rowptr)
     if not indices_checked:
-        check_indices(x, src, tgt, num_targets)
+        check_indices(x, src, tgt, num_targets, tgt_rowptr)
         _check_packed_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
-    return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision))
+    return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision),
+                                    _contiguous(tgt_rowptr))
 
 
 # No argument has a default: torch 2.13 drops trailing arguments equal to their default before its
 # tensor-list autograd records the inputs' structure, and then rejects the backward's full-length return.
 @torch.library.custom_op("fastik::gmlp_conv", mutates_args=())
-def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
-            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
+def _fwd_op(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, tgt_rowptr: Optional[Tensor],
+            num_targets: int, tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
             precision: str, indices_checked: bool) -> Tensor:
-    return _forward_impl(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision,
-                         indices_checked)
+    return _forward_impl(z, env, x, src, tgt, tgt_rowptr, num_targets, tensors, dout, hidden, layers, norm, eps,
+                         precision, indices_checked)
 
 
 @_fwd_op.register_fake
-def _fwd_fake(z, env, x, src, tgt, num_targets, tensors, dout, hidden, layers, norm, eps, precision,
+def _fwd_fake(z, env, x, src, tgt, tgt_rowptr, num_targets, tensors, dout, hidden, layers, norm, eps, precision,
               indices_checked):
-    _check(z, env, x, _packed(tuple(tensors), (dout, hidden, layers, norm, eps)), src, tgt, num_targets, precision)
+    _check(z, env, x, _packed(tuple(tensors), (dout, hidden, layers, norm, eps)), src, tgt, num_targets, precision,
+           tgt_rowptr)
     return x.new_empty(num_targets, dout)
 
 
 def _backward_impl(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
-                   tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-                   precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
+                   tgt_rowptr: Optional[Tensor], tensors: list[Tensor], dout: int, hidden: int, layers: int,
+                   norm: bool, eps: float, precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
     """Body of the backward op (a plain function, as ``_forward_impl``)."""
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
-    _check(z, env, x, p, src, tgt, grad_out.shape[0], precision)
+    _check(z, env, x, p, src, tgt, grad_out.shape[0], precision, tgt_rowptr)
     if not indices_checked:
-        check_indices(x, src, tgt, grad_out.shape[0])
+        check_indices(x, src, tgt, grad_out.shape[0], tgt_rowptr)
         _check_packed_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
-    return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params))
+    return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params,
+                                         rowptr=_contiguous(tgt_rowptr)))
 
 
 @torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
-            tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool, eps: float,
-            precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
-    return _backward_impl(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision,
-                          need_params, indices_checked)
+            tgt_rowptr: Optional[Tensor], tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool,
+            eps: float, precision: str, need_params: bool, indices_checked: bool) -> list[Tensor]:
+    return _backward_impl(grad_out, z, env, x, src, tgt, tgt_rowptr, tensors, dout, hidden, layers, norm, eps,
+                          precision, need_params, indices_checked)
 
 
 @_bwd_op.register_fake
-def _bwd_fake(grad_out, z, env, x, src, tgt, tensors, dout, hidden, layers, norm, eps, precision, need_params,
-              indices_checked):
+def _bwd_fake(grad_out, z, env, x, src, tgt, tgt_rowptr, tensors, dout, hidden, layers, norm, eps, precision,
+              need_params, indices_checked):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
                                                           for k in _TRAINED]
 
 
 def _setup(ctx, inputs, output) -> None:
-    z, env, x, src, tgt, num_targets, tensors, *meta, indices_checked = inputs
-    ctx.save_for_backward(z, env, x, src, tgt, *tensors)
+    z, env, x, src, tgt, tgt_rowptr, num_targets, tensors, *meta, indices_checked = inputs
+    ctx.save_for_backward(z, env, x, src, tgt, tgt_rowptr, *tensors)
     ctx.meta, ctx.num_targets, ctx.indices_checked = tuple(meta), num_targets, indices_checked
 
 
 def _trained_needs(ctx) -> list[bool]:
     """Which of the packed parameters (``_TRAINED``) need a gradient: both ops take the packed tensors as their
-    seventh input, a list (one flag per tensor)."""
-    need = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[6]))
+    eighth input, a list (one flag per tensor)."""
+    need = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[7]))
     return [need[k] for k in _TRAINED]
 
 
@@ -320,22 +331,22 @@ def _packed_grads(grads: list) -> list:
 
 
 def _backward(ctx, grad_out: Tensor):
-    z, env, x, src, tgt, *tensors = ctx.saved_tensors
+    z, env, x, src, tgt, tgt_rowptr, *tensors = ctx.saved_tensors
     *meta, precision = ctx.meta
-    p = _packed(tuple(tensors), tuple(meta))
     mask = list(ctx.needs_input_grad[:3]) + _trained_needs(ctx)
-    grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, list(tensors), *meta,
-                                                     precision, any(mask[3:]), ctx.indices_checked))
+    grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, tgt_rowptr, list(tensors),
+                                                     *meta, precision, any(mask[3:]), ctx.indices_checked))
     gz, genv, gx, *gp = [g if m else None for g, m in zip(grads, mask)]
-    # one entry per input: src, tgt, num_targets; the list; the packed metadata, precision, indices_checked
-    return (gz, genv, gx, None, None, None, _packed_grads(gp)) + (None,) * (len(ctx.meta) + 1)
+    # one entry per input: src, tgt, tgt_rowptr, num_targets; the list; the packed metadata, precision,
+    # indices_checked
+    return (gz, genv, gx, None, None, None, None, _packed_grads(gp)) + (None,) * (len(ctx.meta) + 1)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup)
 
 
 def _bwd_setup(ctx, inputs, output) -> None:
-    grad_out, z, env, x, src, tgt, tensors, *meta, _precision_, need_params, _indices_checked = inputs
+    grad_out, z, env, x, src, tgt, _tgt_rowptr, tensors, *meta, _precision_, need_params, _indices_checked = inputs
     ctx.save_for_backward(grad_out, z, env, x, src, tgt, *tensors)
     ctx.meta, ctx.need_params = tuple(meta), need_params
     ctx.set_materialize_grads(False)  # an unused gradient's cotangent comes as None, not as zeros
@@ -372,15 +383,17 @@ def _double_backward(ctx, cotangents: list):
         for i, g in zip(wanted, found):
             if g is not None:
                 (grads[i][rows] if i in (1, 2) else grads[i]).add_(g)
-    # one entry per input: grad_out, z, env, x, src, tgt, the list; the metadata, precision, need_params, indices
-    return (*grads[:4], None, None, _packed_grads(grads[4:])) + (None,) * (len(ctx.meta) + 3)
+    # one entry per input: grad_out, z, env, x, src, tgt, tgt_rowptr, the list; the metadata, precision,
+    # need_params, indices
+    return (*grads[:4], None, None, None, _packed_grads(grads[4:])) + (None,) * (len(ctx.meta) + 3)
 
 
 _bwd_op.register_autograd(_double_backward, setup_context=_bwd_setup)
 
 
 def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor, tgt: Tensor,
-                    num_targets: int, precision: str = "ieee", indices_checked: bool = False) -> Tensor:
+                    num_targets: int, precision: str = "ieee", indices_checked: bool = False,
+                    tgt_rowptr: Optional[Tensor] = None) -> Tensor:
     """(num_targets, dout): the implicit convolution of a packed G-MLP, fully fused on Triton.
 
     Args:
@@ -390,12 +403,16 @@ def fused_gmlp_conv(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: 
         packed: the G-MLP (:meth:`fastik.nn.ImplicitKernel.packed`).
         src, tgt: (E,) int64 source / target of each edge (checked before any launch).
         precision: dot precision of the weight matmuls: "ieee", "tf32" or "tf32x3" (float32 only).
-        indices_checked: the caller has validated these very src / tgt (ranges) and packed index tensors
-            (built by ``ImplicitKernel.packed``), unchanged since: skip the check and its host sync, forward and
-            backward.
+        indices_checked: the caller has validated these very src / tgt (ranges), ``tgt_rowptr`` and the packed
+            index tensors (built by ``ImplicitKernel.packed``), unchanged since: skip the checks and their host
+            syncs, forward and backward.
+        tgt_rowptr: (num_targets + 1,) int64, optional: the edges come sorted by target and this is their CSR
+            row pointer (``fastik.ops.aggregate.csr_rowptr``; checked unless ``indices_checked``). Where the head
+            pools per target (mean in-degree ≥ 4) the op then takes the edges in their order instead of sorting
+            them (an argsort and copies of z, env, src, tgt) in forward and backward.
 
     Differentiable w.r.t. z, env, x and the packed parameters (weight, bias, scale, shift, head).
     """
-    _check(z, env, x, packed, src, tgt, num_targets, precision)
-    return torch.ops.fastik.gmlp_conv(z, env, x, src, tgt, num_targets, list(packed[:_TENSORS]), *packed[_TENSORS:],
-                                      precision, bool(indices_checked))
+    _check(z, env, x, packed, src, tgt, num_targets, precision, tgt_rowptr)
+    return torch.ops.fastik.gmlp_conv(z, env, x, src, tgt, tgt_rowptr, num_targets, list(packed[:_TENSORS]),
+                                      *packed[_TENSORS:], precision, bool(indices_checked))

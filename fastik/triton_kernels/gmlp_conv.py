@@ -1053,8 +1053,10 @@ def pools(e: int, num_targets: int) -> bool:
     return e >= POOL_MIN_DEGREE * num_targets
 
 
-def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str):
-    """(num_targets, dout): the convolution of the packed G-MLP (inputs validated and contiguous)."""
+def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict, precision: str,
+                  rowptr: torch.Tensor | None = None):
+    """(num_targets, dout): the convolution of the packed G-MLP (inputs validated and contiguous; ``rowptr``: the
+    edges come sorted by target with this CSR row pointer, so the pooled head does not sort them)."""
     e, k0 = z.shape
     out = torch.zeros(num_targets, dout, device=x.device, dtype=x.dtype)
     if e == 0 or num_targets == 0 or dout == 0 or x.shape[1] == 0:
@@ -1062,7 +1064,7 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     with device_ctx(x):
         meta = _meta(packed, k0, precision)
         if pools(e, num_targets):
-            _pooled_fwd(z, env, x, src, tgt, out, packed, meta)
+            _pooled_fwd(z, env, x, src, tgt, out, packed, meta, rowptr)
         else:
             _launch_persistent(_gmlp_conv_fwd_kernel, "fwd", e,
                                (z, env, x, src, tgt, out, *(packed[k] for k in _PARAMS + _FWD_TILES)),
@@ -1070,21 +1072,23 @@ def gmlp_conv_fwd(z, env, x, src, tgt, num_targets: int, dout: int, packed: dict
     return out
 
 
-def _by_target(z, env, src, tgt, num_targets: int) -> tuple:
+def _by_target(z, env, src, tgt, num_targets: int, rowptr: torch.Tensor | None) -> tuple:
     """The edges sorted by target (stable): (order, then z, env, src and tgt in that order: copies of E rows, and
-    the CSR row pointers (num_targets + 1,))."""
+    the CSR row pointers (num_targets + 1,)); given ``rowptr`` (the edges come sorted), (None, the inputs, rowptr)."""
+    if rowptr is not None:
+        return None, z, env, src, tgt, rowptr
     order = torch.argsort(tgt, stable=True)
     rowptr = F.pad(torch.bincount(tgt, minlength=num_targets).cumsum(0), (1, 0))
     return order, z[order], env[order], src[order], tgt[order], rowptr
 
 
-def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict) -> None:
+def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torch.Tensor | None) -> None:
     """The forward with the head on pooled features: the edges sorted by target (``_by_target``), then per wave
     of edges their h1 rows (``_gmlp_rows_kernel``) into a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB
     on 132 SMs at IN_K = 64) and the pooled head on them (``_gmlp_pool_fwd_kernel``); adds into out."""
     e, k0 = z.shape
     din, in_k = x.shape[1], meta["IN_K"]
-    _, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, out.shape[0])
+    _, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, out.shape[0], rowptr)
     rows, pool = launch_config("fwd", in_k), launch_config("pool", in_k, din=din)
     wave = WAVE_CHUNKS * rows["CHUNK"] * _programs(x, PROGRAMS_PER_SM["fwd"])
     hb = torch.empty(min(wave, triton.cdiv(e, rows["CHUNK"]) * rows["CHUNK"]), in_k, device=x.device, dtype=x.dtype)
@@ -1101,20 +1105,20 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict) -> None:
 
 
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
-                  head_chunk: int | None = None):
+                  head_chunk: int | None = None, rowptr: torch.Tensor | None = None):
     """Gradients of ⟨grad_out, forward⟩: (grad_z, grad_env, grad_x, then one per packed parameter:
     weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``; weight and head only on
     their supports ``weight_support`` / ``head_support``, zero elsewhere). The head's side pools per target
     (``pooled_bwd``) at mean in-degree ≥ POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of
     the edge-wise head kernel (grad_x, grad_env, the head's gradient; a power of two; default ``launch_config``'s),
-    for tuning — given, the head's side runs per edge at any in-degree."""
+    for tuning — given, the head's side runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
     grads = [torch.zeros_like(t) for t in (z, env, x)] + \
             [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
     if z.shape[0] == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
     gout = head_order(grad_out, packed)
     if pools(z.shape[0], grad_out.shape[0]) and head_chunk is None:
-        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params)
+        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, rowptr)
     else:
         edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk)
     return tuple(grads)
@@ -1167,17 +1171,19 @@ def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
     _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv)
 
 
-def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool) -> None:
-    """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's
-    order: the edges sorted by target (``_by_target``), then per wave of edges their h1 rows and the layers' state
-    (``_WaveState``), the head's side — grad_x, grad_env, the head's gradient (with ``need_params``) and
-    grad_h̃ into the wave's buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads =
-    (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
+               rowptr: torch.Tensor | None = None) -> None:
+    """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's order:
+    the edges sorted by target (``_by_target``; not when given ``rowptr``, the CSR row pointer of edges that come
+    sorted), then per wave of edges their h1 rows and the layers' state (``_WaveState``), the head's side — grad_x,
+    grad_env, the head's gradient (with ``need_params``) and grad_h̃ into the wave's buffer — and the G-MLP's backward
+    on it (``_layers_bwd``).  Adds into grads = (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale,
+    grad_shift, grad_head)."""
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     din = x.shape[1]
     meta = _meta(packed, z.shape[1], precision)
-    order, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, gout.shape[0])
-    gzs, genvs = torch.zeros_like(zs), torch.zeros_like(envs)
+    order, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, gout.shape[0], rowptr)
+    gzs, genvs = (gz, genv) if order is None else (torch.zeros_like(zs), torch.zeros_like(envs))
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
@@ -1192,8 +1198,9 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
 
     _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv)
-    gz.index_add_(0, order, gzs)
-    genv.index_add_(0, order, genvs)
+    if order is not None:
+        gz.index_add_(0, order, gzs)
+        genv.index_add_(0, order, genvs)
 
 
 def _bwd_wave(x: torch.Tensor, meta: dict) -> int:
