@@ -210,8 +210,8 @@ def test_layer_checks_indices_once_per_call_not_per_chunk(monkeypatch, backend, 
     csr = fastik.ops.build_csr(ei[1], n) if use_csr else None
     counts = _count_index_checks(monkeypatch)
     layer(x, pos, ei, csr=csr).square().sum().backward()
-    assert counts["ops"] == (1 if use_csr and backend != "fused" else 0)  # the csr's row pointer, once (the fused
-    # backend aggregates with atomics: it only checks that the csr belongs to the graph)
+    assert counts["ops"] == (1 if use_csr else 0)  # the csr's row pointer, once (the fused backend's pooled head
+    # takes the edges in its order)
     counts["ops"] = 0
     fastik.ops.scatter_sum(torch.ones(3, 2), torch.tensor([0, 1, 1]), 2)  # a direct call still checks
     assert counts["ops"] == 1
