@@ -1084,24 +1084,23 @@ def _by_target(z, env, src, tgt, num_targets: int, rowptr: torch.Tensor | None) 
 
 def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torch.Tensor | None) -> None:
     """The forward with the head on pooled features: the edges sorted by target (``_by_target``), then per wave
-    of edges their h1 rows (``_gmlp_rows_kernel``) into a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB
+    of edges their h1 rows (``_WaveRows``) into a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB
     on 132 SMs at IN_K = 64) and the pooled head on them (``_gmlp_pool_fwd_kernel``); adds into out."""
-    e, k0 = z.shape
+    e = z.shape[0]
     din, in_k = x.shape[1], meta["IN_K"]
     _, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, out.shape[0], rowptr)
-    rows, pool = launch_config("fwd", in_k), launch_config("pool", in_k, din=din)
-    wave = WAVE_CHUNKS * rows["CHUNK"] * _programs(x, PROGRAMS_PER_SM["fwd"])
-    hb = torch.empty(min(wave, triton.cdiv(e, rows["CHUNK"]) * rows["CHUNK"]), in_k, device=x.device, dtype=x.dtype)
+    pool = launch_config("pool", in_k, din=din)
+    wave = WAVE_CHUNKS * launch_config("fwd", in_k)["CHUNK"] * _programs(x, PROGRAMS_PER_SM["fwd"])
+    h1 = _WaveRows(zs, x, packed, meta, wave, save=False)
     grid = min(triton.cdiv(out.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool"]))
     pb = torch.empty(grid, pool["TB"], din, in_k, device=x.device, dtype=x.dtype)
     for w in range(0, e, wave):
         ew = min(e, w + wave) - w
-        _launch_persistent(_gmlp_rows_kernel, "fwd", ew, (zs[w:], *(packed[k] for k in _LAYERS), hb, hb), (),
-                           (packed["eps"], ew, k0, packed["hidden"]), meta, x, SV=0)
+        h1(slice(w, w + ew))
         _gmlp_pool_fwd_kernel[(grid,)](
-            hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out, *(packed[k] for k in ("head",) + _FWD_TILES), pb, w, ew,
-            din, out.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k,
-            DIN_P=din_padded(din), PRECISION=meta["PRECISION"], **pool)
+            h1.hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out, *(packed[k] for k in ("head",) + _FWD_TILES), pb, w,
+            ew, din, out.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k, DIN_P=din_padded(din),
+            PRECISION=meta["PRECISION"], **pool)
 
 
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
@@ -1148,7 +1147,7 @@ def head_side_bwd(gout, hb, env, x, src, tgt, packed: dict, precision: str, grad
 def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
                   chunk: int | None = None) -> None:
     """The whole backward with the head per edge, gout in the head's order (``head_order``), in waves of edges:
-    per wave the h1 rows and the layers' state (``_WaveState``) into buffers of the wave's rows, the head's side
+    per wave the h1 rows and the layers' state (``_WaveRows``) into buffers of the wave's rows, the head's side
     on the h1 rows (``head_side_bwd``: grad_x, grad_env, the head's gradient with ``need_params``) and grad_h̃
     (``_gmlp_grad_h_kernel``, on the tiles: no MLP) into a buffer of the wave's rows, then the G-MLP's backward
     on both (``_layers_bwd``).  ``chunk``: the head kernel's (``gmlp_conv_bwd``'s head_chunk).  Adds into grads =
@@ -1156,7 +1155,8 @@ def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     meta = _meta(packed, z.shape[1], precision)
     config = launch_config("grad_h", meta["IN_K"])
-    save = _WaveState(z, x, packed, meta, launch_chunk("head_bwd", meta["IN_K"], chunk))
+    reader = launch_chunk("head_bwd", meta["IN_K"], chunk)
+    save = _WaveRows(z, x, packed, meta, _bwd_wave(x, meta), save=True, chunk=reader)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         ew = edges.stop - edges.start
@@ -1175,7 +1175,7 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
                rowptr: torch.Tensor | None = None) -> None:
     """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's order:
     the edges sorted by target (``_by_target``; not when given ``rowptr``, the CSR row pointer of edges that come
-    sorted), then per wave of edges their h1 rows and the layers' state (``_WaveState``), the head's side — grad_x,
+    sorted), then per wave of edges their h1 rows and the layers' state (``_WaveRows``), the head's side — grad_x,
     grad_env, the head's gradient (with ``need_params``) and grad_h̃ into the wave's buffer — and the G-MLP's backward
     on it (``_layers_bwd``).  Adds into grads = (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale,
     grad_shift, grad_head)."""
@@ -1187,7 +1187,7 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
-    save = _WaveState(zs, x, packed, meta)
+    save = _WaveRows(zs, x, packed, meta, _bwd_wave(x, meta), save=True)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         w, ew = edges.start, edges.stop - edges.start
@@ -1208,19 +1208,22 @@ def _bwd_wave(x: torch.Tensor, meta: dict) -> int:
     return WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
 
 
-class _WaveState:
-    """The backward's G-MLP pass over a wave of edges (``_gmlp_rows_kernel``): calling it with a slice of the edges
-    writes their h1 rows to ``hb`` (IN_K floats per edge) and each layer's state to ``sv`` (``saved_width``
-    floats per edge: 384 at the anchors' width, 52 MB for a wave on 132 SMs; None without hidden layers), the
-    buffers of one wave's rows of the G-MLP's backward (``_layers_bwd``) in the rows kernel's chunks.  ``hb``'s
-    rows past the wave's edges, up to a multiple of ``chunk`` (a reader's chunk, a power of two), are finite."""
+class _WaveRows:
+    """The G-MLP pass over a wave of at most ``wave`` edges (``_gmlp_rows_kernel``): calling it with a slice of the
+    edges writes their h1 rows to ``hb`` (IN_K floats per edge) and, with ``save`` (the backward), each layer's
+    state to ``sv`` (``saved_width`` floats per edge: 384 at the anchors' width, 52 MB for a wave on 132 SMs; None
+    without hidden layers or ``save``), buffers of one wave's rows in the rows kernel's chunks.  ``hb``'s rows past
+    the wave's edges, up to a multiple of ``chunk`` (a reader's chunk, a power of two), are finite (zeroed where
+    that chunk is longer than the rows kernel's)."""
 
-    def __init__(self, z: torch.Tensor, x: torch.Tensor, packed: dict, meta: dict, chunk: int = 1) -> None:
+    def __init__(self, z: torch.Tensor, x: torch.Tensor, packed: dict, meta: dict, wave: int, save: bool,
+                 chunk: int = 1) -> None:
         self.z, self.x, self.packed, self.meta = z, x, packed, meta
-        chunk = max(chunk, launch_config("fwd", meta["IN_K"])["CHUNK"])
-        rows = triton.cdiv(min(z.shape[0], _bwd_wave(x, meta)), chunk) * chunk
-        width = saved_width(meta["P"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"])
-        self.hb = torch.zeros(rows, meta["IN_K"], device=x.device, dtype=x.dtype)
+        written = launch_config("fwd", meta["IN_K"])["CHUNK"]
+        step = max(chunk, written)
+        rows = triton.cdiv(min(z.shape[0], wave), step) * step
+        width = saved_width(meta["P"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"]) if save else 0
+        self.hb = (torch.zeros if step > written else torch.empty)(rows, meta["IN_K"], device=x.device, dtype=x.dtype)
         self.sv = torch.empty(rows, width, device=x.device, dtype=x.dtype) if width else None
 
     def __call__(self, edges: slice) -> None:
@@ -1235,7 +1238,7 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
                 sv: torch.Tensor | None) -> None:
     """The G-MLP's backward in waves of edges: ``grad_h(edges, gh)`` writes grad_h̃ of the wave's edges (a slice)
     into gh, a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64), and the layers'
-    forward state of the wave's edges into ``sv`` (``_WaveState``; None without hidden layers), then
+    forward state of the wave's edges into ``sv`` (``_WaveRows``; None without hidden layers), then
     ``_gmlp_conv_bwd_kernel`` back-propagates; adds into grads = (grad_z, grad_weight, grad_bias, grad_scale,
     grad_shift; all but grad_z only with ``need_params``)."""
     e, k0 = z.shape
