@@ -42,12 +42,13 @@ x[src, c] · (grad_out[tgt] @ HEAD[c]ᵀ) (on the tiles; no MLP, no h̃) of the 
 then ``_gmlp_conv_bwd_kernel`` reads both back per block of edges and, from the last layer to the first, back-propagates
 each layer from its saved state (``_layer_state``), recomputing nothing.  The parameter gradients are sums over edges,
 added to memory with atomics — as few as possible.  Every kernel runs persistent programs (PROGRAMS_PER_SM), each takes
-chunks of CHUNK edges in turn.  The forward writes the chunk's h1 rows into a per-program scratch (the head kernel
-grad_out[tgt]) and then applies the head to the whole chunk (each head tile read serves CHUNK edges); the backward
-kernel writes the rows a layer's weight gradient is summed from (each layer's input and linear-part gradient) into its
-scratch and, after the chunk, sums them with dots over the edge dimension before one atomic per entry; the head kernel
-sums the head's gradient over the chunk the same way, 16 channels' tiles of one (row tile, output tile) pair per dot
-(their operand slices read once, not once per channel).
+chunks of CHUNK edges in turn (their number, ``programs``, comes as an argument: ``tl.num_programs(0)``, the loops'
+stride, was kept in local memory across the backward's weight-gradient call under Triton 3.8).  The forward writes the
+chunk's h1 rows into a per-program scratch (the head kernel grad_out[tgt]) and then applies the head to the whole chunk
+(each head tile read serves CHUNK edges); the backward kernel writes the rows a layer's weight gradient is summed from
+(each layer's input and linear-part gradient) into its scratch and, after the chunk, sums them with dots over the edge
+dimension before one atomic per entry; the head kernel sums the head's gradient over the chunk the same way, 16
+channels' tiles of one (row tile, output tile) pair per dot (their operand slices read once, not once per channel).
 Where the mean in-degree is at least POOL_MIN_DEGREE the head runs per target instead: the edges are sorted by
 target, ``_gmlp_rows_kernel`` writes the h1 rows of a wave of edges to a buffer of one wave's rows, and
 ``_gmlp_pool_fwd_kernel`` sums each target's pooled features P = Σ_e env·x[src]ᵀ h1 (DIN × IN_K) and multiplies
@@ -251,6 +252,15 @@ def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, wsup_ptr, gw_ptr, gb_ptr, P: t
             entries = l * P * P + k * P + t * PT + (offs_g // PT) * P + offs_g % PT
             tl.atomic_add(gw_ptr + entries, tl.load(st_ptr + k * PT + offs_g), mask=tl.load(wsup_ptr + entries) != 0,
                           sem="relaxed")
+
+
+@triton.jit(noinline=True)  # one call site per chunk: across two, ptxas held a value in local memory (4–8 B)
+def _weight_grads(ws_ptr, st_ptr, L: tl.constexpr, wsup_ptr, gw_ptr, gb_ptr, P: tl.constexpr, IN_K: tl.constexpr,
+                  K0P: tl.constexpr, SW: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, ST: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """``_weight_grad`` of each of the L layers, one after the other."""
+    for l in tl.static_range(L):
+        _weight_grad(ws_ptr, st_ptr, l, wsup_ptr, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE, ST, PRECISION)
 
 
 @triton.jit
@@ -525,7 +535,7 @@ def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count,
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-    head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
+    head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     CHUNK: tl.constexpr,
@@ -540,7 +550,7 @@ def _gmlp_conv_fwd_kernel(
     hs_ptr += pid * CHUNK * IN_K
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     offs_t = tl.arange(0, _HT)
-    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+    for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
                   cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK,
@@ -559,7 +569,7 @@ def _gmlp_conv_fwd_kernel(
 @triton.jit
 def _gmlp_rows_kernel(
     z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-    triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H,
+    triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     CHUNK: tl.constexpr, SV: tl.constexpr,
@@ -570,7 +580,7 @@ def _gmlp_rows_kernel(
     G-MLP's backward kernel reads instead of recomputing the layers."""
     pid = tl.program_id(0)
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
-    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+    for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
                   cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
@@ -636,7 +646,7 @@ def _pooled_head_sum(pb_ptr, rows, W, head_ptr, blk_ptr, count, t, DIN, IN_K: tl
 @triton.jit
 def _gmlp_pool_fwd_kernel(
     hb_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, out_ptr, head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, pb_ptr,
-    W0, E, DIN, DOUT,
+    W0, E, DIN, DOUT, programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
     CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -653,7 +663,7 @@ def _gmlp_pool_fwd_kernel(
     last = tl.load(tgt_ptr + E - 1)
     offs_i = tl.arange(0, TB)
     offs_t = tl.arange(0, _HT)
-    for block in range(pid, tl.cdiv(last - first + 1, TB), tl.num_programs(0)):
+    for block in range(pid, tl.cdiv(last - first + 1, TB), programs):
         t0 = first + block * TB
         _pool_block(hb_ptr, env_ptr, x_ptr, src_ptr, rowptr_ptr, pb_ptr, t0, last, W0, E, DIN, IN_K, DIN_P, TB, CT, KE,
                     PRECISION)
@@ -674,7 +684,7 @@ def _gmlp_pool_fwd_kernel(
 @triton.jit
 def _gmlp_pool_bwd_kernel(
     hb_ptr, gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr,
-    ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ghead_ptr, sb_ptr, W0, E, H, DIN,
+    ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ghead_ptr, sb_ptr, W0, E, H, DIN, programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
     CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr, NEED_HEAD: tl.constexpr,
 ):
@@ -699,7 +709,7 @@ def _gmlp_pool_bwd_kernel(
     offs_i = tl.arange(0, TB)
     offs_t = tl.arange(0, _HT)
     offs_k = tl.arange(0, IN_K)
-    for block in range(pid, tl.cdiv(last - first + 1, TB), tl.num_programs(0)):
+    for block in range(pid, tl.cdiv(last - first + 1, TB), programs):
         t0 = first + block * TB
         gy_rows = tl.minimum(t0 + offs_i, last)  # rows of gout; the targets past the wave's last have no edge here
         if NEED_HEAD:
@@ -791,7 +801,7 @@ def _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, g_ptr, gh_ptr, gx_ptr, genv_ptr,
 @triton.jit
 def _gmlp_head_bwd_kernel(
     gout_ptr, hb_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
-    head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, gs_ptr, E, DIN,
+    head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, gs_ptr, E, DIN, programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_HEAD: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr,
 ):
@@ -808,7 +818,7 @@ def _gmlp_head_bwd_kernel(
     pid = tl.program_id(0)
     gs_ptr += pid * CHUNK * DOUT_P
     TT: tl.constexpr = DOUT_P // _HT
-    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+    for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
         hs_ptr = hb_ptr + start * IN_K
         _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
@@ -917,7 +927,7 @@ def _gmlp_conv_bwd_kernel(
     gh_ptr, sv_ptr, z_ptr,
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
     wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
-    eps, E, K0,
+    eps, E, K0, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr, SV: tl.constexpr,
@@ -936,7 +946,7 @@ def _gmlp_conv_bwd_kernel(
     ss_ptr += pid * 2 * L * BLOCK_E * P
     KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of z's gradient
     offs_k = tl.arange(0, IN_K)
-    for chunk in range(pid, tl.cdiv(E, CHUNK), tl.num_programs(0)):
+    for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         for s in range(CHUNK // BLOCK_E):
             rows = s * BLOCK_E + tl.arange(0, BLOCK_E)
             start = tl.cast(chunk, tl.int64) * CHUNK + s * BLOCK_E
@@ -957,9 +967,8 @@ def _gmlp_conv_bwd_kernel(
                      mask=mask_e[:, None] & (offs_z < K0)[None, :])
         if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_h̃ is 0)
             tl.debug_barrier()  # the rows are read back by other threads of the program
-            for l in tl.static_range(L):
-                _weight_grad(ws_ptr, st_ptr, l, wsup_ptr, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE,
-                             BLOCK_E * max(P, DOUT_P), PRECISION)
+            _weight_grads(ws_ptr, st_ptr, L, wsup_ptr, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE,
+                          BLOCK_E * max(P, DOUT_P), PRECISION)
             tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
@@ -1004,7 +1013,7 @@ def _launch_persistent(kernel, name: str, e: int, args: tuple, scratch_widths: t
     if staged:
         scratch.append(torch.empty(grid, config["BLOCK_E"] * max(meta["P"], meta["DOUT_P"]), device=x.device,
                                    dtype=x.dtype))
-    kernel[(grid,)](*args, *scratch, *sizes, **meta, **config, **flags)
+    kernel[(grid,)](*args, *scratch, *sizes, grid, **meta, **config, **flags)
 
 
 def launch_chunk(name: str, in_k: int, chunk: int | None = None) -> int:
@@ -1099,7 +1108,7 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torc
         h1(slice(w, w + ew))
         _gmlp_pool_fwd_kernel[(grid,)](
             h1.hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out, *(packed[k] for k in ("head",) + _FWD_TILES), pb, w,
-            ew, din, out.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k, DIN_P=din_padded(din),
+            ew, din, out.shape[1], grid, P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k, DIN_P=din_padded(din),
             PRECISION=meta["PRECISION"], **pool)
 
 
@@ -1194,7 +1203,7 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
         save(edges)
         _gmlp_pool_bwd_kernel[(grid,)](
             save.hb, gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
-            genvs[edges], ghead, sb, w, ew, packed["hidden"], din, P=meta["P"], DOUT_P=meta["DOUT_P"],
+            genvs[edges], ghead, sb, w, ew, packed["hidden"], din, grid, P=meta["P"], DOUT_P=meta["DOUT_P"],
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
 
     _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv)
