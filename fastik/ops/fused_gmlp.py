@@ -223,10 +223,6 @@ def _check_packed_indices(p: PackedGMLP) -> None:
                          "gate_columns out of range: build them with ImplicitKernel.packed")
 
 
-def _precision(x: Tensor, precision: str) -> str:
-    return precision if x.dtype == torch.float32 else "ieee"
-
-
 def _kernels():
     from fastik.triton_kernels import gmlp_conv
 
@@ -257,7 +253,7 @@ def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, t
         _check_packed_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
-    return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), _precision(x, precision),
+    return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), precision,
                                     _contiguous(tgt_rowptr))
 
 
@@ -290,7 +286,7 @@ def _backward_impl(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Ten
         _check_packed_indices(p)
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
-    return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), _precision(x, precision), need_params,
+    return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), precision, need_params,
                                          rowptr=_contiguous(tgt_rowptr)))
 
 
