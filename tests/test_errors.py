@@ -258,3 +258,29 @@ def test_hand_assembled_csr_that_is_not_the_graphs_is_refused(backend):
     worse[3] = 10 ** 6  # out of bounds
     with pytest.raises(ValueError, match="rowptr must be monotone"):
         layer(x, pos, ei, csr=agg.CSR(good.perm, worse, n))
+
+
+def test_index_checks_with_a_row_pointer_sync_once(monkeypatch):
+    """An op given a row pointer checks the indices' range and that the row pointer is the sorted edges' in one
+    host sync (on CUDA each sync waits for the queued kernels), and still refuses every wrong row pointer."""
+    from fastik.ops._contract import check_indices, check_rowptr
+
+    tgt = torch.tensor([0, 0, 2, 2, 2, 4])
+    x, rowptr = torch.zeros(5, 2), agg.csr_rowptr(tgt, 6)
+    syncs = []
+    for name in ("tolist", "item", "__bool__"):
+        method = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _m=method, _n=name: syncs.append(_n) or _m(t, *a))
+    monkeypatch.setattr(torch, "equal", lambda *a: pytest.fail("torch.equal syncs"))
+    check_indices(x, tgt, tgt, 6, rowptr)
+    assert len(syncs) == 1, syncs
+    syncs.clear()
+    check_rowptr(tgt, rowptr, 6)
+    assert len(syncs) == 1, syncs
+    wrong = [(tgt, rowptr.flip(0)), (tgt, rowptr + 1), (tgt, rowptr[1:]), (tgt.flip(0), agg.csr_rowptr(tgt.flip(0), 6))]
+    wrong.append((tgt, torch.tensor([0, 1, 2, 5, 5, 6, 6])))  # monotone, from 0 to E, not the targets' row pointer
+    for targets, bad in wrong:
+        with pytest.raises(ValueError, match="not their CSR row pointer"):
+            check_indices(x, targets, targets, 6, bad)
+        with pytest.raises(ValueError, match="not their CSR row pointer"):
+            check_rowptr(targets, bad, 6)

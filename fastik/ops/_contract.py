@@ -132,35 +132,45 @@ def check_inputs(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
 
 def check_indices(x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
                   tgt_rowptr: Optional[Tensor] = None) -> None:
-    """Index range checks on real tensors, before any kernel launch (one sync)."""
+    """Index range checks on real tensors, before any kernel launch, and with ``tgt_rowptr`` that it is the
+    row pointer of the edges sorted by target (``check_rowptr``): one host sync in all."""
     e = src.shape[0]
     if e == 0:
         if tgt_rowptr is not None and num_targets >= 0 and bool((tgt_rowptr != 0).any()):
             raise ValueError("tgt_rowptr must be all zeros when there are no edges")
         return
     n = x.shape[0]
-    smin, smax = torch.aminmax(src)
-    tmin, tmax = torch.aminmax(tgt)
-    smin, smax, tmin, tmax = torch.stack([smin, smax, tmin, tmax]).tolist()
+    values = [*torch.aminmax(src), *torch.aminmax(tgt)]
+    if tgt_rowptr is not None:
+        values.append(_is_rowptr(tgt, tgt_rowptr, num_targets).long())
+    smin, smax, tmin, tmax, *rowptr_ok = torch.stack(values).tolist()
     if smin < 0 or smax >= n:
         raise IndexError(f"src indices must lie in [0, N={n}), got range [{smin}, {smax}]")
     if tmin < 0 or tmax >= num_targets:
         raise IndexError(f"tgt indices must lie in [0, num_targets={num_targets}), "
                          f"got range [{tmin}, {tmax}]")
-    if tgt_rowptr is not None:
-        check_rowptr(tgt, tgt_rowptr, num_targets)
+    if rowptr_ok and not rowptr_ok[0]:
+        raise ValueError(_NOT_ROWPTR)
+
+
+_NOT_ROWPTR = ("tgt_rowptr given, but edges are not sorted by target or tgt_rowptr is not their CSR row pointer "
+               "(see fastik.ops.aggregate.csr_rowptr)")
+
+
+def _is_rowptr(tgt: Tensor, tgt_rowptr: Tensor, num_targets: int) -> Tensor:
+    """0-dim bool, no host sync: ``tgt`` (E,) is sorted and ``tgt_rowptr`` (num_targets + 1,) is its CSR row
+    pointer — for sorted targets in range, the first position of each target t = 0, …, num_targets in ``tgt``."""
+    if tgt_rowptr.shape != (num_targets + 1,):
+        return torch.zeros((), dtype=torch.bool, device=tgt.device)
+    first = torch.searchsorted(tgt.contiguous(), torch.arange(num_targets + 1, device=tgt.device, dtype=tgt.dtype))
+    return (tgt[1:] >= tgt[:-1]).all() & (tgt_rowptr == first).all()
 
 
 def check_rowptr(tgt: Tensor, tgt_rowptr: Tensor, num_targets: int) -> None:
     """ValueError unless the edges are sorted by target and ``tgt_rowptr`` is their CSR row pointer
-    (``tgt`` in range already; a few host syncs)."""
-    counts = torch.bincount(tgt, minlength=num_targets)
-    ok = bool((tgt_rowptr[0] == 0).item()) and bool(
-        torch.equal(tgt_rowptr[1:] - tgt_rowptr[:-1], counts)) and bool(
-        (tgt[1:] >= tgt[:-1]).all().item())
-    if not ok:
-        raise ValueError("tgt_rowptr given, but edges are not sorted by target or "
-                         "tgt_rowptr is not their CSR row pointer (see fastik.ops.aggregate.csr_rowptr)")
+    (``tgt`` in range already; one host sync)."""
+    if not bool(_is_rowptr(tgt, tgt_rowptr, num_targets)):
+        raise ValueError(_NOT_ROWPTR)
 
 
 def _save(ctx, *args) -> None:
