@@ -51,7 +51,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .envinfo import REPO_ROOT
 from .report import fmt_bytes, fmt_ms, write_json
@@ -728,15 +728,16 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
 
 
 @contextlib.contextmanager
-def _edge_wise(gc):
-    """Inside the block, the fused op of module ``gc`` (fastik.triton_kernels.gmlp_conv) runs its head per edge,
-    forward and backward, at any in-degree (``POOL_MIN_DEGREE`` = ∞)."""
-    saved = gc.POOL_MIN_DEGREE
-    gc.POOL_MIN_DEGREE = math.inf
+def _setting(gc, name: str, value) -> Iterator[None]:
+    """Inside the block, module ``gc`` (fastik.triton_kernels.gmlp_conv) has its constant ``name`` set to ``value``:
+    POOL_MIN_DEGREE = ∞ runs the head per edge, forward and backward, at any in-degree; WAVE_CHUNKS sets the
+    backward's waves."""
+    saved = getattr(gc, name)
+    setattr(gc, name, value)
     try:
         yield
     finally:
-        gc.POOL_MIN_DEGREE = saved
+        setattr(gc, name, saved)
 
 
 @contextlib.contextmanager
@@ -927,7 +928,7 @@ def stage_split(ctx: Context) -> None:
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
-            with _edge_wise(gc):  # the head per edge, as before pooling (the forward also at BLOCK_E = 16)
+            with _setting(gc, "POOL_MIN_DEGREE", math.inf):  # the head per edge (the forward also at BLOCK_E = 16)
                 item(f"gmlp_conv fwd, edge-wise head ({tag})",
                      lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd_edge_wise"])
                 item(f"gmlp_conv bwd, edge-wise head ({tag})",
@@ -938,9 +939,14 @@ def stage_split(ctx: Context) -> None:
                          *fmodel["fwd_edge_wise"])
         gout_h = gc.head_order(gout, pdict)  # the edge-wise head kernel alone on all E edges' h1 rows, tf32x3
         sink = [torch.zeros_like(t) for t in (x, env, pdict["head"])]  # (gradients added, not kept)
-        hb = torch.rand(-(-e // 512) * 512, gc.used_columns(size, z.shape[1], packed.hidden), device=dev)
+        in_k = gc.used_columns(size, z.shape[1], packed.hidden)
+        rows = gc.launch_chunk("head_bwd", in_k)
+        hb = torch.rand(-(-e // rows) * rows, in_k, device=dev)
         item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head from h1 rows",
              lambda: gc.head_side_bwd(gout_h, hb, env, x, src, tgt, pdict, "tf32x3", sink, True))
+        with _setting(gc, "WAVE_CHUNKS", 1):  # waves half as long: saved rows 26 MB at the anchors' width, not 52
+            item(f"gmlp_conv bwd, one chunk per program per wave ({label}, P={size}, tf32x3)",
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
         with _gpu_config(gc, "bwd", BLOCK_E=16):  # the layers' backward on 16 edges at a time
             item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))

@@ -109,7 +109,8 @@ def test_dry_run_stage_results(dry_run):
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
         for variant in ("fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM",
-                        "bwd, saved layer states on 16-edge blocks", "fwd, pooled head on 32-target blocks",
+                        "bwd, saved layer states on 16-edge blocks", "bwd, one chunk per program per wave",
+                        "fwd, pooled head on 32-target blocks",
                         "bwd, pooled head on 32-target blocks"):
             assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
@@ -241,9 +242,12 @@ def test_gpu_run_plans_every_precision():
 
 
 def test_gpu_config_variant_is_restored():
-    """Stage d times the fused kernels' previous block sizes inside `_gpu_config`: the variant is what
-    launch_config returns on a GPU inside the block, and the default comes back after it, also after an error."""
+    """Stage d times the fused kernels' previous block sizes inside `_gpu_config` (and module constants inside
+    `_setting`): the variant is what launch_config returns on a GPU inside the block, and the default comes back
+    after it, also after an error."""
     pytest.importorskip("triton")
+    import torch
+
     from fastik.triton_kernels import gmlp_conv as gc
 
     before, programs = {k: dict(v) for k, v in gc.GPU_CONFIG.items()}, dict(gc.PROGRAMS_PER_SM)
@@ -254,6 +258,11 @@ def test_gpu_config_variant_is_restored():
         assert gc.launch_config("head_bwd", 64, interpret=False)["BLOCK_E"] == 16
         raise RuntimeError
     assert gc.GPU_CONFIG == before and gc.PROGRAMS_PER_SM == programs
+    waves = gc.WAVE_CHUNKS
+    with pytest.raises(RuntimeError), gpu_check._setting(gc, "WAVE_CHUNKS", waves + 1):
+        assert gc._bwd_wave(torch.empty(0), {"IN_K": 64}) == (waves + 1) * gc.launch_config("bwd", 64)["CHUNK"] * 2
+        raise RuntimeError
+    assert gc.WAVE_CHUNKS == waves
 
 
 def test_read_models_follow_the_code():
