@@ -155,9 +155,10 @@ def test_head_chunk_does_not_change_the_gradients():
 
 
 def test_tile_lists_in_any_order(pooled):
-    """The head's tile lists come sorted (grad_h̃ holds a grad_out tile while consecutive tiles share it, the pooled
-    backward sums G a row tile at a time); listed in any other order, forward and gradients are the same up to
-    round-off, with either head."""
+    """The head's tile lists per output tile and per row tile come sorted (grad_h̃ holds a grad_out tile while
+    consecutive tiles share it); listed in any other order, forward and gradients are the same up to round-off,
+    with either head.  The lists per channel must stay in row-tile order (the pooled backward stores each row tile
+    of G once: ``test_op_input_errors``)."""
     from fastik.triton_kernels.gmlp_conv import gmlp_conv_bwd, gmlp_conv_fwd
 
     tin, tout = (fastik.FieldType(fastik.group("so3"), f) for f in ("2x0e + 1x1o", "6x0e + 4x1o"))
@@ -168,7 +169,7 @@ def test_tile_lists_in_any_order(pooled):
     shuffled = dict(packed)
     g = torch.Generator().manual_seed(3)
     changes = []
-    for name in ("head_blocks", "head_row_blocks", "head_channel_blocks"):
+    for name in ("head_blocks", "head_row_blocks"):
         lists, counts = packed[name].clone(), packed[name.replace("blocks", "block_count")].tolist()
         for row, n in enumerate(counts):
             lists[row, :n] = lists[row, torch.randperm(n, generator=g)]
@@ -534,6 +535,9 @@ def test_op_input_errors():
         listed = getattr(p, blocks).clone()
         listed[0, 0] = k
         bad.append(p._replace(**{blocks: listed}))
+    swapped, two = p.head_channel_blocks.clone(), p.head_channel_block_count.clone()
+    swapped[0, :2], two[0] = torch.tensor([1, 0]), 2  # channel 0 lists row tile 0's output tiles 1, then 0
+    bad.append(p._replace(head_channel_blocks=swapped, head_channel_block_count=two))
     for packed in bad:
         with pytest.raises(IndexError, match="head_blocks"):
             fused_gmlp_conv(z, env, x, packed, idx, idx, 3)

@@ -42,7 +42,8 @@ class PackedGMLP(NamedTuple):
     padding), so the head's non-zeros lie in few (16 × 16) tiles, listed per output tile t (row t of
     ``head_blocks``, as k·Din + c: row tile k, input channel c), per row tile k (``head_row_blocks``, as
     t·Din + c) and per input channel c (``head_channel_blocks``, as k·(DOUT_P / 16) + t): a group's non-zero
-    tiles first, ``*_block_count`` of them (``fastik.nn.packing._head_tiles``).
+    tiles first, ``*_block_count`` of them, in increasing order (``fastik.nn.packing._head_tiles``; the op checks
+    it of ``head_channel_blocks``, whose row tiles the pooled backward takes in order).
     ``weight_support`` / ``head_support`` (1 or 0, same layouts): the entries of weight and head that are not
     structural zeros of an equivariant map. The op uses ``weight · weight_support`` and ``head · head_support``
     (the kernels assume the product is the tensor itself: zeros off the support, as packing makes them), and
@@ -202,7 +203,8 @@ def _check_packed_indices(p: PackedGMLP) -> None:
     """The packed index tensors in range, before any launch (one sync): out_cols a permutation of
     range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that], and every listed
     tile of the lists with a row-tile coordinate within h̃'s H + 1 columns (the kernels' scratch rows of h̃ end
-    there, at IN_K ≥ H + 1); column_index's blocks in [0, NB), its gates in [0, NG), gate_columns in [0, P)."""
+    there, at IN_K ≥ H + 1), each channel's listed tiles increasing (the pooled backward reads them in row-tile
+    order); column_index's blocks in [0, NB), its gates in [0, NG), gate_columns in [0, P)."""
     ok = [(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all()]
     for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
         n = getattr(p, blocks).shape[1]
@@ -213,14 +215,18 @@ def _check_packed_indices(p: PackedGMLP) -> None:
                                     (p.head_channel_blocks, p.head_channel_block_count, p.head.shape[2] // HEAD_TILE)):
         unlisted = torch.arange(blocks.shape[1], device=blocks.device) >= counts[:, None]
         ok.append(((blocks // per_row < row_tiles) | unlisted).all())
+    listed = torch.arange(1, p.head_channel_blocks.shape[1], device=p.head_channel_blocks.device) < \
+        p.head_channel_block_count[:, None]  # (a, its successor) both listed
+    ok.append(((p.head_channel_blocks[:, 1:] > p.head_channel_blocks[:, :-1]) | ~listed).all())
     nb, ng = p.mean.shape[2], p.gate_pick.shape[2]
     bounds = torch.tensor([nb, ng, ng], device=p.column_index.device)[:, None]
     ok += [((p.column_index >= 0) & (p.column_index < bounds)).all(),
            ((p.gate_columns >= 0) & (p.gate_columns < p.weight.shape[1])).all()]
     if not bool(torch.stack(ok).all()):
         raise IndexError("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) "
-                         "or its count out of range, or a listed tile below h̃'s H + 1 rows, or column_index / "
-                         "gate_columns out of range: build them with ImplicitKernel.packed")
+                         "or its count out of range, or a listed tile below h̃'s H + 1 rows, or a channel's listed "
+                         "tiles not increasing, or column_index / gate_columns out of range: build them with "
+                         "ImplicitKernel.packed")
 
 
 def _kernels():

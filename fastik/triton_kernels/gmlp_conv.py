@@ -694,8 +694,8 @@ def _gmlp_pool_bwd_kernel(
 
     * with NEED_HEAD, the pooled features P (``_pool_target``) and grad_head[c, k, t] += P[:, c, k]ᵀ @ gout[:, t]
       over the TB targets, per listed tile, one atomic per entry of the head's support;
-    * G[c, k] = Σ_t HEAD[c, k, t] @ gout[target, t]ᵀ per target (tiles listed per channel: cblk, ccnt), summed
-      into the zeroed scratch a run of one row tile at a time;
+    * G[c, k] = Σ_t HEAD[c, k, t] @ gout[target, t]ᵀ per target (tiles listed per channel, in row-tile order:
+      cblk, ccnt), each (TB × 16) tile of G stored once (zeros where channel c lists none);
     * per edge, KE at a time: grad_h̃ = env · x[src] @ G into gh (zero from column H on), s = h1 @ Gᵀ,
       grad_x[src] += env · s (atomics) and grad_env = Σ_c x[src, c] · s_c.
 
@@ -708,7 +708,6 @@ def _gmlp_pool_bwd_kernel(
     last = tl.load(tgt_ptr + E - 1)
     offs_i = tl.arange(0, TB)
     offs_t = tl.arange(0, _HT)
-    offs_k = tl.arange(0, IN_K)
     for block in range(pid, tl.cdiv(last - first + 1, TB), programs):
         t0 = first + block * TB
         gy_rows = tl.minimum(t0 + offs_i, last)  # rows of gout; the targets past the wave's last have no edge here
@@ -726,30 +725,20 @@ def _gmlp_pool_bwd_kernel(
                     entries = c * P * DOUT_P + (k + offs_t)[:, None] * DOUT_P + t * _HT + offs_t[None, :]
                     tl.atomic_add(ghead_ptr + entries, g, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
             tl.debug_barrier()  # every read of P is done before G overwrites it
-        for i in range(TB):  # G is summed into zeros (the previous block's G or P are there)
-            for c0 in tl.static_range(0, DIN_P, CT):
-                ch = c0 + tl.arange(0, CT)
-                tl.store(sb_ptr + i * DIN * IN_K + ch[:, None] * IN_K + offs_k[None, :],
-                         tl.zeros((CT, IN_K), dtype=sb_ptr.dtype.element_ty), mask=(ch < DIN)[:, None])
-        tl.debug_barrier()
         for c in range(DIN):  # G[:, c, k] = Σ_t gout[:, t] @ HEAD[c, k, t]ᵀ over channel c's listed tiles
-            acc = tl.zeros((TB, _HT), dtype=sb_ptr.dtype.element_ty)
-            held = tl.full((), -1, tl.int64)
+            lst = cblk_ptr + c * (P // _HT) * TT
             count = tl.load(ccnt_ptr + c)
-            for j in range(count + 1):  # the step past the list flushes its last run
-                kt = tl.load(cblk_ptr + c * (P // _HT) * TT + j, mask=j < count, other=-1)
-                k = tl.where(kt < 0, -1, kt // TT)
-                if (k != held) & (held >= 0):  # add the run of row tile ``held`` into sb (lists in any order)
-                    at = sb_ptr + offs_i[:, None] * (DIN * IN_K) + c * IN_K + held * _HT + offs_t[None, :]
-                    tl.debug_barrier()
-                    tl.store(at, tl.load(at) + acc)
-                    tl.debug_barrier()
-                    acc = tl.zeros((TB, _HT), dtype=sb_ptr.dtype.element_ty)
-                if kt >= 0:
+            j = tl.zeros_like(count)
+            kt = tl.load(lst, mask=count > 0, other=-1)
+            for k in range(IN_K // _HT):  # each row tile of G stored once (the list in row-tile order: checked)
+                acc = tl.zeros((TB, _HT), dtype=sb_ptr.dtype.element_ty)
+                while (kt >= 0) & (kt // TT == k):
                     col = kt % TT * _HT  # the output tile's first column
                     acc += tl.dot(_cols(gout_ptr, gy_rows, col, DOUT_P),
                                   _head_tile(head_ptr, c, k * _HT, col, P, DOUT_P, True), input_precision=PRECISION)
-                held = k
+                    j += 1
+                    kt = tl.load(lst + j, mask=j < count, other=-1)
+                tl.store(sb_ptr + offs_i[:, None] * (DIN * IN_K) + c * IN_K + k * _HT + offs_t[None, :], acc)
         tl.debug_barrier()  # G is read back by other threads of the program
         for i in range(TB):
             lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
