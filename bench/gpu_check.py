@@ -680,8 +680,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     x[src] (DIN values), src and env per channel tile, and per listed tile the (TB × 16) slice of the TB targets'
     pooled features, once per TB targets, and in the backward (``_gmlp_pool_bwd_kernel``, instead of the head
     kernel and grad_h̃) the same pooling, per listed tile the slices of P and of grad_out (head gradient) and of
-    grad_out again (G), G's slice per run of row tiles in a channel's list (its sum), and per KE edges of a target
-    all of its G (DIN × IN_K), the edges' h1 rows, x[src], src and env; the head kernel's grad_x pass h1's (from
+    grad_out again (G; each of G's tiles stored once, not read), and per KE edges of a target all of its G
+    (DIN × IN_K), the edges' h1 rows, x[src], src and env; the head kernel's grad_x pass h1's (from
     the rows pass's wave buffer) and grad_out's slices per tile (128 B), x[src, c] per channel, its head-gradient
     pass both slices, src and env per group of channels (``head_groups``; 140 B) and x[src, c] per tile;
     grad_h̃'s gathered grad_out slice per run of output tiles and x[src, c] per tile, src, tgt and env per row
@@ -714,10 +714,9 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     if degree >= POOL_MIN_DEGREE:
         fwd, bwd = (launch_config(name, in_k, interpret=False, din=din) for name in ("pool", "pool_bwd"))
         pooling = (din_padded(din) // fwd["CT"]) * (in_k * f4 + i8 + f4) + din * f4  # h1 rows per channel tile
-        g_runs = _runs(cpu["head_channel_blocks"], cpu["head_channel_block_count"], lambda b: b // (dout_p // T))
         edges = din * in_k * f4 * _pool_rows(degree, bwd["KE"]) / bwd["KE"] + in_k * f4 + din * f4 + i8 + f4
         out = {"fwd": pooling + tiles * slice_b / degree,
-               "pool_bwd": pooling + (3 * tiles + g_runs) * slice_b / degree + edges}
+               "pool_bwd": pooling + 3 * tiles * slice_b / degree + edges}
     else:
         out = {"fwd": fwd_runs * slice_b + tiles * f4,
                "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
