@@ -356,8 +356,9 @@ def test_float32_within_fp32_round_off():
     assert_same_grads([g.double() for g in g32], g64, 2, 1e-5)
 
 
-def test_forces_in_loss_double_backward():
-    """A loss on forces -∂E/∂pos: the second derivative through the fused op equals the reference's."""
+def test_forces_in_loss_double_backward(pooled):
+    """A loss on forces -∂E/∂pos: the second derivative through the fused op equals the reference's, with either
+    statement of the op in the double backward (per edge, per target on pooled features)."""
     G = fastik.group("so3")
     t = fastik.FieldType(G, "2x0e + 1x1o")
     ref, fused = twins(t, fastik.FieldType(G, "1x0e"), hidden_channels=2)
@@ -374,10 +375,11 @@ def test_forces_in_loss_double_backward():
     assert_same_grads(force_loss_grads(fused), force_loss_grads(ref), 0, TOL64)
 
 
-def test_double_backward_in_chunks(monkeypatch):
+def test_double_backward_in_chunks(monkeypatch, pooled):
     """Second derivatives of the op (every first-order output with a random cotangent, grad_out differentiable
-    too) equal packed_conv_reference's, taken over chunks of a few edges; no tensor of the double backward has
-    E·Din·Dout elements (packed_conv_reference's, whole, has)."""
+    too) equal packed_conv_reference's, taken over chunks of a few edges — consecutive edges through
+    packed_conv_reference, or pooled (packed_conv_pooled) on runs of targets' edges, which chunk boundaries cut;
+    no tensor of the double backward has E·Din·Dout elements (packed_conv_reference's, whole, has)."""
     G = fastik.group("so3")
     t = fastik.FieldType(G, "2x0e + 2x1o")
     conv = fastik.ImplicitPointConv(t, t, hidden_channels=2).double()
@@ -401,10 +403,17 @@ def test_double_backward_in_chunks(monkeypatch):
     with LargestTensor() as mode:
         expected = second(packed_conv_reference)
     assert mode.numel >= dense
-    monkeypatch.setattr(fg, "DOUBLE_BACKWARD_FLOATS", dense // 5)  # chunks of ≈ e / 5 edges
+    size = p.weight.shape[1]  # pooled: activations and at most one (P × Din) per edge of a chunk
+    per_edge = size * (p.layers + 2) + (size * t.dim if pooled else t.dim * t.dim)
+    monkeypatch.setattr(fg, "DOUBLE_BACKWARD_FLOATS", per_edge * e // 6)  # chunks of e / 6 edges
+    calls, statement = [], fg.packed_conv_pooled
+    monkeypatch.setattr(fg, "packed_conv_pooled", lambda *a: calls.append(a[-1]) or statement(*a))
     with LargestTensor(ignore=[v.shape for v in params]) as mode:  # the parameters' gradients are not per edge
         found = second(fused_gmlp_conv)
     assert mode.numel < dense / 2, f"{mode.op} created a tensor of {mode.numel} elements"
+    assert len(calls) == (6 if pooled else 0)  # 6 chunks, every edge once, in runs of targets
+    assert sum(d * n for runs in calls for d, n in runs) == (e if pooled else 0)
+    assert pooled <= any(sum(n for _, n in runs) > 1 for runs in calls)
     for a, b in zip(found, expected):
         assert relative_error(a, b) < TOL64
 

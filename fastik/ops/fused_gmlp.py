@@ -12,9 +12,10 @@ backward or inference — per edge only z (E, K0) and env (E,).
 Registered as ``torch.ops.fastik.gmlp_conv`` / ``torch.ops.fastik.gmlp_conv_backward`` with
 fake implementations (``torch.compile(fullgraph=True)`` traces through them) and autograd.
 Second derivatives (forces in the loss): the backward op is itself differentiable.  Its
-derivative is taken chunk by chunk of edges through :func:`packed_conv_reference` — the same
-function in torch, which forms per-edge kernel matrices — so one chunk's intermediates
-(about :data:`DOUBLE_BACKWARD_FLOATS` values) exist at a time, never E × Din × Dout.
+derivative is taken chunk by chunk of edges through the same function in torch — per target on pooled
+features (:func:`packed_conv_pooled`, chunks of whole targets' edges) where the fused head pools, else per edge
+(:func:`packed_conv_reference`, which forms per-edge kernel matrices) — so one chunk's intermediates (about
+:data:`DOUBLE_BACKWARD_FLOATS` values) exist at a time, never E × Din × Dout.
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._contract import PRECISIONS, check_indices, require_triton
+from .pooled import group_by_degree, pooled_outer
 
-__all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference", "packed_h1", "head_columns",
-           "DOUBLE_BACKWARD_FLOATS"]
+__all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference", "packed_conv_pooled", "packed_h1",
+           "head_columns", "DOUBLE_BACKWARD_FLOATS"]
 
 
 class PackedGMLP(NamedTuple):
@@ -85,14 +87,14 @@ class PackedGMLP(NamedTuple):
 
 
 #: Widest padded activation P the CUDA kernels take: at P = 256 they need ≤ 64 KiB of shared memory and
-#: ≤ 255 registers per thread, with ≤ 64 B of spill stores under Triton 3.8 and ≤ 200 B under 3.6 (ptxas,
-#: sm_90a; bench/NOTES.md); every (16 × P) activation costs P / 16 registers per thread, and
-#: wider ones were never compiled.
+#: ≤ 255 registers per thread, without spills under Triton 3.6 and 3.8 (ptxas, sm_90a; bench/NOTES.md); every
+#: (16 × P) activation costs P / 16 registers per thread, and wider ones were never compiled.
 CUDA_MAX_WIDTH = 256
 
-#: Values of per-edge intermediates per chunk of the double backward (kernel matrices (chunk, Din, Dout), activations
-#: (chunk, P) per layer): 2^24, 64 MiB in float32, as the reference backend's chunks (E = 10^6, Din = Dout = 64:
-#: ≈ 280–310 chunks).
+#: Values of per-edge intermediates per chunk of the double backward (activations (chunk, P) per layer, and kernel
+#: matrices (chunk, Din, Dout) or, pooled, at most as many pooled features (targets, P, Din) as edges): 2^24,
+#: 64 MiB in float32, as the reference backend's chunks (E = 10^6, Din = Dout = 64, P = 128 or 256: ≈ 280–310
+#: chunks edge-wise, ≈ 520–1 040 pooled).
 DOUBLE_BACKWARD_FLOATS = 1 << 24
 
 #: Side of the head's tiles that the fused kernels multiply (one per non-zero tile of the grouped head).
@@ -142,6 +144,21 @@ def packed_conv_reference(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP,
     kernels = mm(ht, head_columns(p).transpose(0, 1).reshape(size, din * p.dout)).view(-1, din, p.dout)
     msg = (kernels * x[src][:, :, None]).sum(1)
     return msg.new_zeros(num_targets, p.dout).index_add_(0, tgt, msg)
+
+
+def packed_conv_pooled(z: Tensor, env: Tensor, x: Tensor, packed: PackedGMLP, src: Tensor,
+                       runs: list[tuple[int, int]], mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul,
+                       structure_mm: Callable[[Tensor, Tensor], Tensor] = torch.matmul) -> Tensor:
+    """(T, dout): :func:`packed_conv_reference`'s output rows of T targets whose edges come grouped by target,
+    ``runs`` of (edges per target, targets) (:meth:`fastik.ops.pooled.PoolingPlan.chunk`), by pooling first as
+    the pooled kernels do: P_t = Σ_{e→t} h1_e ⊗ (env_e · x[src_e]) (P, Din) in one batched product per run, then
+    P_t · HEAD once per target — 2·P·Din FLOPs per edge and 2·P·Din·dout per target instead of 2·P·Din·dout per
+    edge.  Plain torch, differentiable to any order; ``mm`` / ``structure_mm`` as in
+    :func:`packed_conv_reference` (``mm`` also pools, batched)."""
+    p = packed
+    size, din = p.weight.shape[1], p.head.shape[0]
+    pooled = pooled_outer(packed_h1(z, p, mm, structure_mm), x[src] * env[:, None], runs, mm)  # (T, P, Din)
+    return mm(pooled.reshape(-1, size * din), head_columns(p).transpose(0, 1).reshape(size * din, p.dout))
 
 
 def head_columns(packed: PackedGMLP) -> Tensor:
@@ -357,8 +374,11 @@ def _bwd_setup(ctx, inputs, output) -> None:
 def _double_backward(ctx, cotangents: list):
     """The backward's own backward (second derivatives: forces in the loss), chunk by chunk of edges.  The first
     derivatives are sums over edges (grad_z, grad_env: rows), so their vector-Jacobian product is too: per chunk,
-    the first derivatives of :func:`packed_conv_reference` on its edges (create_graph), their inner product with
-    the cotangents, differentiated once more.  One chunk's intermediates exist at a time."""
+    the first derivatives of the op in torch on its edges (create_graph), their inner product with the cotangents,
+    differentiated once more.  Where the fused head pools (mean in-degree ≥ POOL_MIN_DEGREE) the chunks are runs
+    of whole targets' edges in the order of :func:`~fastik.ops.pooled.group_by_degree` (a target cut by a chunk
+    boundary contributes to two chunks) and the op is :func:`packed_conv_pooled`, else consecutive edges and
+    :func:`packed_conv_reference`.  One chunk's intermediates exist at a time."""
     grad_out, z, env, x, src, tgt, *tensors = ctx.saved_tensors
     p = _packed(tuple(tensors), ctx.meta)
     # cotangents of grad_z, grad_env, grad_x and the parameters' gradients (zeros, not computed, without need_params)
@@ -367,24 +387,33 @@ def _double_backward(ctx, cotangents: list):
     go, x_, *params = [t.detach().requires_grad_() for t in (grad_out, x, *(getattr(p, k) for k in _TRAINED))]
     q = p._replace(**dict(zip(_TRAINED, params)))
     grads = [torch.zeros_like(t) if n else None for t, n in zip([grad_out, z, env, x, *params], need)]
-    step = max(1, DOUBLE_BACKWARD_FLOATS // (x.shape[1] * p.dout + p.weight.shape[1] * (p.layers + 2)))
     wanted = [i for i, n in enumerate(need) if n]
     active = any(c is not None for c in cots) and bool(wanted)
-    for start in range(0, z.shape[0] if active else 0, step):
-        rows = slice(start, start + step)
+    e, size, din = z.shape[0], p.weight.shape[1], x.shape[1]
+    plan = group_by_degree(tgt) if active and e and _kernels().pools(e, grad_out.shape[0]) else None
+    per_edge = size * (p.layers + 2) + (size * din if plan else din * p.dout)
+    step = max(1, DOUBLE_BACKWARD_FLOATS // per_edge)
+    for start in range(0, e if active else 0, step):
+        rows = slice(start, start + step) if plan is None else plan.order[start:start + step]
         z_c, env_c = z[rows].detach().requires_grad_(), env[rows].detach().requires_grad_()
         with torch.enable_grad():
-            out = packed_conv_reference(z_c, env_c, x_, q, src[rows], tgt[rows], grad_out.shape[0])
+            if plan is None:
+                out, go_c = packed_conv_reference(z_c, env_c, x_, q, src[rows], tgt[rows], grad_out.shape[0]), go
+            else:
+                targets, runs = plan.chunk(start, min(e, start + step))
+                out, go_c = packed_conv_pooled(z_c, env_c, x_, q, src[rows], runs), go[targets]
             pairs = [(t, c[rows] if i < 2 else c) for i, (t, c) in enumerate(zip([z_c, env_c, x_, *params], cots))
                      if c is not None]  # grad_z's and grad_env's cotangents per edge, the others whole
-            firsts = torch.autograd.grad(out, [t for t, _ in pairs], go, create_graph=True, allow_unused=True)
+            firsts = torch.autograd.grad(out, [t for t, _ in pairs], go_c, create_graph=True, allow_unused=True)
             inner = sum((f * c).sum() for f, (_, c) in zip(firsts, pairs) if f is not None)
             if not (torch.is_tensor(inner) and inner.requires_grad):
                 continue
             found = torch.autograd.grad(inner, [[go, z_c, env_c, x_, *params][i] for i in wanted], allow_unused=True)
         for i, g in zip(wanted, found):
-            if g is not None:
-                (grads[i][rows] if i in (1, 2) else grads[i]).add_(g)
+            if g is not None and i in (1, 2):
+                grads[i][rows] = g  # each edge is in one chunk
+            elif g is not None:
+                grads[i].add_(g)
     # one entry per input: grad_out, z, env, x, src, tgt, tgt_rowptr, the list; the metadata, precision,
     # need_params, indices
     return (*grads[:4], None, None, None, _packed_grads(grads[4:])) + (None,) * (len(ctx.meta) + 3)

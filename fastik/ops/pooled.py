@@ -17,7 +17,7 @@ Where it is not used (in-degree ≈ 1–2, compiled graphs) the edge-wise head o
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -90,14 +90,15 @@ def plan_pooling(head: StructuredHead, tgt: Tensor, chunk_size: int | None = Non
     return plan if fits and pooled_flops < e * head.flops_per_edge() else None
 
 
-def pooled_outer(h: Tensor, xj: Tensor, groups: list[tuple[int, int]]) -> Tensor:
-    """h (E, K), xj (E, Din) in plan order -> (T, K, Din): ``P_i = Σ_{e→i} h_e ⊗ xj_e``, one bmm per run of
-    targets with d edges each."""
+def pooled_outer(h: Tensor, xj: Tensor, groups: list[tuple[int, int]],
+                 mm: Callable[[Tensor, Tensor], Tensor] = torch.bmm) -> Tensor:
+    """h (E, K), xj (E, Din) in plan order -> (T, K, Din): ``P_i = Σ_{e→i} h_e ⊗ xj_e``, one batched product
+    ``mm`` per run of targets with d edges each."""
     parts, start = [], 0
     for d, n in groups:
         hs = h[start:start + n * d].reshape(n, d, h.shape[1])
         xs = xj[start:start + n * d].reshape(n, d, xj.shape[1])
-        parts.append(torch.bmm(hs.transpose(1, 2), xs))
+        parts.append(mm(hs.transpose(1, 2), xs))
         start += n * d
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
