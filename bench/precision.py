@@ -18,7 +18,6 @@ rounded operands x·env and h1 — then P's dot with the head — rounded P and 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Callable
@@ -55,22 +54,18 @@ MODES: dict[str, tuple[Callable, Callable]] = {"ieee": (torch.matmul, torch.matm
 
 def pooled_conv(z: Tensor, env: Tensor, x: Tensor, packed, src: Tensor, tgt: Tensor, num_targets: int,
                 mm: Callable = torch.matmul, structure_mm: Callable = torch.matmul) -> Tensor:
-    """The pooled head's statement of the fused op (num_targets, dout), with its dots' products: per target
-    P_i = mm((env·x[src])ᵀ, h1) over its edges (Din × P), then out = mm(P (N, Din·P), HEAD (Din·P, dout)) — the
-    same function as ``packed_conv_reference``, summed in the pooled kernels' order."""
-    from fastik.ops.fused_gmlp import head_columns, packed_h1
+    """The pooled head's statement of the fused op (num_targets, dout), with its dots' products: the edges grouped
+    by target, :func:`fastik.ops.fused_gmlp.packed_conv_pooled` — per target P_i = mm(h1ᵀ, env·x[src]) over its
+    edges (P × Din), then mm(P (N, P·Din), HEAD (P·Din, dout)) — the same function as ``packed_conv_reference``,
+    summed in the pooled kernels' order."""
+    from fastik.ops.fused_gmlp import packed_conv_pooled
+    from fastik.ops.pooled import group_by_degree
 
-    h1 = packed_h1(z, packed, mm, structure_mm)
-    xe = x[src] * env[:, None]
-    order = torch.argsort(tgt, stable=True)
-    bounds = torch.bincount(tgt, minlength=num_targets).cumsum(0).tolist()
-    pooled = h1.new_zeros(num_targets, x.shape[1], h1.shape[1])
-    for i, (lo, hi) in enumerate(zip([0] + bounds[:-1], bounds)):
-        if hi > lo:
-            e = order[lo:hi]
-            pooled[i] = mm(xe[e].T, h1[e])
-    head = head_columns(packed)
-    return mm(pooled.reshape(num_targets, -1), head.reshape(-1, head.shape[2]))
+    plan = group_by_degree(tgt)
+    targets, runs = plan.chunk(0, tgt.shape[0])
+    o = plan.order
+    y = packed_conv_pooled(z[o], env[o], x, packed, src[o], runs, mm, structure_mm)
+    return y.new_zeros(num_targets, y.shape[1]).index_copy(0, targets, y)
 
 
 #: the fused op's two heads: per edge (``packed_conv_reference``) and per target on pooled features (``pooled_conv``)
@@ -106,12 +101,12 @@ def mode_errors(edges: int, hidden_channels: int, seed: int = 0, head: str = "ed
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.precision", description=__doc__.splitlines()[0])
-    p.add_argument("--edges", type=int, default=3000)
-    p.add_argument("--widths", default="5,16", help="hidden_channels to run (5: the anchors' width, 16: default)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--json", help="also write the errors as JSON to this path")
+    from .workload import check_at_least, cpu_model_parser
+
+    p = cpu_model_parser("python -m bench.precision", __doc__)
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0, …, SEEDS - 1 (≥ 1)")
     args = p.parse_args(argv)
+    check_at_least(p, edges=(args.edges, 1), seeds=(args.seeds, 1))
     rows = [{"hidden_channels": int(w), "seed": s, "head": head, **mode_errors(args.edges, int(w), s, head)}
             for w in args.widths.split(",") for s in range(args.seeds) for head in HEADS]
     print(f"relative max error vs float64, so3 standard workload, E ≈ {args.edges} (emulated roundings, CPU)\n")

@@ -8,12 +8,13 @@ the other nodes — positions standard normal, features standard normal, fp32, T
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["DEGREE", "STANDARD_GROUP", "DEFAULT_GROUPS", "DEFAULT_EDGES", "QUICK_EDGES", "PRECISIONS", "LayerSpec",
-           "Graph", "make_graph", "nodes_for_edges", "parse_edges"]
+           "Graph", "make_graph", "nodes_for_edges", "parse_edges", "cpu_model_parser", "check_at_least"]
 
 DEGREE = 16                      # incoming edges per node: E = 16 N
 STANDARD_GROUP = "so3"
@@ -111,3 +112,21 @@ def parse_edges(text: str) -> list[int]:
     if not values:
         raise ValueError("no edge counts given")
     return sorted(set(values))
+
+
+def cpu_model_parser(prog: str, doc: str, least_edges: int = 1) -> argparse.ArgumentParser:
+    """The options of the CPU models of the fused op (``python -m bench.precision``, ``bench.second_order``):
+    --edges (≥ ``least_edges``, the standard workload's, E ≈ 3 000), --widths (hidden_channels), --json;
+    the caller adds its own and calls :func:`check_at_least` on them."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    p.add_argument("--edges", type=int, default=3000, help=f"edges of the standard workload (≥ {least_edges})")
+    p.add_argument("--widths", default="5,16", help="hidden_channels to run (5: the anchors' width, 16: default)")
+    p.add_argument("--json", help="also write the rows as JSON to this path")
+    return p
+
+
+def check_at_least(p: argparse.ArgumentParser, **least: tuple[int, int]) -> None:
+    """``p.error`` unless every option name=(value, least) has value ≥ least."""
+    low = [f"--{k} must be ≥ {m}, got {v}" for k, (v, m) in least.items() if v < m]
+    if low:
+        p.error("; ".join(low))
