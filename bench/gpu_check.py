@@ -726,6 +726,21 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     return {**out, "total": sum(out.values())}
 
 
+def _forces_step(conv, z, env, x, src, tgt, gout) -> None:
+    """What forces in the loss ask of the fused op beyond a training step: grad_z of ⟨gout, conv⟩ with its graph
+    (the fused backward), then the gradient of ‖grad_z‖² w.r.t. the G-MLP's parameters (the op's double backward,
+    torch chunk by chunk); gout: (targets, Dout), the edges' targets 0, …, targets - 1."""
+    import torch
+
+    from fastik.ops import fused_gmlp_conv
+
+    z = z.detach().requires_grad_()
+    y = fused_gmlp_conv(z, env, x, conv.kernel.packed(torch.float32), src, tgt, gout.shape[0], "tf32x3",
+                        indices_checked=True)
+    (gz,) = torch.autograd.grad((y * gout).sum(), z, create_graph=True)
+    torch.autograd.grad(gz.square().sum(), list(conv.kernel.parameters()), allow_unused=True)
+
+
 @contextlib.contextmanager
 def _setting(gc, name: str, value) -> Iterator[None]:
     """Inside the block, module ``gc`` (fastik.triton_kernels.gmlp_conv) has its constant ``name`` set to ``value``:
@@ -800,7 +815,7 @@ def stage_split(ctx: Context) -> None:
     from fastik.ops._contract import check_indices
     from fastik.ops.fused import csr_rowptr, triton_available
     from .envinfo import configure_precision
-    from .workload import make_graph
+    from .workload import DEGREE, make_graph
 
     configure_precision()
     time_ms, how = timer(ctx)
@@ -957,6 +972,13 @@ def stage_split(ctx: Context) -> None:
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows
             item(f"gmlp_conv bwd, head chunk {chunk} ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", head_chunk=chunk))
+        cut = max(DEGREE, e // 10) // DEGREE  # the first tenth of the targets, whole (make_graph sorts them)
+        sub = slice(0, cut * DEGREE)
+        for statement, least in (("pooled", gc.POOL_MIN_DEGREE), ("per edge", math.inf)):  # torch, chunk by chunk
+            with _setting(gc, "POOL_MIN_DEGREE", least):
+                item(f"forces in the loss: second derivatives, {statement} ({label}, P={size}, tf32x3, "
+                     f"E={cut * DEGREE})",
+                     lambda: _forces_step(fconv, z[sub], env[sub], x, src[sub], tgt[sub], gout[:cut]))
     r["fully_fused"] = ("backend='fused' kernels timed above (gmlp_conv fwd / bwd at both widths, the backward "
                         "without parameter gradients, the head kernel's chunk) and as layers in stage c "
                         "(fastik-fused* rows)")

@@ -113,6 +113,8 @@ def test_dry_run_stage_results(dry_run):
                         "fwd, pooled head on 32-target blocks",
                         "bwd, pooled head on 32-target blocks"):
             assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)
+        for statement in ("pooled", "per edge"):  # the double backward's two torch statements
+            assert any(n.startswith(f"forces in the loss: second derivatives, {statement} ({width}") for n in names)
     assert {"message_fwd", "message_bwd", "segmented_fwd", "segmented_bwd"} <= set(d["configs"])
     for model in ("weight_reads_bytes_per_edge", "scratch_reads_bytes_per_edge"):  # the models beside the times
         assert set(d[model]) == {"default", "anchor"}, model
