@@ -179,3 +179,31 @@ def test_one_grouping_per_call_and_chunked_equals_whole(monkeypatch):
     assert relative_error(y, y_whole) < 1e-12
     for a, b in zip(grads, torch.autograd.grad(y_whole.square().sum(), [x, *whole.parameters()])):
         assert relative_error(a, b) < 1e-10
+
+
+def test_plan_cuts_whole_targets_within_the_budget():
+    """PoolingPlan.cuts: chunks of whole targets costing at most the budget, and a target that alone costs more
+    in pieces of ⌊(budget - per_target) / per_edge⌋ edges; every edge in one chunk."""
+    from fastik.ops.pooled import group_by_degree
+
+    g = torch.Generator().manual_seed(0)
+    degrees = torch.cat([torch.randint(1, 12, (40,), generator=g), torch.tensor([57, 30])])  # two hubs
+    tgt = torch.repeat_interleave(torch.randperm(len(degrees), generator=g), degrees)
+    plan = group_by_degree(tgt)
+    per_edge, per_target, budget = 3, 10, 100  # whole targets of ≤ 30 edges; the others in pieces of 30
+    bounds = plan.cuts(budget, per_edge, per_target)
+    assert bounds[0] == 0 and bounds[-1] == tgt.shape[0] and all(a < b for a, b in zip(bounds, bounds[1:]))
+    firsts = {0}  # where each target's edges start in plan order
+    for d, n in plan.groups:
+        last = max(firsts)
+        firsts |= {last + d * i for i in range(1, n + 1)}
+    pieces = 0
+    for start, stop in zip(bounds, bounds[1:]):
+        _, runs = plan.chunk(start, stop)
+        whole = start in firsts and stop in firsts
+        if whole:
+            assert sum(d * n for d, n in runs) * per_edge + sum(n for _, n in runs) * per_target <= budget
+        else:  # a piece of one target
+            assert len(runs) == 1 and runs[0][1] == 1 and stop - start <= (budget - per_target) // per_edge
+            pieces += 1
+    assert pieces == 2  # the 57-edge hub in pieces of 30 and 27 (the 30-edge one costs 100: whole)

@@ -91,10 +91,10 @@ class PackedGMLP(NamedTuple):
 #: (16 × P) activation costs P / 16 registers per thread, and wider ones were never compiled.
 CUDA_MAX_WIDTH = 256
 
-#: Values of per-edge intermediates per chunk of the double backward (activations (chunk, P) per layer, and kernel
-#: matrices (chunk, Din, Dout) or, pooled, at most as many pooled features (targets, P, Din) as edges): 2^24,
-#: 64 MiB in float32, as the reference backend's chunks (E = 10^6, Din = Dout = 64, P = 128 or 256: ≈ 280–310
-#: chunks edge-wise, ≈ 520–1 040 pooled).
+#: Values of intermediates per chunk of the double backward (activations (chunk, P) per layer, and kernel matrices
+#: (chunk, Din, Dout) or, pooled, the chunk's targets' pooled features (targets, P, Din)): 2^24, 64 MiB in float32,
+#: as the reference backend's chunks (E = 10^6, Din = Dout = 64, P = 128 or 256: ≈ 280–310 chunks edge-wise,
+#: ≈ 60–120 pooled at in-degree 16).
 DOUBLE_BACKWARD_FLOATS = 1 << 24
 
 #: Side of the head's tiles that the fused kernels multiply (one per non-zero tile of the grouped head).
@@ -375,10 +375,11 @@ def _double_backward(ctx, cotangents: list):
     """The backward's own backward (second derivatives: forces in the loss), chunk by chunk of edges.  The first
     derivatives are sums over edges (grad_z, grad_env: rows), so their vector-Jacobian product is too: per chunk,
     the first derivatives of the op in torch on its edges (create_graph), their inner product with the cotangents,
-    differentiated once more.  Where the fused head pools (mean in-degree ≥ POOL_MIN_DEGREE) the chunks are runs
-    of whole targets' edges in the order of :func:`~fastik.ops.pooled.group_by_degree` (a target cut by a chunk
-    boundary contributes to two chunks) and the op is :func:`packed_conv_pooled`, else consecutive edges and
-    :func:`packed_conv_reference`.  One chunk's intermediates exist at a time."""
+    differentiated once more.  Where the fused head pools (mean in-degree ≥ POOL_MIN_DEGREE) the chunks are whole
+    targets' edges in the order of :func:`~fastik.ops.pooled.group_by_degree`, as many as the budget holds
+    (:meth:`~fastik.ops.pooled.PoolingPlan.cuts`; a target too large alone goes in pieces, which add) and the op
+    is :func:`packed_conv_pooled`, else consecutive edges and :func:`packed_conv_reference`.  One chunk's
+    intermediates (about DOUBLE_BACKWARD_FLOATS values) exist at a time."""
     grad_out, z, env, x, src, tgt, *tensors = ctx.saved_tensors
     p = _packed(tuple(tensors), ctx.meta)
     # cotangents of grad_z, grad_env, grad_x and the parameters' gradients (zeros, not computed, without need_params)
@@ -391,16 +392,19 @@ def _double_backward(ctx, cotangents: list):
     active = any(c is not None for c in cots) and bool(wanted)
     e, size, din = z.shape[0], p.weight.shape[1], x.shape[1]
     plan = group_by_degree(tgt) if active and e and _kernels().pools(e, grad_out.shape[0]) else None
-    per_edge = size * (p.layers + 2) + (size * din if plan else din * p.dout)
-    step = max(1, DOUBLE_BACKWARD_FLOATS // per_edge)
-    for start in range(0, e if active else 0, step):
-        rows = slice(start, start + step) if plan is None else plan.order[start:start + step]
+    if plan is None:  # per edge: activations and kernel matrices
+        step = max(1, DOUBLE_BACKWARD_FLOATS // (size * (p.layers + 2) + din * p.dout))
+        bounds = [*range(0, e, step), e] if active and e else [0]
+    else:  # per edge the activations, per target its pooled features
+        bounds = plan.cuts(DOUBLE_BACKWARD_FLOATS, size * (p.layers + 2), size * din)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        rows = slice(start, stop) if plan is None else plan.order[start:stop]
         z_c, env_c = z[rows].detach().requires_grad_(), env[rows].detach().requires_grad_()
         with torch.enable_grad():
             if plan is None:
                 out, go_c = packed_conv_reference(z_c, env_c, x_, q, src[rows], tgt[rows], grad_out.shape[0]), go
             else:
-                targets, runs = plan.chunk(start, min(e, start + step))
+                targets, runs = plan.chunk(start, stop)
                 out, go_c = packed_conv_pooled(z_c, env_c, x_, q, src[rows], runs), go[targets]
             pairs = [(t, c[rows] if i < 2 else c) for i, (t, c) in enumerate(zip([z_c, env_c, x_, *params], cots))
                      if c is not None]  # grad_z's and grad_env's cotangents per edge, the others whole

@@ -61,6 +61,34 @@ class PoolingPlan(NamedTuple):
             edge0, target0 = edge1, target0 + n
         return self.targets[first or 0:last + 1], runs
 
+    def cuts(self, floats: int, per_edge: int, per_target: int) -> list[int]:
+        """Edge offsets 0 = b_0 < b_1 < … < b_m = E cutting ``order`` into chunks of whole targets that cost at most
+        ``floats`` each (``per_edge`` per edge plus ``per_target`` per target); a target that alone costs more is
+        cut into pieces of max(1, ⌊(floats - per_target) / per_edge⌋) edges.  Host arithmetic only."""
+        bounds, pos, used = [0], 0, 0
+        for d, n in self.groups:
+            cost = d * per_edge + per_target
+            if cost > floats:  # each of these targets in pieces, a chunk per piece
+                piece = max(1, (floats - per_target) // per_edge)
+                if used:
+                    bounds.append(pos)
+                    used = 0
+                for _ in range(n):
+                    bounds.extend(range(pos + piece, pos + d, piece))
+                    pos += d
+                    bounds.append(pos)
+                continue
+            while n:
+                take = min(n, (floats - used) // cost)
+                if take == 0:  # the chunk is full
+                    bounds.append(pos)
+                    used = 0
+                    continue
+                pos, used, n = pos + take * d, used + take * cost, n - take
+        if bounds[-1] != pos:
+            bounds.append(pos)
+        return bounds
+
 
 def group_by_degree(tgt: Tensor) -> PoolingPlan:
     """Group the edges of ``tgt`` (E,) by their target's in-degree: two stable sorts, one host sync."""
