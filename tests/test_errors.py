@@ -200,8 +200,9 @@ def _count_index_checks(monkeypatch) -> dict:
 @pytest.mark.parametrize("backend", ["reference", "triton", "fused"])
 @pytest.mark.parametrize("use_csr", [False, True], ids=["scatter", "csr"])
 def test_layer_checks_indices_once_per_call_not_per_chunk(monkeypatch, backend, use_csr):
-    """The layer validates edge_index (and the csr's row pointer) once; its chunks' ops — forward, recomputation
-    and backward — skip their own checks, which on CUDA are a host sync each (3 per chunk in training)."""
+    """The layer validates edge_index once and a build_csr CSR's row pointer not at all (it is its targets' by
+    construction); its chunks' ops — forward, recomputation and backward — skip their own checks, which on CUDA
+    are a host sync each (3 per chunk in training)."""
     torch.manual_seed(0)
     n = 12
     pos, x = torch.randn(n, 3), torch.randn(n, FT.dim, requires_grad=True)
@@ -210,8 +211,11 @@ def test_layer_checks_indices_once_per_call_not_per_chunk(monkeypatch, backend, 
     csr = fastik.ops.build_csr(ei[1], n) if use_csr else None
     counts = _count_index_checks(monkeypatch)
     layer(x, pos, ei, csr=csr).square().sum().backward()
-    assert counts["ops"] == (1 if use_csr else 0)  # the csr's row pointer, once (the fused backend's pooled head
-    # takes the edges in its order)
+    assert counts["ops"] == 0
+    if use_csr:  # edited in place, the row pointer is checked again, once per call
+        csr.rowptr.add_(0)
+        layer(x, pos, ei, csr=csr).square().sum().backward()
+        assert counts["ops"] == 1
     counts["ops"] = 0
     fastik.ops.scatter_sum(torch.ones(3, 2), torch.tensor([0, 1, 1]), 2)  # a direct call still checks
     assert counts["ops"] == 1
@@ -258,6 +262,11 @@ def test_hand_assembled_csr_that_is_not_the_graphs_is_refused(backend):
     worse[3] = 10 ** 6  # out of bounds
     with pytest.raises(ValueError, match="rowptr must be monotone"):
         layer(x, pos, ei, csr=agg.CSR(good.perm, worse, n))
+    with pytest.raises(ValueError, match="rowptr must be monotone"):  # build_csr's own CSR, its rowptr replaced
+        layer(x, pos, ei, csr=good._replace(rowptr=worse))
+    good.rowptr[3] = 10 ** 6  # or edited in place
+    with pytest.raises(ValueError, match="rowptr must be monotone"):
+        layer(x, pos, ei, csr=good)
 
 
 def test_index_checks_with_a_row_pointer_sync_once(monkeypatch):

@@ -460,15 +460,21 @@ class CSR(NamedTuple):
         if target is not None and target._version != self.target_version:
             target = None  # edited in place since build_csr: only the checksum still describes the graph
         moved = None if target is None else target.to(device)
-        return CSR(self.perm.to(device), self.rowptr.to(device), self.num_targets, moved,
+        rowptr = self.rowptr.to(device)
+        if _made_by_build_csr(self.rowptr, self.num_edges, self.num_targets):
+            _mark_built(rowptr, self.num_edges)
+        return CSR(self.perm.to(device), rowptr, self.num_targets, moved,
                    self.target_version if moved is target else 0 if moved is None else moved._version,
                    None if self.checksum is None else self.checksum.to(device))
 
     def check_row_pointer(self, sorted_targets: Tensor) -> None:
         """ValueError unless ``rowptr`` is a row pointer over the E edges (starts at 0, ends at E, never
         decreases: one host sync on CUDA) and, for a CSR assembled by hand, that of ``sorted_targets``
-        (the targets in CSR order, in range; a few more syncs). A CSR from :func:`build_csr` is its
-        targets' row pointer by construction."""
+        (the targets in CSR order, in range; one more sync). A CSR from :func:`build_csr` is its
+        targets' row pointer by construction: free while ``rowptr`` is the tensor it made (or moved with
+        :meth:`to`), not edited in place since."""
+        if self.checksum is not None and _made_by_build_csr(self.rowptr, self.num_edges, self.num_targets):
+            return
         _check_rowptr_values(self.rowptr, self.num_edges, "fastik: csr.rowptr")
         if self.checksum is None:
             check_rowptr(sorted_targets, self.rowptr, self.num_targets)
@@ -510,6 +516,20 @@ class CSR(NamedTuple):
                              f"in place); {fix}")
 
 
+def _mark_built(rowptr: Tensor, num_edges: int) -> Tensor:
+    """``rowptr``, marked as :func:`build_csr`'s row pointer of ``num_edges`` edges in its present version."""
+    rowptr._fastik_built = (rowptr._version, num_edges)
+    return rowptr
+
+
+def _made_by_build_csr(rowptr: Tensor, num_edges: int, num_targets: int) -> bool:
+    """Whether ``rowptr`` is a row pointer :func:`build_csr` made (or :meth:`CSR.to` moved) for ``num_edges`` edges
+    and ``num_targets`` targets, not edited in place since (in-place edits, through views too, bump ``_version``;
+    copies and other tensors carry no mark): then its values lie in [0, E] and never decrease."""
+    return (getattr(rowptr, "_fastik_built", None) == (rowptr._version, num_edges)
+            and rowptr.shape == (num_targets + 1,))
+
+
 def csr_rowptr(target_index: Tensor, num_targets: int) -> Tensor:
     """(num_targets + 1,) int64 CSR row pointer: ``rowptr[i+1] - rowptr[i]`` edges have target i
     (the row pointer of the edges once sorted by target; values are not checked here)."""
@@ -541,7 +561,7 @@ def build_csr(target_index: Tensor, num_targets: int) -> CSR:
     _check_index_values(target_index, int(num_targets), op, "target_index")
     target = target_index.long()
     perm = torch.sort(target, stable=True).indices
-    rowptr = csr_rowptr(target, int(num_targets))
+    rowptr = _mark_built(csr_rowptr(target, int(num_targets)), target.shape[0])
     return CSR(perm=perm, rowptr=rowptr, num_targets=int(num_targets), target=target_index,
                target_version=target_index._version, checksum=_fingerprint(target))
 
