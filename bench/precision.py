@@ -101,12 +101,11 @@ def mode_errors(edges: int, hidden_channels: int, seed: int = 0, head: str = "ed
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .workload import check_at_least, cpu_model_parser
+    from .workload import at_least, cpu_model_parser
 
     p = cpu_model_parser("python -m bench.precision", __doc__)
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0, …, SEEDS - 1 (≥ 1)")
+    p.add_argument("--seeds", type=at_least(1), default=3, help="seeds 0, …, SEEDS - 1 (≥ 1)")
     args = p.parse_args(argv)
-    check_at_least(p, edges=(args.edges, 1), seeds=(args.seeds, 1))
     rows = [{"hidden_channels": int(w), "seed": s, "head": head, **mode_errors(args.edges, int(w), s, head)}
             for w in args.widths.split(",") for s in range(args.seeds) for head in HEADS]
     print(f"relative max error vs float64, so3 standard workload, E ≈ {args.edges} (emulated roundings, CPU)\n")

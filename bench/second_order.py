@@ -67,12 +67,11 @@ def second_order_times(edges: int, hidden_channels: int, repeats: int = 3, seed:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .workload import check_at_least, cpu_model_parser
+    from .workload import at_least, cpu_model_parser
 
     p = cpu_model_parser("python -m bench.second_order", __doc__, least_edges=16)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per statement, the best kept (≥ 1)")
+    p.add_argument("--repeats", type=at_least(1), default=3, help="timed runs per statement, the best kept (≥ 1)")
     args = p.parse_args(argv)
-    check_at_least(p, edges=(args.edges, 16), repeats=(args.repeats, 1))
     rows = [{"hidden_channels": int(w), **second_order_times(args.edges, int(w), args.repeats)}
             for w in args.widths.split(",")]
     print(f"second-order VJP through the fused op's torch statements, so3 standard workload, in-degree 16, "

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 __all__ = ["DEGREE", "STANDARD_GROUP", "DEFAULT_GROUPS", "DEFAULT_EDGES", "QUICK_EDGES", "PRECISIONS", "LayerSpec",
-           "Graph", "make_graph", "nodes_for_edges", "parse_edges", "cpu_model_parser", "check_at_least"]
+           "Graph", "make_graph", "nodes_for_edges", "parse_edges", "cpu_model_parser", "at_least"]
 
 DEGREE = 16                      # incoming edges per node: E = 16 N
 STANDARD_GROUP = "so3"
@@ -116,17 +117,21 @@ def parse_edges(text: str) -> list[int]:
 
 def cpu_model_parser(prog: str, doc: str, least_edges: int = 1) -> argparse.ArgumentParser:
     """The options of the CPU models of the fused op (``python -m bench.precision``, ``bench.second_order``):
-    --edges (≥ ``least_edges``, the standard workload's, E ≈ 3 000), --widths (hidden_channels), --json;
-    the caller adds its own and calls :func:`check_at_least` on them."""
+    --edges (≥ ``least_edges``, the standard workload's, E ≈ 3 000), --widths (hidden_channels), --json; the
+    caller adds its own (integers with ``type=at_least(m)``)."""
     p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
-    p.add_argument("--edges", type=int, default=3000, help=f"edges of the standard workload (≥ {least_edges})")
+    p.add_argument("--edges", type=at_least(least_edges), default=3000,
+                   help=f"edges of the standard workload (≥ {least_edges})")
     p.add_argument("--widths", default="5,16", help="hidden_channels to run (5: the anchors' width, 16: default)")
     p.add_argument("--json", help="also write the rows as JSON to this path")
     return p
 
 
-def check_at_least(p: argparse.ArgumentParser, **least: tuple[int, int]) -> None:
-    """``p.error`` unless every option name=(value, least) has value ≥ least."""
-    low = [f"--{k} must be ≥ {m}, got {v}" for k, (v, m) in least.items() if v < m]
-    if low:
-        p.error("; ".join(low))
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ≥ ``least``, else the option's usage error."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be ≥ {least}, got {value}")
+        return value
+    return parse

@@ -378,8 +378,8 @@ def test_forces_in_loss_double_backward(pooled):
 def test_double_backward_in_chunks(monkeypatch, pooled):
     """Second derivatives of the op (every first-order output with a random cotangent, grad_out differentiable
     too) equal packed_conv_reference's, taken over chunks of a few edges — consecutive edges through
-    packed_conv_reference, or pooled (packed_conv_pooled) on runs of targets' edges, which chunk boundaries cut;
-    no tensor of the double backward has E·Din·Dout elements (packed_conv_reference's, whole, has)."""
+    packed_conv_reference, or pooled (packed_conv_pooled) on whole targets' edges, or pieces of a target too large
+    for the budget; no tensor of the double backward has E·Din·Dout elements (packed_conv_reference's, whole, has)."""
     G = fastik.group("so3")
     t = fastik.FieldType(G, "2x0e + 2x1o")
     conv = fastik.ImplicitPointConv(t, t, hidden_channels=2).to(DEVICE, torch.float64)
