@@ -356,25 +356,6 @@ def test_float32_within_fp32_round_off():
     assert_same_grads([g.double() for g in g32], g64, 2, 1e-5)
 
 
-def test_forces_in_loss_double_backward(pooled):
-    """A loss on forces -∂E/∂pos: the second derivative through the fused op equals the reference's, with either
-    statement of the op in the double backward (per edge, per target on pooled features)."""
-    G = fastik.group("so3")
-    t = fastik.FieldType(G, "2x0e + 1x1o")
-    ref, fused = twins(t, fastik.FieldType(G, "1x0e"), hidden_channels=2)
-    pos, ei = graph(8, 24, 3, self_loops=0)
-    ei = ei[:, ei[0] != ei[1]]
-    x = torch.randn(8, t.dim, dtype=torch.float64, device=DEVICE)
-
-    def force_loss_grads(conv):
-        p = pos.detach().clone().requires_grad_()
-        energy = conv(x, p, ei).sum()
-        forces = -torch.autograd.grad(energy, p, create_graph=True)[0]
-        return torch.autograd.grad(forces.pow(2).sum(), list(conv.parameters()), allow_unused=True)
-
-    assert_same_grads(force_loss_grads(fused), force_loss_grads(ref), 0, TOL64)
-
-
 def test_double_backward_in_chunks(monkeypatch, pooled):
     """Second derivatives of the op (every first-order output with a random cotangent, grad_out differentiable
     too) equal packed_conv_reference's, taken over chunks of a few edges — consecutive edges through
@@ -625,3 +606,27 @@ def test_cuda_standard_workload_against_float64(hidden_channels, precision):
     y32, g32 = outputs_and_grads(fused, dict(x=x.float(), pos=pos.float(), edge_index=ei))
     assert relative_error(y32.double(), y64) < 1e-5
     assert_same_grads([g.double() for g in g32], g64, 2, 1e-4)
+
+
+def force_loss_grads(conv, x, pos, ei):
+    """The gradients of Σ forces² (forces = -∂Σy/∂pos, a second derivative through the layer) w.r.t. x and every
+    parameter."""
+    p = pos.detach().clone().requires_grad_()
+    x = x.detach().clone().requires_grad_()
+    forces = -torch.autograd.grad(conv(x, p, ei).sum(), p, create_graph=True)[0]
+    return torch.autograd.grad(forces.pow(2).sum(), [x, *conv.parameters()], allow_unused=True)
+
+
+def test_forces_in_loss_on_every_group(any_group, pooled):
+    """Forces in the loss on every group of the table, mixed field types, with either statement of the op in the
+    double backward: the gradients w.r.t. x and every parameter equal the reference's (no self-loops: r = 0 has no
+    derivative; two isolated nodes), and are zero without edges."""
+    dim = any_group.dim
+    t = fastik.FieldType(any_group, FIELDS[dim])
+    ref, fused = twins(t, t, hidden_channels=1)
+    pos, ei = graph(9, 26, dim, self_loops=0)
+    x = torch.randn(9, t.dim, dtype=torch.float64, device=DEVICE)
+    for edges in (ei[:, ei[0] != ei[1]], ei[:, :0]):
+        expected = force_loss_grads(ref, x, pos, edges)
+        assert_same_grads(force_loss_grads(fused, x, pos, edges), expected, 1, TOL64)
+        assert (max(g.abs().max() for g in expected if g is not None) > 0) == (edges.shape[1] > 0)
