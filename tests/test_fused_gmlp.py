@@ -193,6 +193,8 @@ ATTR_CASES = {  # group, dim, in, out, edge attributes, node attributes
 @pytest.mark.parametrize("case", list(ATTR_CASES), ids=list(ATTR_CASES))
 @pytest.mark.parametrize("bipartite", [False, True])
 def test_attributes_and_bipartite(case, bipartite):
+    """Edge and node attributes, bipartite graphs: forward, every gradient and, with forces in the loss, the
+    second derivatives w.r.t. x, the attributes and every parameter."""
     group, dim, t_in, t_out, t_edge, t_node = ATTR_CASES[case]
     G = fastik.group(group, dim=dim)
     ft = lambda s: None if s is None else fastik.FieldType(G, s)
@@ -213,6 +215,8 @@ def test_attributes_and_bipartite(case, bipartite):
         if na is not None:
             inputs["node_attr_target"] = rnd(m, na.dim)
     assert_same(ref, fused, inputs)
+    n_inputs = sum(torch.is_tensor(v) and v.is_floating_point() for v in inputs.values()) - 1  # not pos
+    assert_same_grads(force_loss_grads(fused, inputs), force_loss_grads(ref, inputs), n_inputs, TOL64)
 
 
 @pytest.mark.parametrize("kw", [dict(hidden_layers=0), dict(hidden_layers=1, norm=False),
@@ -608,13 +612,14 @@ def test_cuda_standard_workload_against_float64(hidden_channels, precision):
     assert_same_grads([g.double() for g in g32], g64, 2, 1e-4)
 
 
-def force_loss_grads(conv, x, pos, ei):
-    """The gradients of Σ forces² (forces = -∂Σy/∂pos, a second derivative through the layer) w.r.t. x and every
-    parameter."""
-    p = pos.detach().clone().requires_grad_()
-    x = x.detach().clone().requires_grad_()
-    forces = -torch.autograd.grad(conv(x, p, ei).sum(), p, create_graph=True)[0]
-    return torch.autograd.grad(forces.pow(2).sum(), [x, *conv.parameters()], allow_unused=True)
+def force_loss_grads(conv, inputs: dict):
+    """The gradients of Σ forces² (forces = -∂Σy/∂pos, a second derivative through the layer) w.r.t. every other
+    float input and every parameter."""
+    inputs = {k: v.detach().clone().requires_grad_() if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in inputs.items()}
+    forces = -torch.autograd.grad(conv(**inputs).sum(), inputs["pos"], create_graph=True)[0]
+    wrt = [v for k, v in inputs.items() if k != "pos" and torch.is_tensor(v) and v.requires_grad]
+    return torch.autograd.grad(forces.pow(2).sum(), wrt + list(conv.parameters()), allow_unused=True)
 
 
 def test_forces_in_loss_on_every_group(any_group, pooled):
@@ -627,6 +632,7 @@ def test_forces_in_loss_on_every_group(any_group, pooled):
     pos, ei = graph(9, 26, dim, self_loops=0)
     x = torch.randn(9, t.dim, dtype=torch.float64, device=DEVICE)
     for edges in (ei[:, ei[0] != ei[1]], ei[:, :0]):
-        expected = force_loss_grads(ref, x, pos, edges)
-        assert_same_grads(force_loss_grads(fused, x, pos, edges), expected, 1, TOL64)
+        inputs = dict(x=x, pos=pos, edge_index=edges)
+        expected = force_loss_grads(ref, inputs)
+        assert_same_grads(force_loss_grads(fused, inputs), expected, 1, TOL64)
         assert (max(g.abs().max() for g in expected if g is not None) > 0) == (edges.shape[1] > 0)
