@@ -20,15 +20,13 @@ import torch
 
 __all__ = ["second_order_times"]
 
-_TRAINED = ("weight", "bias", "scale", "shift", "head")
-
 
 def second_order_times(edges: int, hidden_channels: int, repeats: int = 3, seed: int = 0) -> dict[str, float]:
     """Seconds of one second-order vector-Jacobian product through each statement ("edge-wise", "pooled"),
     so3 ``16x0e + 16x1o`` at in-degree 16, float32, and their results' largest relative difference ("diff")."""
     import fastik
     from fastik.nn.packing import pack_gmlp
-    from fastik.ops.fused_gmlp import packed_conv_pooled, packed_conv_reference
+    from fastik.ops.fused_gmlp import TRAINED, packed_conv_pooled, packed_conv_reference
     from fastik.ops.pooled import group_by_degree
 
     g = torch.Generator().manual_seed(seed)
@@ -42,8 +40,8 @@ def second_order_times(edges: int, hidden_channels: int, repeats: int = 3, seed:
     z = conv.kernel.embed(r, None, None, None).detach().requires_grad_()
     env = torch.rand(tgt.shape[0], generator=g).requires_grad_()
     x, gy = (torch.randn(n, ft.dim, generator=g).requires_grad_() for _ in range(2))
-    params = [getattr(p, k).detach().requires_grad_() for k in _TRAINED]
-    q = p._replace(**dict(zip(_TRAINED, params)))
+    params = [getattr(p, k).detach().requires_grad_() for k in TRAINED]
+    q = p._replace(**dict(zip(TRAINED, params)))
     wrt = [z, env, x, *params]
     cots = [torch.randn(v.shape, generator=g) for v in wrt]
     plan = group_by_degree(tgt)

@@ -375,8 +375,8 @@ def test_double_backward_in_chunks(monkeypatch, pooled):
     env = torch.rand(e, dtype=torch.float64, device=DEVICE, requires_grad=True)
     x = torch.randn(n, t.dim, dtype=torch.float64, device=DEVICE, requires_grad=True)
     gy = torch.randn(n, t.dim, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    params = [getattr(p, k).detach().requires_grad_() for k in ("weight", "bias", "scale", "shift", "head")]
-    packed = p._replace(**dict(zip(("weight", "bias", "scale", "shift", "head"), params)))
+    params = [getattr(p, k).detach().requires_grad_() for k in fg.TRAINED]
+    packed = p._replace(**dict(zip(fg.TRAINED, params)))
     wrt = [z, env, x, *params]
     cots = [torch.randn_like(v) for v in wrt]
 

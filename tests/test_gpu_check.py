@@ -262,7 +262,7 @@ def test_gpu_config_variant_is_restored():
     assert gc.GPU_CONFIG == before and gc.PROGRAMS_PER_SM == programs
     waves = gc.WAVE_CHUNKS
     with pytest.raises(RuntimeError), gpu_check._setting(gc, "WAVE_CHUNKS", waves + 1):
-        assert gc._bwd_wave(torch.empty(0), {"IN_K": 64}) == (waves + 1) * gc.launch_config("bwd", 64)["CHUNK"] * 2
+        assert gc._wave(torch.empty(0), {"IN_K": 64}) == (waves + 1) * gc.launch_config("bwd", 64)["CHUNK"] * 2
         raise RuntimeError
     assert gc.WAVE_CHUNKS == waves
 

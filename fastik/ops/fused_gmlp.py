@@ -29,7 +29,7 @@ from ._contract import PRECISIONS, check_indices, require_triton
 from .pooled import group_by_degree, pooled_outer
 
 __all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference", "packed_conv_pooled", "packed_h1",
-           "head_columns", "DOUBLE_BACKWARD_FLOATS"]
+           "head_columns", "DOUBLE_BACKWARD_FLOATS", "TRAINED"]
 
 
 class PackedGMLP(NamedTuple):
@@ -103,7 +103,8 @@ HEAD_TILE = 16
 HEAD_TILE_LISTS = ("head_blocks", "head_block_count", "head_row_blocks", "head_row_block_count",
                    "head_channel_blocks", "head_channel_block_count")
 
-_TRAINED = ("weight", "bias", "scale", "shift", "head")  # the packed tensors that carry parameters
+#: The PackedGMLP fields that carry parameters: the op's differentiable packed tensors, in its gradients' order.
+TRAINED = ("weight", "bias", "scale", "shift", "head")
 _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
 _INDEX = ("out_cols",) + HEAD_TILE_LISTS + ("column_index", "gate_columns")  # its int64 tensors
 
@@ -326,7 +327,7 @@ def _bwd_fake(grad_out, z, env, x, src, tgt, tgt_rowptr, tensors, dout, hidden, 
               need_params, indices_checked):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
-                                                          for k in _TRAINED]
+                                                          for k in TRAINED]
 
 
 def _setup(ctx, inputs, output) -> None:
@@ -336,16 +337,16 @@ def _setup(ctx, inputs, output) -> None:
 
 
 def _trained_needs(ctx) -> list[bool]:
-    """Which of the packed parameters (``_TRAINED``) need a gradient: both ops take the packed tensors as their
+    """Which of the packed parameters (``TRAINED``) need a gradient: both ops take the packed tensors as their
     eighth input, a list (one flag per tensor)."""
     need = dict(zip(PackedGMLP._fields, ctx.needs_input_grad[7]))
-    return [need[k] for k in _TRAINED]
+    return [need[k] for k in TRAINED]
 
 
 def _packed_grads(grads: list) -> list:
-    """The packed parameters' gradients (in ``_TRAINED`` order) as the list input's gradient: one entry per packed
+    """The packed parameters' gradients (in ``TRAINED`` order) as the list input's gradient: one entry per packed
     tensor, None for the constants (a list input takes a list, Nones too)."""
-    by_name = dict(zip(_TRAINED, grads))
+    by_name = dict(zip(TRAINED, grads))
     return [by_name.get(k) for k in PackedGMLP._fields[:_TENSORS]]
 
 
@@ -383,10 +384,10 @@ def _double_backward(ctx, cotangents: list):
     grad_out, z, env, x, src, tgt, *tensors = ctx.saved_tensors
     p = _packed(tuple(tensors), ctx.meta)
     # cotangents of grad_z, grad_env, grad_x and the parameters' gradients (zeros, not computed, without need_params)
-    cots = list(cotangents[:3]) + (list(cotangents[3:]) if ctx.need_params else [None] * len(_TRAINED))
+    cots = list(cotangents[:3]) + (list(cotangents[3:]) if ctx.need_params else [None] * len(TRAINED))
     need = list(ctx.needs_input_grad[:4]) + _trained_needs(ctx)  # grad_out, z, env, x, params
-    go, x_, *params = [t.detach().requires_grad_() for t in (grad_out, x, *(getattr(p, k) for k in _TRAINED))]
-    q = p._replace(**dict(zip(_TRAINED, params)))
+    go, x_, *params = [t.detach().requires_grad_() for t in (grad_out, x, *(getattr(p, k) for k in TRAINED))]
+    q = p._replace(**dict(zip(TRAINED, params)))
     grads = [torch.zeros_like(t) if n else None for t, n in zip([grad_out, z, env, x, *params], need)]
     wanted = [i for i, n in enumerate(need) if n]
     active = any(c is not None for c in cots) and bool(wanted)

@@ -81,7 +81,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..ops.fused_gmlp import HEAD_TILE
+from ..ops.fused_gmlp import HEAD_TILE, TRAINED
 from ._config import INTERPRET, device_ctx
 
 __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order", "head_side_bwd", "edge_wise_bwd",
@@ -1088,7 +1088,7 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torc
     din, in_k = x.shape[1], meta["IN_K"]
     _, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, out.shape[0], rowptr)
     pool = launch_config("pool", in_k, din=din)
-    wave = WAVE_CHUNKS * launch_config("fwd", in_k)["CHUNK"] * _programs(x, PROGRAMS_PER_SM["fwd"])
+    wave = _wave(x, meta, "fwd")
     h1 = _WaveRows(zs, x, packed, meta, wave, save=False)
     grid = min(triton.cdiv(out.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool"]))
     pb = torch.empty(grid, pool["TB"], din, in_k, device=x.device, dtype=x.dtype)
@@ -1109,8 +1109,7 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     (``pooled_bwd``) at mean in-degree ≥ POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of
     the edge-wise head kernel (grad_x, grad_env, the head's gradient; a power of two; default ``launch_config``'s),
     for tuning — given, the head's side runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
-    grads = [torch.zeros_like(t) for t in (z, env, x)] + \
-            [torch.zeros_like(packed[k]) for k in ("weight", "bias", "scale", "shift", "head")]
+    grads = [torch.zeros_like(t) for t in (z, env, x)] + [torch.zeros_like(packed[k]) for k in TRAINED]
     if z.shape[0] == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
     gout = head_order(grad_out, packed)
@@ -1154,7 +1153,7 @@ def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
     meta = _meta(packed, z.shape[1], precision)
     config = launch_config("grad_h", meta["IN_K"])
     reader = launch_chunk("head_bwd", meta["IN_K"], chunk)
-    save = _WaveRows(z, x, packed, meta, _bwd_wave(x, meta), save=True, chunk=reader)
+    save = _WaveRows(z, x, packed, meta, _wave(x, meta), save=True, chunk=reader)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         ew = edges.stop - edges.start
@@ -1185,7 +1184,7 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
-    save = _WaveRows(zs, x, packed, meta, _bwd_wave(x, meta), save=True)
+    save = _WaveRows(zs, x, packed, meta, _wave(x, meta), save=True)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         w, ew = edges.start, edges.stop - edges.start
@@ -1201,9 +1200,10 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
         genv.index_add_(0, order, genvs)
 
 
-def _bwd_wave(x: torch.Tensor, meta: dict) -> int:
-    """Edges per wave of the G-MLP's backward: WAVE_CHUNKS chunks of its kernel per persistent program."""
-    return WAVE_CHUNKS * launch_config("bwd", meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM["bwd"])
+def _wave(x: torch.Tensor, meta: dict, name: str = "bwd") -> int:
+    """Edges per wave of the forward's rows ("fwd") or the G-MLP's backward ("bwd"): WAVE_CHUNKS chunks of that
+    kernel per persistent program."""
+    return WAVE_CHUNKS * launch_config(name, meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM[name])
 
 
 class _WaveRows:
@@ -1243,7 +1243,7 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
     gz, gw, gb, gscale, gshift = grads
     assert (sv is None) == (meta["L"] == 0), "the layers' backward reads their saved state"
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    programs, bwd, wave = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"]), _bwd_wave(x, meta)
+    programs, bwd, wave = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"]), _wave(x, meta)
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
     ss = torch.zeros(programs if sums else 1, meta["L"], 2, bwd["BLOCK_E"], meta["P"] if sums else 1,
