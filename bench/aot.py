@@ -61,11 +61,12 @@ FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": ("_gmlp_conv_fwd_kernel", "fwd", False
                  "_gmlp_pool_fwd_kernel": ("_gmlp_pool_fwd_kernel", "pool", False),
                  "_gmlp_pool_bwd_kernel": ("_gmlp_pool_bwd_kernel", "pool_bwd", False)}
 #: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P, DIN = 64): the anchors'
-#: (hidden_channels=5, H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P)
+#: (hidden_channels=5, H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P);
+#: PU and HU (the layers' non-padding columns and rows) follow from the hidden width (``fused_constexprs``)
 FUSED_WIDTHS = {"anchor": {"L": 2, "P": 128, "NB": 16, "NG": 16, "DOUT_P": 64, "NORM": True, "IN_K": 64, "K0P": 16,
-                           "DIN_P": 64},
+                           "DIN_P": 64, "hidden": 60},
                 "default": {"L": 2, "P": 256, "NB": 16, "NG": 64, "DOUT_P": 64, "NORM": True, "IN_K": 256,
-                            "K0P": 16, "DIN_P": 64}}
+                            "K0P": 16, "DIN_P": 64, "hidden": 192}}
 
 
 @dataclass
@@ -188,6 +189,17 @@ def rows(all_configs: bool, only: list[str] | None = None) -> list[Row]:
     return out
 
 
+def fused_constexprs(width: str) -> dict:
+    """The size constexprs of the fused kernels at ``width`` (a key of FUSED_WIDTHS), as the op computes them: the
+    table's, PU, HU, SW and SV (the saved rows' width, for the kernels that save or read them)."""
+    from fastik.triton_kernels import gmlp_conv as g
+
+    s = FUSED_WIDTHS[width]
+    return {**s, "PU": g.output_columns(s["P"], s["hidden"], s["NG"]),
+            "HU": g.input_columns(s["IN_K"], s["hidden"]), "SW": g.scratch_width(s["P"], s["IN_K"], s["K0P"], s["L"]),
+            "SV": g.saved_width(s["P"], s["NB"], s["NG"], s["IN_K"], s["L"])}
+
+
 def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> list[Row]:
     """The fully fused kernels at their GPU configuration, at each of ``widths`` (keys of FUSED_WIDTHS); the
     width is the first field of each row's config."""
@@ -195,12 +207,10 @@ def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> l
 
     out = []
     for width in widths:
-        sizes = FUSED_WIDTHS[width]
+        sizes = fused_constexprs(width)
         for label, (kernel, name, saved) in FUSED_KERNELS.items():
             fn = _jit_function(getattr(g, kernel))
-            constexprs = {**sizes, "SW": g.scratch_width(sizes["P"], sizes["IN_K"], sizes["K0P"], sizes["L"]),
-                          "SV": g.saved_width(sizes["P"], sizes["NB"], sizes["NG"], sizes["IN_K"], sizes["L"])
-                          if saved else 0}
+            constexprs = {**sizes, "SV": sizes["SV"] if saved else 0}
             constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
             for precision in precisions:
                 config = g.launch_config(name, sizes["IN_K"], din=sizes["DIN_P"])

@@ -538,21 +538,32 @@ def _model(e: int, n: int, k: int, din: int, dout: int) -> dict[str, tuple[float
     }
 
 
-def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[float, float]]:
-    """(FLOPs, bytes) of the fully fused kernels as written (dense padded layer weights; layer 0 reads K0P
-    columns, the other dots K = IN_K of the P columns; bench/NOTES.md). Forward: the MLP (per layer its linear
-    part and the norm's two block sums, 4P·NB; the spreads onto the components and the gate scalars are gathers)
-    and the head's non-zero (16 × 16) tiles, 2·16² per tile. Backward: the rows kernel's MLP, the backward's only
-    one (saving every layer's state, SV floats per edge written and read back a wave of edges later; and h1's
-    rows, IN_K floats, written and read back); the head kernel on those rows (no MLP): the tiles (grad_x and
-    grad_env), and the head's gradient on 16 channels' tiles at once per group of listed tiles
-    (``head_groups``; listed or not); the head's tiles for grad_h̃ (no MLP; written to a buffer of IN_K floats
-    per edge and read back); then per layer from its saved state the backward's sums per block and per gate
-    (4P·NB + 2P·NG), its weight and input gradients (nothing recomputed).  At a mean in-degree
-    e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per edge the pooling dots (the
-    backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles (backward: G and the
-    head's gradient, twice); its bytes: the edges' sort (z, env, src, tgt gathered and written) and one output
-    row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree."""
+def _layer_rows(packed, k0: int, precision: str) -> tuple[int, int, int]:
+    """The rows the fused kernels' staged dots read of a product over a layer's output columns (PU) and over a
+    later layer's input (HU), rounded up to the dots' operand width in ``precision`` (``gmlp_conv._ks``), and the
+    columns of z's gradient the backward computes (ZN, ``gmlp_conv._zn``)."""
+    from fastik.triton_kernels.gmlp_conv import _ks, _meta, _zn
+
+    m = _meta(packed._asdict(), k0, precision)
+    return (_ks(m["P"], m["PU"], m["PRECISION"]), _ks(m["IN_K"], m["HU"], m["PRECISION"]),
+            _zn(m["K0P"], m["IN_K"]))
+
+
+def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf32") -> dict[str, tuple[float, float]]:
+    """(FLOPs, bytes) of the fully fused kernels as written in ``precision`` (dense padded layer weights; layer 0 reads
+    K0P columns, a later layer's linear part its input's first HU of IN_K columns, the products over a layer's outputs
+    their first PU of P (``_layer_rows``); bench/NOTES.md). Forward: the MLP (per layer its linear part and the norm's
+    two block sums, 4·PU·NB; the spreads onto the components and the gate scalars are gathers) and the head's non-zero
+    (16 × 16) tiles, 2·16² per tile. Backward: the rows kernel's MLP, the backward's only one (saving every layer's
+    state, SV floats per edge written and read back a wave of edges later; and h1's rows, IN_K floats, written and read
+    back); the head kernel on those rows (no MLP): the tiles (grad_x and grad_env), and the head's gradient on 16
+    channels' tiles at once per group of listed tiles (``head_groups``; listed or not); the head's tiles for grad_h̃ (no
+    MLP; written to a buffer of IN_K floats per edge and read back); then per layer from its saved state the backward's
+    sums per block and per gate (4·PU·NB + 2·PU·NG), its weight gradient (whole tiles) and input gradient (PU rows;
+    nothing recomputed).  At a mean in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per
+    edge the pooling dots (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles
+    (backward: G and the head's gradient, twice); its bytes: the edges' sort (z, env, src, tgt gathered and written) and
+    one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import pools, saved_width, used_columns, z_columns
 
@@ -560,11 +571,13 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int) -> dict[str, tuple[f
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
     k = used_columns(size, k0, packed.hidden)
     k0p = z_columns(size, k0, layers)
-    norm = 4.0 * size * nb
-    sums = 4.0 * size * nb + 2.0 * size * ng
-    linear = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
+    pu, hu, zn = _layer_rows(packed, k0, precision)
+    norm = 4.0 * pu * nb
+    sums = 4.0 * pu * nb + 2.0 * pu * ng
+    linear = [2.0 * (k0p if i == 0 else hu) * size for i in range(layers)]
+    weight_grads = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
     mlp = sum(linear) + layers * norm
-    steps = sum(linear[i] + sums + 2.0 * size * k for i in range(layers))  # each layer from its saved state
+    steps = sum(weight_grads[i] + sums + 2.0 * pu * (zn if i == 0 else k) for i in range(layers))  # saved state
     saved = 2 * e * saved_width(size, nb, ng, k, layers) * f4  # the layers' state, written and read back
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
@@ -600,11 +613,12 @@ def _pooled_head(packed, din: int, in_k: int, degree: float) -> tuple[float, flo
     return 2.0 * din_p * in_k * _pool_rows(degree, ke), 2.0 * HEAD_TILE ** 2 * tiles / degree
 
 
-def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str, float]:
+def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: str = "tf32") -> dict[str, float]:
     """Bytes per edge of weights and structure each fused kernel reads from L2 at its GPU configuration (fp32;
-    bench/NOTES.md): a layer's weight (K0P or IN_K rows of P) and structure — MEAN / AVG as dot operands (P·NB
-    each), a gather's index and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ in
-    the backward — once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk
+    bench/NOTES.md): a layer's weight (K0P or HU rows of P; in the backward its first PU columns of IN_K rows, of
+    ZN for layer 0: ``_layer_rows`` in ``precision``) and structure — MEAN / AVG as dot operands (PU·NB each), a gather's index
+    and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ (PU columns) in the
+    backward — once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk
     (forward), three times per chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics)
     and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB
     targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
@@ -625,12 +639,14 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None) -> dict[str
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     layers, in_k = packed.layers, used_columns(size, k0, packed.hidden)
     k0p = z_columns(size, k0, layers)
-    weights = [(k0p if i == 0 else in_k) * size * f4 for i in range(layers)]
-    sums, vec, gates = size * nb * f4, size * 12, ng * 8  # one MEAN / AVG operand; one gather's vectors
+    pu, hu, zn = _layer_rows(packed, k0, precision)
+    weights = [(k0p if i == 0 else hu) * size * f4 for i in range(layers)]  # a = u @ W: W's first rows
+    sums, vec, gates = pu * nb * f4, size * 12, ng * 8  # one MEAN / AVG operand; one gather's vectors
     layer = 2 * sums + 4 * vec + gates  # norm (MEAN, AVG dots; two spreads), gate columns and spread (2 vectors)
-    back = 2 * sums + 2 * vec + gates + size * ng * f4 + 2 * nb * size * f4 + 5 * vec  # _layer_bwd's structure
+    back = 6 * vec + (ng + 2 * nb) * pu * f4  # _layer_bwd's structure from the saved state: GEXPᵀ, EXPᵀ twice
     mlp = sum(weights) + layers * layer
-    saved = sum(weights[i] + back - 2 * sums - vec - gates for i in range(layers))  # no recompute, no norm sums
+    saved = sum(((zn if i == 0 else in_k) * pu * f4 + back) for i in range(layers))  # du = da @ Wᵀ: W's first PU
+    # columns of IN_K rows (of ZN for layer 0: z's gradient)
     tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
     if degree >= POOL_MIN_DEGREE:
@@ -929,13 +945,14 @@ def stage_split(ctx: Context) -> None:
             z = fconv.kernel.embed(r_vec).contiguous()
             env = (fconv.kernel.envelope(r_vec) * fconv.scale).contiguous()
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
-        fmodel = _fused_model(e, n, packed, din, z.shape[1])
-        for key, model_fn in (("weight_reads_bytes_per_edge", fused_weight_reads),
-                              ("scratch_reads_bytes_per_edge", fused_scratch_reads)):  # the models beside the times
-            r.setdefault(key, {})[label] = {k: round(v) for k, v in model_fn(packed, z.shape[1]).items()}
+        r.setdefault("scratch_reads_bytes_per_edge", {})[label] = {
+            k: round(v) for k, v in fused_scratch_reads(packed, z.shape[1]).items()}  # the models beside the times
         size = packed.weight.shape[1]
         for precision in s.precisions:
             tag = f"{label}, P={size}, {precision}"
+            fmodel = _fused_model(e, n, packed, din, z.shape[1], precision)
+            r.setdefault("weight_reads_bytes_per_edge", {})[f"{label}, {precision}"] = {
+                k: round(v) for k, v in fused_weight_reads(packed, z.shape[1], precision=precision).items()}
             item(f"gmlp_conv fwd ({tag})",
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
             item(f"gmlp_conv bwd ({tag})",

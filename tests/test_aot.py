@@ -130,3 +130,22 @@ def test_measured_spill_table_prunes_what_spills():
     big = [c for c in message_fwd._fwd_configs() if c.kwargs["BLOCK_E"] == 256]
     assert _config.fits_registers(big + message_fwd._fwd_configs()[:1], 128, 128, "ieee", "fwd",
                                   "_message_fwd_kernel") == message_fwd._fwd_configs()[:1]
+
+
+def test_fused_widths_are_the_standard_layers():
+    """bench.aot compiles the fused kernels with the size constexprs the op computes for the standard workload's
+    layers (so3, ``16x0e + 16x1o``; hidden_channels 5 and 16), the padding bounds PU and HU included."""
+    pytest.importorskip("triton")
+    import torch
+
+    import fastik
+    from bench.aot import fused_constexprs
+    from fastik.triton_kernels.gmlp_conv import _meta
+
+    ft = fastik.FieldType(fastik.group("so3"), "16x0e + 16x1o")
+    for width, hidden_channels, bounds in (("anchor", 5, (80, 64)), ("default", 16, (256, 192))):
+        conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=hidden_channels, backend="fused")
+        meta = _meta(conv.kernel.packed(torch.float32)._asdict(), conv.kernel.input_type.dim, "ieee")
+        sizes = fused_constexprs(width)
+        assert {k: sizes[k] for k in meta if k != "PRECISION"} == {k: v for k, v in meta.items() if k != "PRECISION"}
+        assert (sizes["PU"], sizes["HU"]) == bounds

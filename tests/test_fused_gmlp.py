@@ -249,17 +249,19 @@ def test_head_on_half_of_the_padded_width():
                                  edge_index=ei))
 
 
-@pytest.mark.parametrize("hidden_channels", [6, 10], ids=["P128", "P256"])
+@pytest.mark.parametrize("hidden_channels", [6, 10, 16], ids=["P128", "P256", "P256-IN_K256"])
 def test_wide_mlp_matches_reference(hidden_channels):
-    """Wider G-MLPs (IN_K = 128 at P = 128 and at P = 256): the staged dots read several slices, the layer weight
-    gradients come in several tiles and atomic groups, the head gradient in two row tiles — forward and every
-    gradient against the reference over several chunks and both programs."""
+    """Wider G-MLPs (IN_K = 128 at P = 128 and at P = 256; IN_K = 256, the default width, where z's gradient comes
+    from 128 of its columns): the staged dots read several slices, the layer weight gradients come in several tiles
+    and atomic groups, the head gradient in two row tiles — forward and every gradient against the reference over
+    several chunks and both programs."""
     from fastik.triton_kernels.gmlp_conv import used_columns
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=hidden_channels)
     packed = fused.kernel.packed(torch.float64)
     p = packed.weight.shape[1]
-    assert (p, used_columns(p, fused.kernel.input_type.dim, packed.hidden)) == ({6: 128, 10: 256}[hidden_channels], 128)
+    assert (p, used_columns(p, fused.kernel.input_type.dim, packed.hidden)) == \
+        {6: (128, 128), 10: (256, 128), 16: (256, 256)}[hidden_channels]
     pos, ei = graph(12, 70, 3)
     assert_same(ref, fused, dict(x=torch.randn(12, t.dim, dtype=torch.float64, device=DEVICE), pos=pos,
                                  edge_index=ei))
@@ -347,10 +349,19 @@ def test_csr_order_is_not_sorted_again(pooled, monkeypatch):
         fused_gmlp_conv(z[perm], env[perm], x, p, src[perm], tgt[perm], 20, tgt_rowptr=rowptr[1:])
 
 
-def test_float32_within_fp32_round_off():
+@pytest.mark.parametrize("hidden_channels,precision", [(2, "ieee"), (5, "tf32"), (6, "tf32")])
+def test_float32_within_fp32_round_off(hidden_channels, precision):
+    """float32 against the float64 reference; in TF32 (the interpreter multiplies in fp32) the staged dots read
+    32 columns at a time, so that at P = 128 their padding bound (80 or 112 output columns, 80 input rows at 6
+    hidden channels) is rounded up to a multiple of 32."""
+    from fastik.triton_kernels.gmlp_conv import _meta
+
     G = fastik.group("so3")
     t = fastik.FieldType(G, "4x0e + 2x1o")
-    ref, fused = twins(t, t, hidden_channels=2)
+    ref, fused = twins(t, t, hidden_channels=hidden_channels)
+    fused.precision = precision
+    meta = _meta(fused.kernel.packed(torch.float32)._asdict(), fused.kernel.input_type.dim, precision)
+    assert hidden_channels == 2 or (meta["PU"] % 32, meta["P"]) == (16, 128)
     pos, ei = graph(12, 60, 3)
     x = torch.randn(12, t.dim, dtype=torch.float64, device=DEVICE)
     y64, g64 = outputs_and_grads(ref, dict(x=x, pos=pos, edge_index=ei))
@@ -636,3 +647,24 @@ def test_forces_in_loss_on_every_group(any_group, pooled):
         expected = force_loss_grads(ref, inputs)
         assert_same_grads(force_loss_grads(fused, inputs), expected, 1, TOL64)
         assert (max(g.abs().max() for g in expected if g is not None) > 0) == (edges.shape[1] > 0)
+
+
+@pytest.mark.parametrize("hidden_channels", [1, 5])
+def test_packed_padding_beyond_the_dots_bounds(any_group, hidden_channels):
+    """The kernels' dots stop at PU columns of a layer's linear part and HU rows of a later layer's weight
+    (``output_columns``, ``input_columns``): every packed matrix they multiply is zero beyond, and the gate
+    scalars lie before PU — on every group of the table."""
+    from fastik.triton_kernels.gmlp_conv import _meta
+
+    t = fastik.FieldType(any_group, FIELDS[any_group.dim])
+    kernel = fastik.ImplicitPointConv(t, t, hidden_channels=hidden_channels, backend="fused").kernel
+    p = pack_gmlp(kernel, torch.float64)
+    meta = _meta(p._asdict(), kernel.input_type.dim, "ieee")
+    pu, hu = meta["PU"], meta["HU"]
+    assert pu % 16 == 0 and hu % 16 == 0 and pu <= meta["P"] and hu <= meta["IN_K"]
+    assert not p.weight[:, :, pu:].any() and not p.weight[1:, hu:, :].any() and not p.bias[:, pu:].any()
+    for rows in (p.mean, p.avg):  # (L, P, NB): the norms' sums
+        assert not rows[:, pu:].any()
+    for cols in (p.expand, p.gate_expand):  # (L, NB / NG, P): their transposes in the backward's sums
+        assert not cols[:, :, pu:].any()
+    assert int(p.gate_columns.max()) < pu

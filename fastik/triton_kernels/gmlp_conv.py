@@ -173,25 +173,51 @@ def _join(a, b, P: tl.constexpr):
 
 
 @triton.jit
-def _stage(u, st_ptr):
-    """Store u (R, K) row-major in the program's staging buffer st (≥ R·K values), for ``_staged_dot``."""
+def _stage(u, st_ptr, KU: tl.constexpr):
+    """Store u (R, K) row-major in the program's staging buffer st (≥ R·K values), for ``_staged_dot``: its first
+    KU columns, the ones read back (the layers' padding columns are not)."""
     R: tl.constexpr = u.shape[0]
     K: tl.constexpr = u.shape[1]
+    cols = tl.arange(0, K)
     tl.debug_barrier()  # earlier reads of the buffer are done
-    tl.store(st_ptr + tl.arange(0, R)[:, None] * K + tl.arange(0, K)[None, :], u)
+    if KU < K:
+        tl.store(st_ptr + tl.arange(0, R)[:, None] * K + cols[None, :], u, mask=(cols < KU)[None, :])
+    else:
+        tl.store(st_ptr + tl.arange(0, R)[:, None] * K + cols[None, :], u)
     tl.debug_barrier()  # the tile is read back by other threads
+
+
+@triton.constexpr_function
+def _zn(k0p, in_k):
+    """ZN: the columns of z's gradient the backward computes (only K0 of them are z's): K0P rounded up to 128, at most
+    IN_K — at 32 and 64 ptxas spilled 8–40 B in TF32 at P = 256 (bench/NOTES.md)."""
+    return min(in_k, max(k0p, 128))
+
+
+@triton.constexpr_function
+def _kc(k, precision):
+    """KC: the columns of a staged dot operand (``_staged_dot``), at most K."""
+    return min(k, 32 if precision == "tf32" else 16)
+
+
+@triton.constexpr_function
+def _ks(k, ku, precision):
+    """KS: the staged columns a dot reads when M's rows from KU on are zero — KU rounded up to KC, at most K."""
+    kc = _kc(k, precision)
+    return min(k, -(-ku // kc) * kc)
 
 
 @triton.jit
 def _staged_dot(st_ptr, R: tl.constexpr, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr,
-                PRECISION: tl.constexpr):
-    """u (R, K) @ M (K, N) for u staged at st (``_stage``): u is read back as (R, KC) dot operands one at a
-    time, in a loop the compiler does not unroll, so a computed tile never exists as a whole dot operand
-    (R·K / 32 registers per thread at 8 warps: 128 for a (16 × 256) tile)."""
-    KC: tl.constexpr = min(K, 32 if PRECISION == "tf32" else 16)
+                PRECISION: tl.constexpr, KS: tl.constexpr):
+    """u (R, K) @ M (K, N) for u staged at st (``_stage``) up to column KS (a multiple of KC), M's rows from KS on
+    zero (the layers' padding: not read, not multiplied): u is read back as (R, KC) dot operands one at a time, in
+    a loop the compiler does not unroll, so a computed tile never exists as a whole dot operand (R·K / 32
+    registers per thread at 8 warps: 128 for a (16 × 256) tile)."""
+    KC: tl.constexpr = _kc(K, PRECISION)
     rows = tl.arange(0, R)[:, None] * K
     acc = tl.zeros((R, N), dtype=st_ptr.dtype.element_ty)
-    for k in range(0, K, KC):
+    for k in range(0, KS, KC):
         step = k if TRANS else k * LD
         acc += tl.dot(tl.load(st_ptr + rows + k + tl.arange(0, KC)[None, :]), _tile(m_ptr + step, KC, N, LD, TRANS),
                       input_precision=PRECISION)
@@ -199,10 +225,15 @@ def _staged_dot(st_ptr, R: tl.constexpr, m_ptr, K: tl.constexpr, N: tl.constexpr
 
 
 @triton.jit
-def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
-    """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), through the staging buffer st."""
-    _stage(u, st_ptr)
-    return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION)
+def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr, st_ptr,
+        KU: tl.constexpr):
+    """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), through the staging buffer st; M's
+    rows from KU on are zero (``_staged_dot``: u's first KS columns are read).  Only those are staged, except for
+    the backward's products (M transposed), which stage whole rows: masking their stores made ptxas spill 8 B at
+    P = 128 in IEEE under Triton 3.8 (bench/NOTES.md)."""
+    KS: tl.constexpr = _ks(K, KU, PRECISION)
+    _stage(u, st_ptr, K if TRANS else KS)
+    return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION, KS)
 
 
 @triton.constexpr_function
@@ -247,7 +278,7 @@ def _weight_grad(ws_ptr, st_ptr, l: tl.constexpr, wsup_ptr, gw_ptr, gb_ptr, P: t
             acc += tl.dot(tl.trans(tl.load(u_ptr + rows + offs_k[None, :])), da, input_precision=PRECISION)
             gb += tl.sum(da, 0)
         tl.atomic_add(gb_ptr + l * P + t * PT + offs_t, gb, sem="relaxed")
-        _stage(acc, st_ptr)
+        _stage(acc, st_ptr, PT)
         for k in range(0, KL, RG):
             entries = l * P * P + k * P + t * PT + (offs_g // PT) * P + offs_g % PT
             tl.atomic_add(gw_ptr + entries, tl.load(st_ptr + k * PT + offs_g), mask=tl.load(wsup_ptr + entries) != 0,
@@ -270,12 +301,13 @@ def _vec(ptr, N: tl.constexpr):
 
 @triton.jit
 def _linear(u, l: tl.constexpr, w_ptr, b_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
-            PRECISION: tl.constexpr, st_ptr):
-    """EquivariantLinear of hidden layer l on its input u: z (BLOCK_E, K0P) for l = 0, else (BLOCK_E, P)."""
+            HU: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
+    """EquivariantLinear of hidden layer l on its input u: z (BLOCK_E, K0P) for l = 0, else (BLOCK_E, P) of which
+    the first HU columns meet non-zero weight rows."""
     if l == 0:
         a = tl.dot(u, _tile(w_ptr, K0P, P, P, False), input_precision=PRECISION)  # z: K0P columns, a small operand
     else:
-        a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION, st_ptr)
+        a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION, st_ptr, HU)
     return a + _vec(b_ptr + l * P, P)[None, :]
 
 
@@ -286,7 +318,7 @@ def _spread(v, l: tl.constexpr, INDEX: tl.constexpr, SCALE: tl.constexpr, cidx_p
     column_scale[l, SCALE, p] — v @ M for a structure matrix M with one non-zero per column, as a gather from
     the staging buffer (a register gather, ``tl.gather``, took ≈ 65 more registers per thread in the forward at
     P = 128 under Triton 3.8)."""
-    _stage(v, st_ptr)
+    _stage(v, st_ptr, v.shape[1])
     idx = tl.load(cidx_ptr + (l * 3 + INDEX) * P + tl.arange(0, P))
     return tl.load(st_ptr + tl.arange(0, v.shape[0])[:, None] * v.shape[1] + idx[None, :]) * \
         _vec(cscale_ptr + (l * 5 + SCALE) * P, P)[None, :]
@@ -302,14 +334,15 @@ def _norm_out(c, rinv, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_p
 
 @triton.jit
 def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P: tl.constexpr,
-            NB: tl.constexpr, NORM: tl.constexpr, SP: tl.constexpr, st_ptr):
+            NB: tl.constexpr, NORM: tl.constexpr, PU: tl.constexpr, SP: tl.constexpr, st_ptr):
     """Per-field norm of hidden layer l on its linear part a: (c, rinv, n) — a centred (channel mean off the
     scalar blocks), 1 / rms per block (BLOCK_E, NB), the normed output (without NORM: a, 0, a).  The block sums
-    are dots with MEAN and AVG; their spread onto the components, gathers."""
+    are dots with MEAN and AVG (on the first PU columns: the others are padding); their spread onto the
+    components, gathers."""
     if NORM:
-        c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr), l, _BLOCK, _EXPAND, cidx_ptr,
-                        cscale_ptr, P, st_ptr)
-        rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr) + eps)
+        c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU), l, _BLOCK, _EXPAND,
+                        cidx_ptr, cscale_ptr, P, st_ptr)
+        rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU) + eps)
         n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
     else:
         c = a
@@ -319,10 +352,10 @@ def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_pt
 
 
 @triton.jit
-def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, st_ptr):
+def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, PU: tl.constexpr, st_ptr):
     """sigmoid of the gate scalars of hidden layer l (BLOCK_E, NG) from its normed output n, gathered from the
-    staging buffer (gate g's scalar is column gate_columns[l, g]; padding gates read column 0, never used)."""
-    _stage(n, st_ptr)
+    staging buffer (gate g's scalar is column gate_columns[l, g] < PU; padding gates read column 0, never used)."""
+    _stage(n, st_ptr, PU)
     idx = tl.load(gcol_ptr + l * NG + tl.arange(0, NG))
     return tl.sigmoid(tl.load(st_ptr + tl.arange(0, n.shape[0])[:, None] * n.shape[1] + idx[None, :]))
 
@@ -330,14 +363,14 @@ def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, st_ptr):
 @triton.jit
 def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
                triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-               IN_K: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row, SV: tl.constexpr):
+               IN_K: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row, SV: tl.constexpr):
     """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere.  With
     SV > 0, its state for the backward (c, 1 / rms, the gates) goes to the saved rows sv_row (BLOCK_E, 1)
     pointers (``_sv_offset``)."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
-    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, SP,
-                         st_ptr)
-    sg = _gates(n, l, gcol_ptr, NG, st_ptr)
+    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, PU,
+                         SP, st_ptr)
+    sg = _gates(n, l, gcol_ptr, NG, PU, st_ptr)
     if SV > 0:
         at = sv_row + _sv_offset(l, P, NB, NG, IN_K)
         tl.store(at + tl.arange(0, P)[None, :], c)
@@ -350,13 +383,14 @@ def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol
 @triton.jit
 def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
          cscale_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-         IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row, SV: tl.constexpr):
+         IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr, PRECISION: tl.constexpr, st_ptr,
+         sv_row, SV: tl.constexpr):
     """The first L hidden layers on z (BLOCK_E, K0P): (BLOCK_E, P), or z itself for L = 0.  With SV > 0 every
     layer's state for the backward and every later layer's input go to the saved rows sv_row (``_sv_offset``)."""
     u = z
     for l in tl.static_range(L):
-        u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
-                       mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K,
+        u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, HU, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
+                       mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, PU,
                        PRECISION, st_ptr, sv_row, SV)
         if SV > 0 and l + 1 < L:
             tl.store(sv_row + _sv_offset(l + 1, P, NB, NG, IN_K) - IN_K + tl.arange(0, IN_K)[None, :],
@@ -394,9 +428,10 @@ def _layer_state(z, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr,
 @triton.jit
 def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
                w_ptr, ss_ptr, ws_row, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-               IN_K: tl.constexpr, K0P: tl.constexpr, PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, st_ptr):
+               IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr,
+               NEED_PARAMS: tl.constexpr, st_ptr):
     """Gradient w.r.t. the input of layer l from the gradient dy of its output and its forward state (c, rinv,
-    n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, (BLOCK_E, IN_K) (the shape of its input: ``_linear``).
+    n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, z's first ZN columns (``_zn``; z has K0 ≤ K0P ≤ ZN).
     With NEED_PARAMS the block's gradients of scale and shift, per edge, are added to the program's sums ss
     (L, 2, BLOCK_E, P), and the linear part's gradient da goes to the scratch rows ws_row for ``_weight_grad``.
 
@@ -406,7 +441,7 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
     offs = tl.arange(0, P)
     KL: tl.constexpr = K0P if l == 0 else IN_K
-    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr)  # per gate: a sum over its components
+    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr, PU)  # per gate: a sum over its components
     s = tl.sigmoid(n)
     dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) +
                _spread(sg, l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr))
@@ -419,20 +454,20 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
             tl.store(at, tl.load(at) + dn * c * rf)
             tl.store(at + dy.shape[0] * P, tl.load(at + dy.shape[0] * P) + dn)
         dc = dn * scale * rf
-        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr)  # per block: sums
+        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU)  # per block: sums
         ds = -0.5 * drinv * rinv * rinv * rinv
         dc += 2 * c * _spread(ds, l, _BLOCK, _AVG, cidx_ptr, cscale_ptr, P, st_ptr)
-        dmu = _spread(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr), l, _BLOCK, _MEAN, cidx_ptr,
+        dmu = _spread(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU), l, _BLOCK, _MEAN, cidx_ptr,
                       cscale_ptr, P, st_ptr)
         da = dc - dmu
     else:
         da = dn
     if NEED_PARAMS:
         tl.store(ws_row + _ws_offset(l, K0P, IN_K, P) + KL + offs[None, :], da)
-    if l == 0:  # IN_K columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB
-        du = _mm(da, w_ptr, P, IN_K, P, True, PRECISION, st_ptr)
+    if l == 0:  # ZN columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB (_zn)
+        du = _mm(da, w_ptr, P, _zn(K0P, IN_K), P, True, PRECISION, st_ptr, PU)
     else:
-        du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr)
+        du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr, PU)
         if IN_K < P:  # the input's padding columns meet zero weight rows
             du = _join(du, tl.zeros_like(du), P)
     return du
@@ -463,15 +498,16 @@ def _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK: tl.constexpr):
 @triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
 def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
               cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr,
-              NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr,
-              CHUNK: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_ptr, SV: tl.constexpr):
+              NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr,
+              HU: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_ptr,
+              SV: tl.constexpr):
     """h1 = [MLP(z)[:, :H], 1] (h̃ before the envelope) of the chunk of CHUNK edges from start, by the MLP on
     BLOCK_E edges at a time, into the program's scratch rows hs (CHUNK, IN_K); padding edges get z = 0's.  With
     SV > 0 the layers' state for the backward goes to the chunk's saved rows sv (CHUNK, SV) (``_sv_offset``)."""
     for s in range(CHUNK // BLOCK_E):
         _, _, z = _z_rows(start + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
         h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
-                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PRECISION, st_ptr,
+                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PU, HU, PRECISION, st_ptr,
                  sv_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * SV, SV)
         h1 = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h)
         tl.store(hs_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * IN_K + tl.arange(0, IN_K)[None, :],
@@ -537,8 +573,8 @@ def _gmlp_conv_fwd_kernel(
     w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
     head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    CHUNK: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr,
+    BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """Persistent programs take chunks of CHUNK edges in turn.  Per chunk: h1 = [MLP(z)[:, :H], 1] into the
     program's scratch rows (``_chunk_h1``); then the head contracted with x[src] for the whole chunk, one output
@@ -553,8 +589,8 @@ def _gmlp_conv_fwd_kernel(
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-                  cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E, CHUNK,
-                  PRECISION, st_ptr, hs_ptr, 0)
+                  cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, PU, HU, BLOCK_E,
+                  CHUNK, PRECISION, st_ptr, hs_ptr, 0)
         tl.debug_barrier()  # the rows are read back by other threads of the program
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
@@ -571,8 +607,8 @@ def _gmlp_rows_kernel(
     z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
     triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    CHUNK: tl.constexpr, SV: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr,
+    BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr, SV: tl.constexpr,
 ):
     """h1 = [MLP(z)[:, :H], 1] of E edges into hb (⌈E / CHUNK⌉·CHUNK, IN_K) — a wave's rows, for the pooled head
     (``_gmlp_pool_fwd_kernel``) — by persistent programs that take chunks of CHUNK edges in turn.  In the
@@ -583,8 +619,8 @@ def _gmlp_rows_kernel(
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
         _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-                  cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, BLOCK_E,
-                  CHUNK, PRECISION, st_ptr, sv_ptr + start * SV, SV)
+                  cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, PU, HU,
+                  BLOCK_E, CHUNK, PRECISION, st_ptr, sv_ptr + start * SV, SV)
 
 
 @triton.jit
@@ -918,8 +954,9 @@ def _gmlp_conv_bwd_kernel(
     wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
     eps, E, K0, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
-    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr, SV: tl.constexpr,
+    NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, BLOCK_E: tl.constexpr,
+    PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr,
+    SV: tl.constexpr,
 ):
     """The G-MLP's side of the backward, by persistent programs that take chunks of CHUNK edges in turn and
     back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel`` or
@@ -933,7 +970,7 @@ def _gmlp_conv_bwd_kernel(
     ws_ptr += pid * CHUNK * SW
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     ss_ptr += pid * 2 * L * BLOCK_E * P
-    KZ: tl.constexpr = K0P if L == 0 else IN_K  # the columns of z's gradient
+    KZ: tl.constexpr = K0P if L == 0 else _zn(K0P, IN_K)  # the columns of z's gradient
     offs_k = tl.arange(0, IN_K)
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         for s in range(CHUNK // BLOCK_E):
@@ -949,8 +986,8 @@ def _gmlp_conv_bwd_kernel(
                 c, rinv, n, sg = _layer_state(z, L - 1 - i, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, ws_row,
                                               sv_row, mask_e, P, NB, NG, NORM, IN_K, K0P, NEED_PARAMS, SV, st_ptr)
                 dh = _layer_bwd(dh, c, rinv, n, sg, L - 1 - i, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-                                triv_ptr, w_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PRECISION, NEED_PARAMS,
-                                st_ptr)
+                                triv_ptr, w_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PU, PRECISION,
+                                NEED_PARAMS, st_ptr)
             offs_z = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
                      mask=mask_e[:, None] & (offs_z < K0)[None, :])
@@ -973,9 +1010,10 @@ _POOL_BWD = ("head",) + _HEAD_BWD  # the pooled head's backward: the head, its s
 def _meta(packed: dict, k0: int, precision: str) -> dict:
     """The packed sizes as the kernels' constexprs."""
     _, p, nb = packed["mean"].shape
-    return dict(L=packed["layers"], P=p, NB=nb, NG=packed["gate_pick"].shape[2], DOUT_P=packed["head"].shape[2],
-                NORM=packed["norm"], IN_K=used_columns(p, k0, packed["hidden"]), K0P=z_columns(p, k0, packed["layers"]),
-                PRECISION=_precision(packed, precision))
+    ng, hidden, in_k = packed["gate_pick"].shape[2], packed["hidden"], used_columns(p, k0, packed["hidden"])
+    return dict(L=packed["layers"], P=p, NB=nb, NG=ng, DOUT_P=packed["head"].shape[2], NORM=packed["norm"],
+                IN_K=in_k, K0P=z_columns(p, k0, packed["layers"]), PU=output_columns(p, hidden, ng),
+                HU=input_columns(in_k, hidden), PRECISION=_precision(packed, precision))
 
 
 def _precision(packed: dict, precision: str) -> str:
@@ -1031,6 +1069,19 @@ def used_columns(p: int, k0: int, hidden: int) -> int:
     """IN_K: P/2 when z (k0 columns), the layers' inputs (hidden) and h̃ (hidden + 1) fit in the lower half
     of P (and the half still splits into two dot operands of ≥ 16), else P."""
     return p // 2 if max(k0, hidden + 1) <= p // 2 and p >= 64 else p
+
+
+def output_columns(p: int, hidden: int, ng: int) -> int:
+    """PU: the columns of a hidden layer's linear part that may be non-zero — its hidden features and gate scalars
+    (hidden + gates ≤ hidden + NG) — rounded up to 16, at most P.  Every matrix whose rows are indexed by them (the
+    norm's sums, the gates', a weight's transpose) is zero from row PU on, and the kernels' dots stop there."""
+    return min(p, -(-(hidden + ng) // 16) * 16)
+
+
+def input_columns(in_k: int, hidden: int) -> int:
+    """HU: the rows of a hidden layer's weight after the first that may be non-zero — its input's hidden features
+    — rounded up to 16, at most IN_K."""
+    return min(in_k, -(-hidden // 16) * 16)
 
 
 def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
@@ -1245,6 +1296,7 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
     programs, bwd, wave = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"]), _wave(x, meta)
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
+    backward = {k: v for k, v in meta.items() if k != "HU"}  # no forward linear part here
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
     ss = torch.zeros(programs if sums else 1, meta["L"], 2, bwd["BLOCK_E"], meta["P"] if sums else 1,
                      device=x.device, dtype=x.dtype)
@@ -1256,7 +1308,7 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
             _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
                                (gh, gh if sv is None else sv, z[edges], *(packed[k] for k in _LAYERS),
                                 packed["weight_support"], gz[edges], gw, gb, ss), (sw if need_params else 1,),
-                               (packed["eps"], ew, k0), meta, x, NEED_PARAMS=need_params,
+                               (packed["eps"], ew, k0), backward, x, NEED_PARAMS=need_params,
                                SW=sw, SV=0 if sv is None else sv.shape[1])
     if sums:
         gscale += ss[:, :, 0].sum((0, 2))
