@@ -615,15 +615,15 @@ def _pooled_head(packed, din: int, in_k: int, degree: float) -> tuple[float, flo
 
 def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: str = "tf32") -> dict[str, float]:
     """Bytes per edge of weights and structure each fused kernel reads from L2 at its GPU configuration (fp32;
-    bench/NOTES.md): a layer's weight (K0P or HU rows of P; in the backward its first PU columns of IN_K rows, of
-    ZN for layer 0: ``_layer_rows`` in ``precision``) and structure — MEAN / AVG as dot operands (PU·NB each), a gather's index
-    and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ (PU columns) in the
-    backward — once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk
-    (forward), three times per chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics)
-    and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB
-    targets (forward) and twice (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head
-    kernel and grad_h̃ do not run); edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E edges, saving
-    the layers' state and the h1 rows the head kernel reads). The backward kernel reads each layer's state that the
+    bench/NOTES.md): a layer's weight (K0P or HU rows of P; in the backward its first PU columns of IN_K rows, of ZN for
+    layer 0: ``_layer_rows`` in ``precision``) and structure — MEAN / AVG as dot operands (PU·NB each), a gather's index
+    and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ (PU columns) in the backward —
+    once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk (forward), three times per
+    chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics) and once per BLOCK_E edges
+    (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB targets (forward) and twice
+    (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head kernel and grad_h̃ do not run);
+    edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E edges, saving the layers' state and the h1 rows the
+    head kernel reads). The backward kernel reads each layer's state that the
     backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward, the
     weight's transpose; nothing recomputed). Per-layer vectors (bias, scale, shift, trivial) and the L1 are left out: an
     upper bound on L2 traffic if nothing stays in L1.

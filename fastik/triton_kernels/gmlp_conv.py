@@ -21,18 +21,18 @@ onto the components by a gather (``spread``: column p takes the value of its blo
 structure matrices' entry there — PackedGMLP.column_index / column_scale), and the gate scalars are gathered
 from their columns (GCOL = gate_columns), so EXP / GPICK / GEXP are never multiplied; the backward's sums per
 block and per gate are dots with EXPᵀ and GEXPᵀ.  Every dot whose left operand is a computed tile goes through
-a per-program staging buffer (`_mm`): the tile is stored (BLOCK_E · width values, L1/L2-resident) and
-read back as (BLOCK_E, KC) slices, one per iteration of a loop the compiler does not unroll
-(`_staged_dot`).  With BLOCK_E = 16 rows every warp holds the whole left operand of a tensor-core
-dot (at 32, each warp its half), so a (16 × 256) tile as one operand would cost 128 registers per thread, a
-(16 × 32) slice 16;
-slicing the tile in registers (split trees) still left all slices alive at once and made ptxas
-spill 1–2 KB per thread at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The
-head contracts h1 with each input channel as env · x[src, c] · (h1 @ HEAD[c]) (the row scale after the
-dot), and every kernel multiplies only HEAD's non-zero (16 × 16) tiles (the packing orders h̃'s and the
-outputs' components so that Schur's lemma leaves few: ≈ 17 % of the dense head at the default width, so3),
-listed per output tile (forward, head gradient), per row tile (grad_h̃) and per input channel (grad_x); the
-backward kernels take grad_out with its columns in the head's order.
+a per-program staging buffer (`_mm`): the tile is stored (BLOCK_E · width values, L1/L2-resident) and read back as
+(BLOCK_E, KC) slices, one per iteration of a loop the compiler does not unroll (`_staged_dot`); it stops at the last
+rows of the matrix that can be non-zero — PU of a layer's P output columns (hidden features and gates:
+``output_columns``), HU of a later layer's IN_K input rows (``input_columns``) — since the padding of P to a power of
+two multiplies zeros only.  With BLOCK_E = 16 rows every warp holds the whole left operand of a tensor-core dot (at 32,
+each warp its half), so a (16 × 256) tile as one operand would cost 128 registers per thread, a (16 × 32) slice 16;
+slicing the tile in registers (split trees) still left all slices alive at once and made ptxas spill 1–2 KB per thread
+at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The head contracts h1 with each input channel as
+env · x[src, c] · (h1 @ HEAD[c]) (the row scale after the dot), and every kernel multiplies only HEAD's non-zero
+(16 × 16) tiles (the packing orders h̃'s and the outputs' components so that Schur's lemma leaves few: ≈ 17 % of the
+dense head at the default width, so3), listed per output tile (forward, head gradient), per row tile (grad_h̃) and per input
+channel (grad_x); the backward kernels take grad_out with its columns in the head's order.
 
 The backward is four kernels per wave of edges (a few chunks per program).  ``_gmlp_rows_kernel`` evaluates the MLP and
 saves each layer's state (``_sv_offset``: the centred linear part, 1 / rms per block, the gates' sigmoids, the next
