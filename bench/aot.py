@@ -195,9 +195,10 @@ def fused_constexprs(width: str) -> dict:
     from fastik.triton_kernels import gmlp_conv as g
 
     s = FUSED_WIDTHS[width]
-    return {**s, "PU": g.output_columns(s["P"], s["hidden"], s["NG"]),
-            "HU": g.input_columns(s["IN_K"], s["hidden"]), "SW": g.scratch_width(s["P"], s["IN_K"], s["K0P"], s["L"]),
-            "SV": g.saved_width(s["P"], s["NB"], s["NG"], s["IN_K"], s["L"])}
+    pu = g.output_columns(s["P"], s["hidden"], s["NG"])
+    return {**s, "PU": pu, "HU": g.input_columns(s["IN_K"], s["hidden"]),
+            "SW": g.scratch_width(s["P"], s["IN_K"], s["K0P"], s["L"]),
+            "SV": g.saved_width(pu, s["NB"], s["NG"], s["IN_K"], s["L"])}
 
 
 def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> list[Row]:

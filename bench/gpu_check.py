@@ -565,7 +565,7 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf
     (backward: G and the head's gradient, twice); its bytes: the edges' sort (z, env, src, tgt gathered and written) and
     one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree."""
     from fastik.ops.fused_gmlp import HEAD_TILE
-    from fastik.triton_kernels.gmlp_conv import pools, saved_width, used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import output_columns, pools, saved_width, used_columns, z_columns
 
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
@@ -578,7 +578,7 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf
     weight_grads = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
     mlp = sum(linear) + layers * norm
     steps = sum(weight_grads[i] + sums + 2.0 * pu * (zn if i == 0 else k) for i in range(layers))  # saved state
-    saved = 2 * e * saved_width(size, nb, ng, k, layers) * f4  # the layers' state, written and read back
+    saved = 2 * e * saved_width(output_columns(size, packed.hidden, ng), nb, ng, k, layers) * f4  # written, read
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
     head_grad = 2.0 * HEAD_TILE ** 3 * head_groups(packed)
@@ -705,8 +705,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     sums of the scale and shift gradients (2P values read, and written, per edge), and the row of the layers'
     saved state (``saved_width``)."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
-    from fastik.triton_kernels.gmlp_conv import (POOL_MIN_DEGREE, din_padded, launch_config, saved_width,
-                                                 used_columns, z_columns)
+    from fastik.triton_kernels.gmlp_conv import (POOL_MIN_DEGREE, din_padded, launch_config, output_columns,
+                                                 saved_width, used_columns, z_columns)
 
     from .workload import DEGREE
 
@@ -737,7 +737,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
         out = {"fwd": fwd_runs * slice_b + tiles * f4,
                "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
                "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4)}
-    saved = saved_width(size, packed.mean.shape[2], packed.gate_pick.shape[2], in_k, layers)
+    ng = packed.gate_pick.shape[2]
+    saved = saved_width(output_columns(size, packed.hidden, ng), packed.mean.shape[2], ng, in_k, layers)
     out["bwd"] = (in_k + saved + weight_rows + (2 * layers * size if packed.norm else 0)) * f4
     return {**out, "total": sum(out.values())}
 

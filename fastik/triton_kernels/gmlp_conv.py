@@ -245,12 +245,12 @@ def _ws_offset(l, k0p, in_k, p):
 
 
 @triton.constexpr_function
-def _sv_offset(l, p, nb, ng, in_k):
-    """Column of layer l's centred linear part c in the rows of the saved forward state, [c_0 (P) | rinv_0 (NB) |
-    sg_0 (NG) | u_1 (IN_K) | c_1 | rinv_1 | sg_1 | u_2 …] (1 / rms per block, the gates' sigmoids, the next layer's
-    used input columns); layer l's input u_l (l ≥ 1) sits at _sv_offset(l) - IN_K, and the rows' width SV of L
-    layers is _sv_offset(L) - IN_K (``saved_width``)."""
-    return l * (p + nb + ng + in_k)
+def _sv_offset(l, pu, nb, ng, in_k):
+    """Column of layer l's centred linear part c in the rows of the saved forward state, [c_0 (PU) | rinv_0 (NB) |
+    sg_0 (NG) | u_1 (IN_K) | c_1 | rinv_1 | sg_1 | u_2 …] (c's first PU columns — the others are padding, zero —,
+    1 / rms per block, the gates' sigmoids, the next layer's used input columns); layer l's input u_l (l ≥ 1) sits
+    at _sv_offset(l) - IN_K, and the rows' width SV of L layers is _sv_offset(L) - IN_K (``saved_width``)."""
+    return l * (pu + nb + ng + in_k)
 
 
 @triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
@@ -372,10 +372,10 @@ def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol
                          SP, st_ptr)
     sg = _gates(n, l, gcol_ptr, NG, PU, st_ptr)
     if SV > 0:
-        at = sv_row + _sv_offset(l, P, NB, NG, IN_K)
-        tl.store(at + tl.arange(0, P)[None, :], c)
-        tl.store(at + P + tl.arange(0, NB)[None, :], rinv)
-        tl.store(at + P + NB + tl.arange(0, NG)[None, :], sg)
+        at = sv_row + _sv_offset(l, PU, NB, NG, IN_K)
+        tl.store(at + tl.arange(0, P)[None, :], c, mask=(tl.arange(0, P) < PU)[None, :])
+        tl.store(at + PU + tl.arange(0, NB)[None, :], rinv)
+        tl.store(at + PU + NB + tl.arange(0, NG)[None, :], sg)
     gf = _spread(sg, l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr)
     return _vec(triv_ptr + l * P, P)[None, :] * (n * tl.sigmoid(n)) + n * gf
 
@@ -393,7 +393,7 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
                        mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, PU,
                        PRECISION, st_ptr, sv_row, SV)
         if SV > 0 and l + 1 < L:
-            tl.store(sv_row + _sv_offset(l + 1, P, NB, NG, IN_K) - IN_K + tl.arange(0, IN_K)[None, :],
+            tl.store(sv_row + _sv_offset(l + 1, PU, NB, NG, IN_K) - IN_K + tl.arange(0, IN_K)[None, :],
                      _used_cols(u, P, IN_K))
     return u
 
@@ -401,13 +401,13 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
 @triton.jit
 def _layer_state(z, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, ws_row, sv_row, mask_e,
                  P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr,
-                 K0P: tl.constexpr, NEED_PARAMS: tl.constexpr, SV: tl.constexpr, st_ptr):
+                 K0P: tl.constexpr, PU: tl.constexpr, NEED_PARAMS: tl.constexpr, SV: tl.constexpr, st_ptr):
     """What the backward of hidden layer l needs of its forward on a block of edges with inputs z: (c, rinv, n,
     sg) — the centred linear part, 1 / rms per block, the normed output and the gates' sigmoids — read from the
     rows sv_row that the backward's G-MLP pass saved (``_sv_offset``; n rebuilt from c and rinv by one gather).
     With NEED_PARAMS the layer's input (z, or its saved used columns) goes to the scratch rows ws_row, for
     ``_weight_grad``."""
-    at = sv_row + _sv_offset(l, P, NB, NG, IN_K)
+    at = sv_row + _sv_offset(l, PU, NB, NG, IN_K)
     KL: tl.constexpr = K0P if l == 0 else IN_K
     if NEED_PARAMS:
         ws_u = ws_row + _ws_offset(l, K0P, IN_K, P) + tl.arange(0, KL)[None, :]
@@ -415,13 +415,13 @@ def _layer_state(z, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr,
             tl.store(ws_u, z)
         else:
             tl.store(ws_u, tl.load(at - IN_K + tl.arange(0, IN_K)[None, :], mask=mask_e[:, None], other=0.0))
-    c = tl.load(at + tl.arange(0, P)[None, :], mask=mask_e[:, None], other=0.0)
-    rinv = tl.load(at + P + tl.arange(0, NB)[None, :], mask=mask_e[:, None], other=0.0)
+    c = tl.load(at + tl.arange(0, P)[None, :], mask=mask_e[:, None] & (tl.arange(0, P) < PU)[None, :], other=0.0)
+    rinv = tl.load(at + PU + tl.arange(0, NB)[None, :], mask=mask_e[:, None], other=0.0)
     if NORM:
         n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
     else:
         n = c
-    sg = tl.load(at + P + NB + tl.arange(0, NG)[None, :], mask=mask_e[:, None], other=0.0)
+    sg = tl.load(at + PU + NB + tl.arange(0, NG)[None, :], mask=mask_e[:, None], other=0.0)
     return c, rinv, n, sg
 
 
@@ -984,7 +984,8 @@ def _gmlp_conv_bwd_kernel(
             sv_row = sv_ptr + start * SV + tl.arange(0, BLOCK_E)[:, None] * SV  # 32-bit offsets from the block's row
             for i in tl.static_range(L):  # layer L-1-i (constexpr arithmetic, not a reassigned constexpr name)
                 c, rinv, n, sg = _layer_state(z, L - 1 - i, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, ws_row,
-                                              sv_row, mask_e, P, NB, NG, NORM, IN_K, K0P, NEED_PARAMS, SV, st_ptr)
+                                              sv_row, mask_e, P, NB, NG, NORM, IN_K, K0P, PU, NEED_PARAMS, SV,
+                                              st_ptr)
                 dh = _layer_bwd(dh, c, rinv, n, sg, L - 1 - i, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
                                 triv_ptr, w_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PU, PRECISION,
                                 NEED_PARAMS, st_ptr)
@@ -1090,10 +1091,10 @@ def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
     return _ws_offset(layers, k0p, in_k, p) if layers else 1
 
 
-def saved_width(p: int, nb: int, ng: int, in_k: int, layers: int) -> int:
+def saved_width(pu: int, nb: int, ng: int, in_k: int, layers: int) -> int:
     """SV: the width of the rows of the layers' forward state that the backward saves per edge of a wave,
-    [c_0 (P) | rinv_0 (NB) | sg_0 (NG) | u_1 (IN_K) | c_1 | …] (``_sv_offset``); 0 without hidden layers."""
-    return _sv_offset(layers, p, nb, ng, in_k) - in_k if layers else 0
+    [c_0 (PU) | rinv_0 (NB) | sg_0 (NG) | u_1 (IN_K) | c_1 | …] (``_sv_offset``); 0 without hidden layers."""
+    return _sv_offset(layers, pu, nb, ng, in_k) - in_k if layers else 0
 
 
 def pools(e: int, num_targets: int) -> bool:
@@ -1260,7 +1261,7 @@ def _wave(x: torch.Tensor, meta: dict, name: str = "bwd") -> int:
 class _WaveRows:
     """The G-MLP pass over a wave of at most ``wave`` edges (``_gmlp_rows_kernel``): calling it with a slice of the
     edges writes their h1 rows to ``hb`` (IN_K floats per edge) and, with ``save`` (the backward), each layer's
-    state to ``sv`` (``saved_width`` floats per edge: 384 at the anchors' width, 52 MB for a wave on 132 SMs; None
+    state to ``sv`` (``saved_width`` floats per edge: 288 at the anchors' width, 39 MB for a wave on 132 SMs; None
     without hidden layers or ``save``), buffers of one wave's rows in the rows kernel's chunks.  ``hb``'s rows past
     the wave's edges, up to a multiple of ``chunk`` (a reader's chunk, a power of two), are finite (zeroed where
     that chunk is longer than the rows kernel's)."""
@@ -1271,7 +1272,7 @@ class _WaveRows:
         written = launch_config("fwd", meta["IN_K"])["CHUNK"]
         step = max(chunk, written)
         rows = triton.cdiv(min(z.shape[0], wave), step) * step
-        width = saved_width(meta["P"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"]) if save else 0
+        width = saved_width(meta["PU"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"]) if save else 0
         self.hb = (torch.zeros if step > written else torch.empty)(rows, meta["IN_K"], device=x.device, dtype=x.dtype)
         self.sv = torch.empty(rows, width, device=x.device, dtype=x.dtype) if width else None
 
