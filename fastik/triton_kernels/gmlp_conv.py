@@ -31,8 +31,8 @@ slicing the tile in registers (split trees) still left all slices alive at once 
 at P = 256 — staged, the kernels fit in registers (bench/NOTES.md).  The head contracts h1 with each input channel as
 env · x[src, c] · (h1 @ HEAD[c]) (the row scale after the dot), and every kernel multiplies only HEAD's non-zero
 (16 × 16) tiles (the packing orders h̃'s and the outputs' components so that Schur's lemma leaves few: ≈ 17 % of the
-dense head at the default width, so3), listed per output tile (forward, head gradient), per row tile (grad_h̃) and per input
-channel (grad_x); the backward kernels take grad_out with its columns in the head's order.
+dense head at the default width, so3), listed per output tile (forward, head gradient), per row tile (grad_h̃) and
+per input channel (grad_x); the backward kernels take grad_out with its columns in the head's order.
 
 The backward is four kernels per wave of edges (a few chunks per program).  ``_gmlp_rows_kernel`` evaluates the MLP and
 saves each layer's state (``_sv_offset``: the centred linear part, 1 / rms per block, the gates' sigmoids, the next
