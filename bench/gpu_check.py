@@ -618,16 +618,16 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     bench/NOTES.md): a layer's weight (K0P or HU rows of P; in the backward its first PU columns of IN_K rows, of ZN for
     layer 0: ``_layer_rows`` in ``precision``) and structure — MEAN / AVG as dot operands (PU·NB each), a gather's index
     and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ (PU columns) in the backward —
-    once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk (forward), three times per
-    chunk (head kernel: grad_x and grad_env, the support mask, the gradient's atomics) and once per BLOCK_E edges
-    (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB targets (forward) and twice
-    (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E edges (the head kernel and grad_h̃ do not run);
-    edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E edges, saving the layers' state and the h1 rows the
-    head kernel reads). The backward kernel reads each layer's state that the
-    backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward, the
-    weight's transpose; nothing recomputed). Per-layer vectors (bias, scale, shift, trivial) and the L1 are left out: an
-    upper bound on L2 traffic if nothing stays in L1.
-    ``degree``: the standard workload's (bench.workload.DEGREE) by default."""
+    once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk (forward), two and a quarter
+    times per chunk (head kernel: grad_x and grad_env, the support mask — uint8, a quarter of a tile —, the gradient's
+    atomics) and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per
+    TB targets (forward) and one and a quarter times (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E
+    edges (the head kernel and grad_h̃ do not run); edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E
+    edges, saving the layers' state and the h1 rows the head kernel reads). The backward kernel reads each layer's state
+    that the backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward,
+    the weight's transpose; nothing recomputed). Per-layer vectors (bias, scale, shift, trivial) and the L1 are left
+    out: an upper bound on L2 traffic if nothing stays in L1. ``degree``: the standard workload's
+    (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns, z_columns
 
@@ -648,14 +648,15 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     saved = sum(((zn if i == 0 else in_k) * pu * f4 + back) for i in range(layers))  # du = da @ Wᵀ: W's first PU
     # columns of IN_K rows (of ZN for layer 0: z's gradient)
     tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
+    mask = tiles / f4  # the support mask's bytes on the tiles (uint8)
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
     if degree >= POOL_MIN_DEGREE:
         rows = mlp / config["fwd"]["BLOCK_E"]
         out = {"fwd": rows + tiles / (config["pool"]["TB"] * degree),
-               "pool_bwd": rows + 2 * tiles / (config["pool_bwd"]["TB"] * degree)}
+               "pool_bwd": rows + (tiles + mask) / (config["pool_bwd"]["TB"] * degree)}
     else:
         out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
-               "head_bwd": 3 * tiles / config["head_bwd"]["CHUNK"],
+               "head_bwd": (2 * tiles + mask) / config["head_bwd"]["CHUNK"],
                "grad_h": tiles / config["grad_h"]["BLOCK_E"], "rows": mlp / config["fwd"]["BLOCK_E"]}
     out["bwd"] = saved / config["bwd"]["BLOCK_E"]
     return {**out, "total": sum(out.values())}

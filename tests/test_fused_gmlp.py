@@ -480,7 +480,8 @@ def test_packed_gradients_live_on_the_supports():
     ref, _ = twins(t, t, hidden_channels=2)
     k = ref.kernel
     packed = pack_gmlp(k, torch.float64)
-    assert 0 < packed.head_support.mean() < 0.5 and 0 < packed.weight_support.mean() < 0.5
+    assert packed.head_support.dtype == packed.weight_support.dtype == torch.uint8  # a byte per entry to read
+    assert 0 < packed.head_support.double().mean() < 0.5 and 0 < packed.weight_support.double().mean() < 0.5
     assert (packed.head * (1 - packed.head_support)).abs().max() == 0
     assert (packed.weight * (1 - packed.weight_support)).abs().max() == 0
     pos, (src, tgt) = graph(10, 60, 3)

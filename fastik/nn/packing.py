@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.fused_gmlp import HEAD_TILE, HEAD_TILE_LISTS, PackedGMLP
+from ..ops.fused_gmlp import HEAD_TILE, HEAD_TILE_LISTS, SUPPORTS, PackedGMLP
 from ._buffers import constant
 from .linear import EquivariantLinear
 from .nonlinearities import _SILU_SCALE, GatedNonlinearity
@@ -77,7 +77,7 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         const = _grouped(const, rows, cols, len(layers))
         index, const["column_scale"] = _columns(const)
         cache[key] = {"sizes": (size, nb, ng), "layers": layers, "rows": rows.to(device), "cols": cols.to(device),
-                      **{k: v.to(device, dtype) for k, v in const.items()},
+                      **{k: v.to(device, torch.uint8 if k in SUPPORTS else dtype) for k, v in const.items()},
                       **{k: v.to(device) for k, v in {**_head_tiles(const["head_support"]), **index}.items()}}
     return cache[key]
 

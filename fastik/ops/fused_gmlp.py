@@ -46,7 +46,7 @@ class PackedGMLP(NamedTuple):
     t·Din + c) and per input channel c (``head_channel_blocks``, as k·(DOUT_P / 16) + t): a group's non-zero
     tiles first, ``*_block_count`` of them, in increasing order (``fastik.nn.packing._head_tiles``; the op checks
     it of ``head_channel_blocks``, whose row tiles the pooled backward takes in order).
-    ``weight_support`` / ``head_support`` (1 or 0, same layouts): the entries of weight and head that are not
+    ``weight_support`` / ``head_support`` (uint8, 1 or 0, same layouts): the entries of weight and head that are not
     structural zeros of an equivariant map. The op uses ``weight · weight_support`` and ``head · head_support``
     (the kernels assume the product is the tensor itself: zeros off the support, as packing makes them), and
     their gradients are zero off the support — the kernels add no atomics there.
@@ -67,8 +67,8 @@ class PackedGMLP(NamedTuple):
     gate_expand: Tensor  # (L, NG, P) constant
     trivial: Tensor      # (L, P) constant
     head: Tensor         # (Din, P, DOUT_P)
-    weight_support: Tensor  # (L, P, P) constant
-    head_support: Tensor    # (Din, P, DOUT_P) constant
+    weight_support: Tensor  # (L, P, P) uint8 constant
+    head_support: Tensor    # (Din, P, DOUT_P) uint8 constant
     out_cols: Tensor        # (DOUT_P,) int64 constant
     head_blocks: Tensor       # (DOUT_P / 16, P / 16 · Din) int64 constant
     head_block_count: Tensor  # (DOUT_P / 16,) int64 constant
@@ -105,6 +105,8 @@ HEAD_TILE_LISTS = ("head_blocks", "head_block_count", "head_row_blocks", "head_r
 
 #: The PackedGMLP fields that carry parameters: the op's differentiable packed tensors, in its gradients' order.
 TRAINED = ("weight", "bias", "scale", "shift", "head")
+#: The PackedGMLP fields that are uint8 masks (the kernels read a byte per entry, not four).
+SUPPORTS = ("weight_support", "head_support")
 _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
 _INDEX = ("out_cols",) + HEAD_TILE_LISTS + ("column_index", "gate_columns")  # its int64 tensors
 
@@ -201,7 +203,7 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
         if t.dtype != torch.int64 or t.shape != (e,):
             raise ValueError(f"{name} must be int64 of shape (E,) = ({e},), got {t.dtype} {tuple(t.shape)}")
     for name, t in [("z", z), ("env", env)] + [(k, getattr(p, k)) for k in p._fields[:_TENSORS]]:
-        dtype = torch.int64 if name in _INDEX else x.dtype
+        dtype = torch.int64 if name in _INDEX else torch.uint8 if name in SUPPORTS else x.dtype
         if t.dtype != dtype or t.device != x.device:
             raise ValueError(f"{name} is {t.dtype} on {t.device}, must be {dtype} on {x.device} (the device of x)")
     if num_targets < 0:

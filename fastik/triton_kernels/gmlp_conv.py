@@ -914,7 +914,7 @@ def _head_grad_group(hs_ptr, gs_ptr, x_ptr, src_ptr, env_ptr, hsup_ptr, ghead_pt
         q = _cols(hs_ptr, rows, k, IN_K)[:, :, None] * _cols(gs_ptr, rows, t, DOUT_P)[:, None, :]
         acc += tl.dot(tl.trans(xe), tl.reshape(q, (KE, _HT * _HT)), input_precision=PRECISION)
     entries = ch[:, None] * P * DOUT_P + (k + a // _HT)[None, :] * DOUT_P + t + (a % _HT)[None, :]
-    keep = on[:, None] & (tl.load(hsup_ptr + entries, mask=on[:, None], other=0.0) != 0)
+    keep = on[:, None] & (tl.load(hsup_ptr + entries, mask=on[:, None], other=0) != 0)
     tl.atomic_add(ghead_ptr + entries, acc, mask=keep, sem="relaxed")
 
 
