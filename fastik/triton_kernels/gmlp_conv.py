@@ -229,10 +229,10 @@ def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRE
         KU: tl.constexpr):
     """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), through the staging buffer st; M's
     rows from KU on are zero (``_staged_dot``: u's first KS columns are read).  Only those are staged, except for
-    the backward's products (M transposed), which stage whole rows: masking their stores made ptxas spill 8 B at
-    P = 128 in IEEE under Triton 3.8 (bench/NOTES.md)."""
+    the backward's products (M transposed) in IEEE, which stage whole rows: masking their stores made ptxas spill
+    8 B at P = 128 under Triton 3.8 (bench/NOTES.md)."""
     KS: tl.constexpr = _ks(K, KU, PRECISION)
-    _stage(u, st_ptr, K if TRANS else KS)
+    _stage(u, st_ptr, K if TRANS and PRECISION == "ieee" else KS)
     return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION, KS)
 
 
