@@ -546,7 +546,7 @@ def _layer_rows(packed, k0: int, precision: str) -> tuple[int, int, int]:
 
     m = _meta(packed._asdict(), k0, precision)
     return (_ks(m["P"], m["PU"], m["PRECISION"]), _ks(m["IN_K"], m["HU"], m["PRECISION"]),
-            _zn(m["K0P"], m["IN_K"]))
+            _zn(m["K0P"], m["IN_K"], m["PRECISION"]))
 
 
 def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf32") -> dict[str, tuple[float, float]]:

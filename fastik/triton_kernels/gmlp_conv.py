@@ -188,10 +188,11 @@ def _stage(u, st_ptr, KU: tl.constexpr):
 
 
 @triton.constexpr_function
-def _zn(k0p, in_k):
-    """ZN: the columns of z's gradient the backward computes (only K0 of them are z's): K0P rounded up to 128, at most
-    IN_K — at 32 and 64 ptxas spilled 8–40 B in TF32 at P = 256 (bench/NOTES.md)."""
-    return min(in_k, max(k0p, 128))
+def _zn(k0p, in_k, precision):
+    """ZN: the columns of z's gradient the backward computes (only K0 of them are z's), at most IN_K: K0P rounded up to
+    32 at IN_K > 128 outside TF32, else to 128 — as measured spill-free (ptxas: 32 spilled 4 B at IN_K = 64 in IEEE,
+    32 and 64 spilled 8–40 B at IN_K = 256 in TF32; bench/NOTES.md)."""
+    return min(in_k, max(k0p, 32 if in_k > 128 and precision != "tf32" else 128))
 
 
 @triton.constexpr_function
@@ -465,7 +466,7 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
     if NEED_PARAMS:
         tl.store(ws_row + _ws_offset(l, K0P, IN_K, P) + KL + offs[None, :], da)
     if l == 0:  # ZN columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB (_zn)
-        du = _mm(da, w_ptr, P, _zn(K0P, IN_K), P, True, PRECISION, st_ptr, PU)
+        du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU)
     else:
         du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr, PU)
         if IN_K < P:  # the input's padding columns meet zero weight rows
@@ -970,7 +971,7 @@ def _gmlp_conv_bwd_kernel(
     ws_ptr += pid * CHUNK * SW
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     ss_ptr += pid * 2 * L * BLOCK_E * P
-    KZ: tl.constexpr = K0P if L == 0 else _zn(K0P, IN_K)  # the columns of z's gradient
+    KZ: tl.constexpr = K0P if L == 0 else _zn(K0P, IN_K, PRECISION)  # the columns of z's gradient
     offs_k = tl.arange(0, IN_K)
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         for s in range(CHUNK // BLOCK_E):
