@@ -584,6 +584,8 @@ def test_op_input_errors():
             fused_gmlp_conv(z, env, x, p._replace(**{name: getattr(p, name)[:-1]}), idx, idx, 3)
     with pytest.raises(ValueError, match="out_cols"):
         fused_gmlp_conv(z, env, x, p._replace(out_cols=p.out_cols.int()), idx, idx, 3)
+    with pytest.raises(ValueError, match="head_support is torch.float64"):  # the kernels read it as bytes
+        fused_gmlp_conv(z, env, x, p._replace(head_support=p.head_support.to(x.dtype)), idx, idx, 3)
 
 
 def test_frozen_parameters_forces_only(pooled):
