@@ -20,3 +20,11 @@ def test_cli_writes_its_table_as_json(tmp_path, capsys):
     assert "| 2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--edges", "8"])
+    with pytest.raises(SystemExit):
+        main(["--degree", "0"])
+
+
+def test_low_in_degree_runs_of_one_edge():
+    """At in-degree 1 the pooled statement's runs are single edges; both statements still agree."""
+    times = second_order_times(24, hidden_channels=2, repeats=1, degree=1)
+    assert times["diff"] < 1e-4
