@@ -24,7 +24,8 @@ def test_cli_writes_its_table_as_json(tmp_path, capsys):
         main(["--degree", "0"])
 
 
-def test_low_in_degree_runs_of_one_edge():
-    """At in-degree 1 the pooled statement's runs are single edges; both statements still agree."""
-    times = second_order_times(24, hidden_channels=2, repeats=1, degree=1)
-    assert times["diff"] < 1e-4
+def test_low_and_random_in_degrees():
+    """At in-degree 1 the pooled statement's runs are single edges, with random targets many runs of different
+    in-degrees (and targets without edges); both statements still agree."""
+    for kw in (dict(degree=1), dict(degree=2, random=True)):
+        assert second_order_times(24, hidden_channels=2, repeats=1, **kw)["diff"] < 1e-4
