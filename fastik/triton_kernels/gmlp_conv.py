@@ -205,7 +205,7 @@ def _kc(k, precision):
 def _ks(k, ku, precision):
     """KS: the staged columns a dot reads when M's rows from KU on are zero — KU rounded up to KC, at most K."""
     kc = _kc(k, precision)
-    return min(k, -(-ku // kc) * kc)
+    return min(k, triton.cdiv(ku, kc) * kc)
 
 
 @triton.jit
@@ -1077,13 +1077,13 @@ def output_columns(p: int, hidden: int, ng: int) -> int:
     """PU: the columns of a hidden layer's linear part that may be non-zero — its hidden features and gate scalars
     (hidden + gates ≤ hidden + NG) — rounded up to 16, at most P.  Every matrix whose rows are indexed by them (the
     norm's sums, the gates', a weight's transpose) is zero from row PU on, and the kernels' dots stop there."""
-    return min(p, -(-(hidden + ng) // 16) * 16)
+    return min(p, triton.cdiv(hidden + ng, 16) * 16)
 
 
 def input_columns(in_k: int, hidden: int) -> int:
     """HU: the rows of a hidden layer's weight after the first that may be non-zero — its input's hidden features
     — rounded up to 16, at most IN_K."""
-    return min(in_k, -(-hidden // 16) * 16)
+    return min(in_k, triton.cdiv(hidden, 16) * 16)
 
 
 def scratch_width(p: int, in_k: int, k0p: int, layers: int) -> int:
