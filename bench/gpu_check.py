@@ -613,10 +613,39 @@ def _pooled_head(packed, din: int, in_k: int, degree: float) -> tuple[float, flo
     return 2.0 * din_p * in_k * _pool_rows(degree, ke), 2.0 * HEAD_TILE ** 2 * tiles / degree
 
 
+def _slab_reads(packed, k0: int, precision: str) -> tuple[list[float], list[float]]:
+    """Bytes of each layer's weight the fused kernels' dots read per MLP block in ``precision``, forward (u @ W: layer
+    0's K0P rows, a later layer's first KS(HU)) and backward (da @ Wᵀ: W's first KS(PU) columns of IN_K rows, of ZN
+    for layer 0): per dot step of KC rows (``gmlp_conv._kc``) the 32-B sectors of the columns ``weight_slabs``
+    flags (forward), KC floats of each flagged row (backward), and the step's flags, a byte per column and slab of 16
+    — all of it in IEEE for z's gradient at IN_K ≤ 128, which reads no flags (``gmlp_conv._layer_bwd``)."""
+    from fastik.triton_kernels.gmlp_conv import _kc, _ks, _meta, _zn
+
+    m = _meta(packed._asdict(), k0, precision)
+    size, prec, in_k, f4 = m["P"], m["PRECISION"], m["IN_K"], 4
+    slabs = packed.weight_slabs.bool()
+
+    def reads(flags, kc: int, rows: int, n: int, side: int) -> float:  # steps of kc rows over the first ``rows``
+        total = 0.0
+        for k in range(0, rows, kc):
+            keep = flags[k // 16:(k + kc) // 16, :n].any(0)
+            cols = keep.reshape(-1, 8).any(1).sum() * 8 if side == 0 else keep.sum()  # sectors / rows read
+            total += kc * f4 * float(cols) + kc // 16 * n
+        return total
+
+    fwd = [reads(slabs[i, 0], m["K0P"], m["K0P"], size, 0) if i == 0 else
+           reads(slabs[i, 0], _kc(in_k, prec), _ks(in_k, m["HU"], prec), size, 0) for i in range(packed.layers)]
+    kc, ks, zn = _kc(size, prec), _ks(size, m["PU"], prec), _zn(m["K0P"], in_k, prec)
+    bwd = [reads(slabs[i, 1], kc, ks, zn if i == 0 else in_k, 1) for i in range(packed.layers)]
+    if packed.layers and prec == "ieee" and in_k <= 128:
+        bwd[0] = float(zn * ks * f4)
+    return fwd, bwd
+
+
 def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: str = "tf32") -> dict[str, float]:
     """Bytes per edge of weights and structure each fused kernel reads from L2 at its GPU configuration (fp32;
-    bench/NOTES.md): a layer's weight (K0P or HU rows of P; in the backward its first PU columns of IN_K rows, of ZN for
-    layer 0: ``_layer_rows`` in ``precision``) and structure — MEAN / AVG as dot operands (PU·NB each), a gather's index
+    bench/NOTES.md): a layer's weight where ``weight_slabs`` flags it, forward and backward (``_slab_reads`` in
+    ``precision``), and structure — MEAN / AVG as dot operands (PU·NB each), a gather's index
     and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ (PU columns) in the backward —
     once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk (forward), two and a quarter
     times per chunk (head kernel: grad_x and grad_env, the support mask — uint8, a quarter of a tile —, the gradient's
@@ -629,7 +658,7 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     out: an upper bound on L2 traffic if nothing stays in L1. ``degree``: the standard workload's
     (bench.workload.DEGREE) by default."""
     from fastik.ops.fused_gmlp import HEAD_TILE
-    from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns
 
     from .workload import DEGREE
 
@@ -638,15 +667,13 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     f4 = 4
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     layers, in_k = packed.layers, used_columns(size, k0, packed.hidden)
-    k0p = z_columns(size, k0, layers)
-    pu, hu, zn = _layer_rows(packed, k0, precision)
-    weights = [(k0p if i == 0 else hu) * size * f4 for i in range(layers)]  # a = u @ W: W's first rows
+    pu = _layer_rows(packed, k0, precision)[0]
+    weights, transposed = _slab_reads(packed, k0, precision)  # a = u @ W and du = da @ Wᵀ: the flagged parts
     sums, vec, gates = pu * nb * f4, size * 12, ng * 8  # one MEAN / AVG operand; one gather's vectors
     layer = 2 * sums + 4 * vec + gates  # norm (MEAN, AVG dots; two spreads), gate columns and spread (2 vectors)
     back = 6 * vec + (ng + 2 * nb) * pu * f4  # _layer_bwd's structure from the saved state: GEXPᵀ, EXPᵀ twice
     mlp = sum(weights) + layers * layer
-    saved = sum(((zn if i == 0 else in_k) * pu * f4 + back) for i in range(layers))  # du = da @ Wᵀ: W's first PU
-    # columns of IN_K rows (of ZN for layer 0: z's gradient)
+    saved = sum(transposed) + layers * back
     tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
     mask = tiles / f4  # the support mask's bytes on the tiles (uint8)
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}

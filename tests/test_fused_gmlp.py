@@ -672,3 +672,33 @@ def test_packed_padding_beyond_the_dots_bounds(any_group, hidden_channels):
     for cols in (p.expand, p.gate_expand):  # (L, NB / NG, P): their transposes in the backward's sums
         assert not cols[:, :, pu:].any()
     assert int(p.gate_columns.max()) < pu
+
+
+@pytest.mark.parametrize("hidden_channels", [1, 5])
+def test_weight_slabs_flag_what_the_kernels_read(any_group, hidden_channels):
+    """``weight_slabs`` as read by the kernels — ``[l, 0, s, c]`` for column c of rows 16s… of weight[l] (u @ W),
+    ``[l, 1, s, n]`` for row n of its columns 16s… (da @ Wᵀ) — flags every segment that meets the support and only
+    those, so that the segments the kernels skip are zero, on every group of the table."""
+    t = fastik.FieldType(any_group, FIELDS[any_group.dim])
+    kernel = fastik.ImplicitPointConv(t, t, hidden_channels=hidden_channels, backend="fused").kernel
+    p = pack_gmlp(kernel, torch.float64)
+    layers, size, _ = p.weight.shape
+    assert p.weight_slabs.dtype == torch.uint8 and p.weight_slabs.shape == (layers, 2, size // HEAD_TILE, size)
+    support = p.weight_support.bool()
+    read = (p.weight_slabs[:, 0].bool().repeat_interleave(HEAD_TILE, 1),  # [l, row, column]
+            p.weight_slabs[:, 1].bool().repeat_interleave(HEAD_TILE, 1).transpose(1, 2))
+    for mask in read:
+        assert not (p.weight * ~mask).any() and not (support & ~mask).any()  # nothing non-zero skipped
+    for side, segments in ((0, support.reshape(layers, size // HEAD_TILE, HEAD_TILE, size).any(2)),
+                           (1, support.reshape(layers, size, size // HEAD_TILE, HEAD_TILE).any(3).transpose(1, 2))):
+        assert not (p.weight_slabs[:, side].bool() & ~segments).any()  # nothing flagged without a support entry
+
+
+def test_weight_slabs_skip_most_of_the_hidden_weights():
+    """At the anchors' and the default width (so3, the standard fields) the flags skip most of a later layer's
+    weight in both products: what the kernels' weight reads save (bench/NOTES.md)."""
+    t = fastik.FieldType(fastik.group("so3"), "16x0e + 16x1o")
+    for hidden_channels in (5, 16):
+        p = pack_gmlp(fastik.ImplicitPointConv(t, t, hidden_channels=hidden_channels, backend="fused").kernel,
+                      torch.float64)
+        assert p.layers == 2 and p.weight_slabs[1].double().mean() < 0.5

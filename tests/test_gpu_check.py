@@ -270,9 +270,10 @@ def test_gpu_config_variant_is_restored():
 def test_read_models_follow_the_code():
     """bench/NOTES.md's models of the fused kernels' reads per edge, computed from the packed sizes, the tile lists and
     the GPU configuration, at the standard workload (in-degree 16: the head pools per target): weights from L2 in TF32
-    12.9 KB at the anchors' width (12.2 in IEEE: the dots over a layer's outputs read 80 of its 128 columns, 96 in
-    TF32), 64.4 KB at the default (edge-wise 21.3 / 75.4; either way the backward kernel reads the layers' saved state,
-    and IN_K rows of every later weight, ZN of layer 0's) — the forward's MLP part doubles when its blocks halve;
+    10.4 KB at the anchors' width (10.2 in IEEE: the dots over a layer's outputs read 80 of its 128 columns, 96 in
+    TF32), 36.3 KB at the default (edge-wise 18.9 / 47.3; either way the backward kernel reads the layers' saved state,
+    and the parts of every weight its ``weight_slabs`` flag: ``_slab_reads``, the dense reads with every flag set) —
+    the forward's MLP part doubles when its blocks halve;
     scratch rows and gathers 16.1 / 48.4 KB (edge-wise 88.4 / 145.5). The edge-wise forward (in-degree below
     POOL_MIN_DEGREE) reads h1's slices once per run of row tiles (15 of the 528 listed tiles at the anchors' width) and
     the head's tiles once per chunk, its head gradient the slices once per group of channels (51); the pooled forward
@@ -297,14 +298,19 @@ def test_read_models_follow_the_code():
             assert scratch[5]["fwd"] == 64 * 4 + 12 + 64 * 4 + 528 * 64 / 16
             assert reads[5]["bwd"] == gpu_check.fused_weight_reads(packed, k0, degree=1)["bwd"]  # either head
         ieee = gpu_check.fused_weight_reads(packed, k0, precision="ieee")  # z's gradient on 32 columns at P = 256
-        assert ieee["total"] == pytest.approx({5: 12.2e3, 16: 58.2e3}[hidden], rel=0.01)
+        assert ieee["total"] == pytest.approx({5: 10.25e3, 16: 33.6e3}[hidden], rel=0.01)
+        m = gc._meta(packed._asdict(), k0, "tf32")
+        dense = gpu_check._slab_reads(packed._replace(weight_slabs=torch.ones_like(packed.weight_slabs)), k0, "tf32")
+        ks_hu, ks_pu, zn = {5: (64, 96, 64), 16: (192, 256, 128)}[hidden]  # HU, PU rounded up to 32; ZN in TF32
+        assert dense == ([m["K0P"] * m["P"] * 4 + m["K0P"] // 16 * m["P"], ks_hu * m["P"] * 4 + ks_hu // 16 * m["P"]],
+                         [zn * ks_pu * 4 + ks_pu // 16 * zn, m["IN_K"] * ks_pu * 4 + ks_pu // 16 * m["IN_K"]])
     assert scratch[5]["total"] == pytest.approx(16.1e3, rel=0.01)
     assert scratch[16]["total"] == pytest.approx(48.4e3, rel=0.01)
-    assert reads[5]["total"] == pytest.approx(12.9e3, rel=0.01)
-    assert reads[16]["total"] == pytest.approx(64.4e3, rel=0.01)
+    assert reads[5]["total"] == pytest.approx(10.44e3, rel=0.01)
+    assert reads[16]["total"] == pytest.approx(36.3e3, rel=0.01)
     assert set(reads[5]) == set(scratch[5]) == {"fwd", "pool_bwd", "bwd", "total"}
     edge_wise = [gpu_check.fused_scratch_reads(packed, k0, degree=1), gpu_check.fused_weight_reads(packed, k0, 1)]
-    assert [m["total"] for m in edge_wise] == [pytest.approx(145.5e3, rel=0.01), pytest.approx(75.4e3, rel=0.01)]
+    assert [m["total"] for m in edge_wise] == [pytest.approx(145.5e3, rel=0.01), pytest.approx(47.3e3, rel=0.01)]
     assert reads[16]["total"] == pytest.approx(sum(v for k, v in reads[16].items() if k != "total"))
     tiles = float(packed.head_block_count.sum()) * 16 * 16 * 4
     assert reads[16]["fwd"] - gpu_check.fused_weight_reads(packed, k0, degree=1)["fwd"] == \

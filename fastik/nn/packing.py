@@ -76,6 +76,7 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         rows, cols = _head_order(const["head_support"], kernel.hidden_type.dim if layers else 0, kernel.out_type.dim)
         const = _grouped(const, rows, cols, len(layers))
         index, const["column_scale"] = _columns(const)
+        const["weight_slabs"] = _weight_slabs(const["weight_support"])
         cache[key] = {"sizes": (size, nb, ng), "layers": layers, "rows": rows.to(device), "cols": cols.to(device),
                       **{k: v.to(device, torch.uint8 if k in SUPPORTS else dtype) for k, v in const.items()},
                       **{k: v.to(device) for k, v in {**_head_tiles(const["head_support"]), **index}.items()}}
@@ -189,6 +190,15 @@ def _supports(kernel: nn.Module, layers: list, size: int) -> dict[str, Tensor]:
             "head_support": _packed_head(kernel.head.structured(torch.float64).support().double(), size)}
 
 
+def _weight_slabs(support: Tensor) -> Tensor:
+    """``PackedGMLP.weight_slabs`` (L, 2, P / 16, P) of the weight supports (L, P, P): per layer, where a column of
+    each slab of 16 rows (for u @ W) and a row of each slab of 16 columns (for da @ Wᵀ) meets the support."""
+    layers, size, _ = support.shape
+    nz = support != 0
+    return torch.stack([nz.reshape(layers, size // HEAD_TILE, HEAD_TILE, size).any(2),
+                        nz.reshape(layers, size, size // HEAD_TILE, HEAD_TILE).any(3).transpose(1, 2)], 1).double()
+
+
 def _packed_weight(w: Tensor, size: int) -> Tensor:
     """A layer's (out, in) matrix in the packed layout: (P, P), transposed, zero-padded."""
     return F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1]))
@@ -237,7 +247,7 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
                       const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
                       const["trivial"], _in_head_order(_packed_head(head, size), const["rows"], const["cols"]),
-                      const["weight_support"], const["head_support"], const["cols"],
+                      const["weight_support"], const["head_support"], const["weight_slabs"], const["cols"],
                       *(const[k] for k in HEAD_TILE_LISTS), const["column_index"], const["column_scale"],
                       const["gate_columns"], dout, kernel.hidden_type.dim, len(const["layers"]),
                       bool(norms), norms[0].eps if norms else 0.0)

@@ -161,6 +161,21 @@ def _tile(ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr):
 
 
 @triton.jit
+def _kept_tile(ptr, f_ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr):
+    """``_tile`` of a layer weight (R a multiple of 16) that reads only the columns c of the block whose flag
+    f[j·LD + c] is set in one of its R / 16 slabs j (uint8; ``PackedGMLP.weight_slabs``): the others are zero, not
+    read from memory."""
+    c = tl.arange(0, C)
+    keep = tl.load(f_ptr + c) != 0
+    for j in tl.static_range(1, R // 16):
+        keep = keep | (tl.load(f_ptr + j * LD + c) != 0)
+    r = tl.arange(0, R)
+    if TRANS:
+        return tl.load(ptr + c[None, :] * LD + r[:, None], mask=keep[None, :], other=0.0)
+    return tl.load(ptr + r[:, None] * LD + c[None, :], mask=keep[None, :], other=0.0)
+
+
+@triton.jit
 def _halves(u, P: tl.constexpr):
     """(R, P) -> its left and right (R, P/2) halves."""
     return tl.split(tl.permute(tl.reshape(u, (u.shape[0], 2, P // 2)), (0, 2, 1)))
@@ -210,7 +225,7 @@ def _ks(k, ku, precision):
 
 @triton.jit
 def _staged_dot(st_ptr, R: tl.constexpr, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr,
-                PRECISION: tl.constexpr, KS: tl.constexpr):
+                PRECISION: tl.constexpr, KS: tl.constexpr, f_ptr=None):
     """u (R, K) @ M (K, N) for u staged at st (``_stage``) up to column KS (a multiple of KC), M's rows from KS on
     zero (the layers' padding: not read, not multiplied): u is read back as (R, KC) dot operands one at a time, in
     a loop the compiler does not unroll, so a computed tile never exists as a whole dot operand (R·K / 32
@@ -220,21 +235,24 @@ def _staged_dot(st_ptr, R: tl.constexpr, m_ptr, K: tl.constexpr, N: tl.constexpr
     acc = tl.zeros((R, N), dtype=st_ptr.dtype.element_ty)
     for k in range(0, KS, KC):
         step = k if TRANS else k * LD
-        acc += tl.dot(tl.load(st_ptr + rows + k + tl.arange(0, KC)[None, :]), _tile(m_ptr + step, KC, N, LD, TRANS),
-                      input_precision=PRECISION)
+        if f_ptr is None:
+            m = _tile(m_ptr + step, KC, N, LD, TRANS)
+        else:
+            m = _kept_tile(m_ptr + step, f_ptr + k // 16 * LD, KC, N, LD, TRANS)
+        acc += tl.dot(tl.load(st_ptr + rows + k + tl.arange(0, KC)[None, :]), m, input_precision=PRECISION)
     return acc
 
 
 @triton.jit
 def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr, st_ptr,
-        KU: tl.constexpr):
+        KU: tl.constexpr, f_ptr=None):
     """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), through the staging buffer st; M's
     rows from KU on are zero (``_staged_dot``: u's first KS columns are read).  Only those are staged, except for
     the backward's products (M transposed) in IEEE, which stage whole rows: masking their stores made ptxas spill
     8 B at P = 128 under Triton 3.8 (bench/NOTES.md)."""
     KS: tl.constexpr = _ks(K, KU, PRECISION)
     _stage(u, st_ptr, K if TRANS and PRECISION == "ieee" else KS)
-    return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION, KS)
+    return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION, KS, f_ptr)
 
 
 @triton.constexpr_function
@@ -301,14 +319,22 @@ def _vec(ptr, N: tl.constexpr):
 
 
 @triton.jit
-def _linear(u, l: tl.constexpr, w_ptr, b_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
+def _slabs(wsl_ptr, l: tl.constexpr, side: tl.constexpr, P: tl.constexpr):
+    """Layer l's flags in ``PackedGMLP.weight_slabs`` (L, 2, P / 16, P): side 0 for u @ W, 1 for da @ Wᵀ."""
+    return wsl_ptr + (2 * l + side) * (P // 16) * P
+
+
+@triton.jit
+def _linear(u, l: tl.constexpr, w_ptr, wsl_ptr, b_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
             HU: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
     """EquivariantLinear of hidden layer l on its input u: z (BLOCK_E, K0P) for l = 0, else (BLOCK_E, P) of which
-    the first HU columns meet non-zero weight rows."""
+    the first HU columns meet non-zero weight rows; the weight's parts that its slab flags (wsl) leave out are zero
+    and not loaded (``_kept_tile``)."""
     if l == 0:
-        a = tl.dot(u, _tile(w_ptr, K0P, P, P, False), input_precision=PRECISION)  # z: K0P columns, a small operand
+        a = tl.dot(u, _kept_tile(w_ptr, wsl_ptr, K0P, P, P, False), input_precision=PRECISION)  # z: K0P columns
     else:
-        a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION, st_ptr, HU)
+        a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION, st_ptr, HU,
+                _slabs(wsl_ptr, l, 0, P))
     return a + _vec(b_ptr + l * P, P)[None, :]
 
 
@@ -382,7 +408,7 @@ def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol
 
 
 @triton.jit
-def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+def _mlp(z, L: tl.constexpr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
          cscale_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
          IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr, PRECISION: tl.constexpr, st_ptr,
          sv_row, SV: tl.constexpr):
@@ -390,9 +416,9 @@ def _mlp(z, L: tl.constexpr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_p
     layer's state for the backward and every later layer's input go to the saved rows sv_row (``_sv_offset``)."""
     u = z
     for l in tl.static_range(L):
-        u = _norm_gate(_linear(u, l, w_ptr, b_ptr, P, IN_K, K0P, HU, PRECISION, st_ptr), l, scale_ptr, shift_ptr,
-                       mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, PU,
-                       PRECISION, st_ptr, sv_row, SV)
+        u = _norm_gate(_linear(u, l, w_ptr, wsl_ptr, b_ptr, P, IN_K, K0P, HU, PRECISION, st_ptr), l, scale_ptr,
+                       shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM,
+                       IN_K, PU, PRECISION, st_ptr, sv_row, SV)
         if SV > 0 and l + 1 < L:
             tl.store(sv_row + _sv_offset(l + 1, PU, NB, NG, IN_K) - IN_K + tl.arange(0, IN_K)[None, :],
                      _used_cols(u, P, IN_K))
@@ -428,11 +454,12 @@ def _layer_state(z, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr,
 
 @triton.jit
 def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-               w_ptr, ss_ptr, ws_row, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
+               w_ptr, wsl_ptr, ss_ptr, ws_row, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
                IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr,
                NEED_PARAMS: tl.constexpr, st_ptr):
     """Gradient w.r.t. the input of layer l from the gradient dy of its output and its forward state (c, rinv,
-    n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, z's first ZN columns (``_zn``; z has K0 ≤ K0P ≤ ZN).
+    n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, z's first ZN columns (``_zn``; z has K0 ≤ K0P ≤ ZN);
+    Wᵀ loaded where its slab flags (wsl) say the weight meets its support.
     With NEED_PARAMS the block's gradients of scale and shift, per edge, are added to the program's sums ss
     (L, 2, BLOCK_E, P), and the linear part's gradient da goes to the scratch rows ws_row for ``_weight_grad``.
 
@@ -466,9 +493,12 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
     if NEED_PARAMS:
         tl.store(ws_row + _ws_offset(l, K0P, IN_K, P) + KL + offs[None, :], da)
     if l == 0:  # ZN columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB (_zn)
-        du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU)
+        if PRECISION == "ieee" and IN_K <= 128:  # W0's rows past K0P read too: their flags spilled 4 B (3.8)
+            du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU)
+        else:
+            du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU, _slabs(wsl_ptr, 0, 1, P))
     else:
-        du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr, PU)
+        du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr, PU, _slabs(wsl_ptr, l, 1, P))
         if IN_K < P:  # the input's padding columns meet zero weight rows
             du = _join(du, tl.zeros_like(du), P)
     return du
@@ -497,7 +527,7 @@ def _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK: tl.constexpr):
 
 
 @triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
-def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+def _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
               cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr,
               NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr,
               HU: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_ptr,
@@ -507,7 +537,7 @@ def _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_pt
     SV > 0 the layers' state for the backward goes to the chunk's saved rows sv (CHUNK, SV) (``_sv_offset``)."""
     for s in range(CHUNK // BLOCK_E):
         _, _, z = _z_rows(start + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
-        h = _mlp(z, L, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
+        h = _mlp(z, L, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
                  triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PU, HU, PRECISION, st_ptr,
                  sv_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * SV, SV)
         h1 = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h)
@@ -571,8 +601,8 @@ def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count,
 @triton.jit
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-    head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT, programs,
+    w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
+    triv_ptr, head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr,
     BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr,
@@ -589,7 +619,7 @@ def _gmlp_conv_fwd_kernel(
     offs_t = tl.arange(0, _HT)
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+        _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
                   cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, PU, HU, BLOCK_E,
                   CHUNK, PRECISION, st_ptr, hs_ptr, 0)
         tl.debug_barrier()  # the rows are read back by other threads of the program
@@ -605,8 +635,8 @@ def _gmlp_conv_fwd_kernel(
 
 @triton.jit
 def _gmlp_rows_kernel(
-    z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-    triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H, programs,
+    z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
+    gexp_ptr, triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr,
     BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr, SV: tl.constexpr,
@@ -619,7 +649,7 @@ def _gmlp_rows_kernel(
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        _chunk_h1(start, z_ptr, w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+        _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
                   cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, PU, HU,
                   BLOCK_E, CHUNK, PRECISION, st_ptr, sv_ptr + start * SV, SV)
 
@@ -951,8 +981,8 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 @triton.jit
 def _gmlp_conv_bwd_kernel(
     gh_ptr, sv_ptr, z_ptr,
-    w_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-    wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
+    w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
+    triv_ptr, wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
     eps, E, K0, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -988,7 +1018,7 @@ def _gmlp_conv_bwd_kernel(
                                               sv_row, mask_e, P, NB, NG, NORM, IN_K, K0P, PU, NEED_PARAMS, SV,
                                               st_ptr)
                 dh = _layer_bwd(dh, c, rinv, n, sg, L - 1 - i, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-                                triv_ptr, w_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PU, PRECISION,
+                                triv_ptr, w_ptr, wsl_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PU, PRECISION,
                                 NEED_PARAMS, st_ptr)
             offs_z = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
@@ -1000,7 +1030,7 @@ def _gmlp_conv_bwd_kernel(
             tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
-_PARAMS = ("weight", "bias", "scale", "shift", "mean", "avg", "expand", "gate_columns", "column_index",
+_PARAMS = ("weight", "weight_slabs", "bias", "scale", "shift", "mean", "avg", "expand", "gate_columns", "column_index",
            "column_scale", "gate_expand", "trivial", "head")
 _LAYERS = _PARAMS[:-1]  # the G-MLP's backward kernel takes all but the head
 _FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
