@@ -730,7 +730,8 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
     pass both slices, src and env per group of channels (``head_groups``; 140 B) and x[src, c] per tile;
     grad_h̃'s gathered grad_out slice per run of output tiles and x[src, c] per tile, src, tgt and env per row
     tile; the backward kernel's grad_h̃ row, its weight-gradient rows and, per layer with a norm, its program's
-    sums of the scale and shift gradients (2P values read, and written, per edge), and the row of the layers'
+    sums of the scale and shift gradients (2·PU values read, and written, per edge: the padding columns' stay
+    zero), and the row of the layers'
     saved state (``saved_width``)."""
     from fastik.ops.fused_gmlp import HEAD_TILE as T
     from fastik.triton_kernels.gmlp_conv import (POOL_MIN_DEGREE, din_padded, launch_config, output_columns,
@@ -766,8 +767,9 @@ def fused_scratch_reads(packed, k0: int, degree: float | None = None) -> dict[st
                "head_bwd": grad_x + groups * (2 * slice_b + i8 + f4) + tiles * f4,
                "grad_h": gh_runs * slice_b + tiles * f4 + (in_k // T) * (2 * i8 + f4)}
     ng = packed.gate_pick.shape[2]
-    saved = saved_width(output_columns(size, packed.hidden, ng), packed.mean.shape[2], ng, in_k, layers)
-    out["bwd"] = (in_k + saved + weight_rows + (2 * layers * size if packed.norm else 0)) * f4
+    pu = output_columns(size, packed.hidden, ng)
+    saved = saved_width(pu, packed.mean.shape[2], ng, in_k, layers)
+    out["bwd"] = (in_k + saved + weight_rows + (2 * layers * pu if packed.norm else 0)) * f4
     return {**out, "total": sum(out.values())}
 
 

@@ -274,7 +274,7 @@ def test_read_models_follow_the_code():
     TF32), 36.3 KB at the default (edge-wise 18.9 / 47.3; either way the backward kernel reads the layers' saved state,
     and the parts of every weight its ``weight_slabs`` flag: ``_slab_reads``, the dense reads with every flag set) —
     the forward's MLP part doubles when its blocks halve;
-    scratch rows and gathers 16.1 / 48.4 KB (edge-wise 88.4 / 145.5). The edge-wise forward (in-degree below
+    scratch rows and gathers 15.3 / 48.4 KB (edge-wise 87.6 / 145.5). The edge-wise forward (in-degree below
     POOL_MIN_DEGREE) reads h1's slices once per run of row tiles (15 of the 528 listed tiles at the anchors' width) and
     the head's tiles once per chunk, its head gradient the slices once per group of channels (51); the pooled forward
     the wave's h1 rows once per channel tile (one at the anchors' width) and each listed tile's slice of pooled features
@@ -304,7 +304,7 @@ def test_read_models_follow_the_code():
         ks_hu, ks_pu, zn = {5: (64, 96, 64), 16: (192, 256, 128)}[hidden]  # HU, PU rounded up to 32; ZN in TF32
         assert dense == ([m["K0P"] * m["P"] * 4 + m["K0P"] // 16 * m["P"], ks_hu * m["P"] * 4 + ks_hu // 16 * m["P"]],
                          [zn * ks_pu * 4 + ks_pu // 16 * zn, m["IN_K"] * ks_pu * 4 + ks_pu // 16 * m["IN_K"]])
-    assert scratch[5]["total"] == pytest.approx(16.1e3, rel=0.01)
+    assert scratch[5]["total"] == pytest.approx(15.33e3, rel=0.005)
     assert scratch[16]["total"] == pytest.approx(48.4e3, rel=0.01)
     assert reads[5]["total"] == pytest.approx(10.44e3, rel=0.01)
     assert reads[16]["total"] == pytest.approx(36.3e3, rel=0.01)

@@ -479,8 +479,13 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
         rf = _spread(rinv, l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr)
         if NEED_PARAMS:  # summed over rows after the backward: a sum over rows here cost 0.1–0.5 KB of spills
             at = ss_ptr + 2 * l * dy.shape[0] * P + tl.arange(0, dy.shape[0])[:, None] * P + offs[None, :]
-            tl.store(at, tl.load(at) + dn * c * rf)
-            tl.store(at + dy.shape[0] * P, tl.load(at + dy.shape[0] * P) + dn)
+            if PU < P:  # the padding columns' sums stay zero
+                on = (offs < PU)[None, :]
+                tl.store(at, tl.load(at, mask=on) + dn * c * rf, mask=on)
+                tl.store(at + dy.shape[0] * P, tl.load(at + dy.shape[0] * P, mask=on) + dn, mask=on)
+            else:
+                tl.store(at, tl.load(at) + dn * c * rf)
+                tl.store(at + dy.shape[0] * P, tl.load(at + dy.shape[0] * P) + dn)
         dc = dn * scale * rf
         drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU)  # per block: sums
         ds = -0.5 * drinv * rinv * rinv * rinv
