@@ -613,32 +613,57 @@ def _pooled_head(packed, din: int, in_k: int, degree: float) -> tuple[float, flo
     return 2.0 * din_p * in_k * _pool_rows(degree, ke), 2.0 * HEAD_TILE ** 2 * tiles / degree
 
 
+def _flagged_reads(flags, kc: int, rows: int, n: int, row_major: bool) -> float:
+    """Bytes a staged dot reads of an operand M (K × n) over its first ``rows`` rows in steps of ``kc``, loading only
+    what its slab flags (``flags`` (K / 16, ≥ n), bool) keep: row-major, the 32-B sectors of the kept columns in each
+    row; transposed (M = Aᵀ, A row-major), kc floats of each kept row of A; and the step's flags, a byte per column
+    and slab of 16. ``flags`` None: the whole operand, no flags (``gmlp_conv._bwd_flags``)."""
+    if flags is None:
+        return float(rows * n * 4)
+    total = 0.0
+    for k in range(0, rows, kc):
+        keep = flags[k // 16:(k + kc) // 16, :n].any(0)
+        read = keep.reshape(-1, 8).any(1).sum() * 8 if row_major and n % 8 == 0 else keep.sum()
+        total += kc * 4 * float(read) + kc // 16 * n
+    return total
+
+
 def _slab_reads(packed, k0: int, precision: str) -> tuple[list[float], list[float]]:
-    """Bytes of each layer's weight the fused kernels' dots read per MLP block in ``precision``, forward (u @ W: layer
-    0's K0P rows, a later layer's first KS(HU)) and backward (da @ Wᵀ: W's first KS(PU) columns of IN_K rows, of ZN
-    for layer 0): per dot step of KC rows (``gmlp_conv._kc``) the 32-B sectors of the columns ``weight_slabs``
-    flags (forward), KC floats of each flagged row (backward), and the step's flags, a byte per column and slab of 16
-    — all of it in IEEE for z's gradient at IN_K ≤ 128, which reads no flags (``gmlp_conv._layer_bwd``)."""
-    from fastik.triton_kernels.gmlp_conv import _kc, _ks, _meta, _zn
+    """Bytes of each layer's weight the fused kernels' dots read per MLP block in ``precision``
+    (``_flagged_reads`` with ``weight_slabs``), forward (u @ W: layer 0's K0P rows, a later layer's first KS(HU)) and
+    backward (da @ Wᵀ: W's first KS(PU) columns of IN_K rows, of ZN for layer 0, unflagged where
+    ``gmlp_conv._bwd_flags`` says so)."""
+    from fastik.triton_kernels.gmlp_conv import _bwd_flags, _kc, _ks, _meta, _zn
 
     m = _meta(packed._asdict(), k0, precision)
-    size, prec, in_k, f4 = m["P"], m["PRECISION"], m["IN_K"], 4
+    size, prec, in_k = m["P"], m["PRECISION"], m["IN_K"]
     slabs = packed.weight_slabs.bool()
-
-    def reads(flags, kc: int, rows: int, n: int, side: int) -> float:  # steps of kc rows over the first ``rows``
-        total = 0.0
-        for k in range(0, rows, kc):
-            keep = flags[k // 16:(k + kc) // 16, :n].any(0)
-            cols = keep.reshape(-1, 8).any(1).sum() * 8 if side == 0 else keep.sum()  # sectors / rows read
-            total += kc * f4 * float(cols) + kc // 16 * n
-        return total
-
-    fwd = [reads(slabs[i, 0], m["K0P"], m["K0P"], size, 0) if i == 0 else
-           reads(slabs[i, 0], _kc(in_k, prec), _ks(in_k, m["HU"], prec), size, 0) for i in range(packed.layers)]
+    fwd = [_flagged_reads(slabs[i, 0], m["K0P"], m["K0P"], size, True) if i == 0 else
+           _flagged_reads(slabs[i, 0], _kc(in_k, prec), _ks(in_k, m["HU"], prec), size, True)
+           for i in range(packed.layers)]
     kc, ks, zn = _kc(size, prec), _ks(size, m["PU"], prec), _zn(m["K0P"], in_k, prec)
-    bwd = [reads(slabs[i, 1], kc, ks, zn if i == 0 else in_k, 1) for i in range(packed.layers)]
-    if packed.layers and prec == "ieee" and in_k <= 128:
-        bwd[0] = float(zn * ks * f4)
+    bwd = [_flagged_reads(slabs[i, 1] if i or _bwd_flags(size, prec, in_k) else None, kc, ks, zn if i == 0 else in_k,
+                          False) for i in range(packed.layers)]
+    return fwd, bwd
+
+
+def _structure_reads(packed, k0: int, precision: str) -> tuple[list[float], list[float]]:
+    """Bytes of each layer's structure matrices the fused kernels' dots read per MLP block (``_flagged_reads`` with
+    ``structure_slabs``, in the structure's precision): forward MEAN and AVG (KS(PU) rows of NB), backward GEXPᵀ once
+    and EXPᵀ twice (KS(PU) columns of NG / NB rows; unflagged where ``gmlp_conv._bwd_flags`` says so); MEAN, AVG
+    and EXPᵀ only with a norm."""
+    from fastik.triton_kernels.gmlp_conv import _bwd_flags, _kc, _ks, _meta
+
+    m = _meta(packed._asdict(), k0, precision)
+    sp = "ieee" if m["PRECISION"] == "ieee" else "tf32x3"
+    size, nb, ng = m["P"], m["NB"], m["NG"]
+    kc, ks = _kc(size, sp), _ks(size, m["PU"], sp)
+    slabs = packed.structure_slabs.bool()
+    back = _bwd_flags(1, m["PRECISION"], m["IN_K"])
+    norm = 2 * int(packed.norm)
+    fwd = [norm * _flagged_reads(slabs[i, :, :nb], kc, ks, nb, True) for i in range(packed.layers)]
+    bwd = [_flagged_reads(slabs[i, :, nb:] if back else None, kc, ks, ng, False) +
+           norm * _flagged_reads(slabs[i, :, :nb] if back else None, kc, ks, nb, False) for i in range(packed.layers)]
     return fwd, bwd
 
 
@@ -665,15 +690,13 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     degree = DEGREE if degree is None else degree
 
     f4 = 4
-    size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
+    size, ng = packed.weight.shape[1], packed.gate_pick.shape[2]
     layers, in_k = packed.layers, used_columns(size, k0, packed.hidden)
-    pu = _layer_rows(packed, k0, precision)[0]
     weights, transposed = _slab_reads(packed, k0, precision)  # a = u @ W and du = da @ Wᵀ: the flagged parts
-    sums, vec, gates = pu * nb * f4, size * 12, ng * 8  # one MEAN / AVG operand; one gather's vectors
-    layer = 2 * sums + 4 * vec + gates  # norm (MEAN, AVG dots; two spreads), gate columns and spread (2 vectors)
-    back = 6 * vec + (ng + 2 * nb) * pu * f4  # _layer_bwd's structure from the saved state: GEXPᵀ, EXPᵀ twice
-    mlp = sum(weights) + layers * layer
-    saved = sum(transposed) + layers * back
+    sums, back_sums = _structure_reads(packed, k0, precision)  # the norms' and gates' sums, forward and backward
+    vec, gates = size * 12, ng * 8  # one gather's vectors; the gate columns
+    mlp = sum(weights) + sum(sums) + layers * (4 * vec + gates)  # norm (two spreads), gate columns and spread
+    saved = sum(transposed) + sum(back_sums) + layers * 6 * vec  # _layer_bwd's six spreads
     tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
     mask = tiles / f4  # the support mask's bytes on the tiles (uint8)
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}

@@ -694,6 +694,30 @@ def test_weight_slabs_flag_what_the_kernels_read(any_group, hidden_channels):
         assert not (p.weight_slabs[:, side].bool() & ~segments).any()  # nothing flagged without a support entry
 
 
+@pytest.mark.parametrize("hidden_channels", [1, 5])
+def test_structure_slabs_flag_what_the_kernels_read(any_group, hidden_channels):
+    """``structure_slabs[l, s]`` flags the norm blocks (first NB) and the gates (next NG) with a component among
+    16s, …, 16s + 15: the slabs of mean, avg, expandᵀ and gate_expandᵀ the kernels read. Every entry of those
+    matrices in a slab is in a flagged block / gate, and every flagged one has an entry of expand / gate_expand
+    there — on every group of the table."""
+    t = fastik.FieldType(any_group, FIELDS[any_group.dim])
+    kernel = fastik.ImplicitPointConv(t, t, hidden_channels=hidden_channels, backend="fused").kernel
+    p = pack_gmlp(kernel, torch.float64)
+    layers, size, nb = p.mean.shape
+    ng = p.gate_pick.shape[2]
+    assert p.structure_slabs.dtype == torch.uint8 and p.structure_slabs.shape == (layers, size // HEAD_TILE, nb + ng)
+    flags = p.structure_slabs.bool().repeat_interleave(HEAD_TILE, 1)  # [l, component, block or gate]
+    blocks, gates = flags[..., :nb], flags[..., nb:]
+    for m in (p.mean, p.avg, p.expand.transpose(1, 2)):  # (L, P, NB)
+        assert not (m * ~blocks).any()
+    assert not (p.gate_expand.transpose(1, 2) * ~gates).any()
+    for m, f in ((p.expand, blocks), (p.gate_expand, gates)):  # (L, NB / NG, P)
+        meets = (m != 0).reshape(layers, m.shape[1], size // HEAD_TILE, HEAD_TILE).any(3).transpose(1, 2)
+        assert torch.equal(f[:, ::HEAD_TILE], meets)
+    if hidden_channels == 5:
+        assert p.structure_slabs.double().mean() < 0.5
+
+
 def test_weight_slabs_skip_most_of_the_hidden_weights():
     """At the anchors' and the default width (so3, the standard fields) the flags skip most of a later layer's
     weight in both products: what the kernels' weight reads save (bench/NOTES.md)."""

@@ -77,6 +77,7 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         const = _grouped(const, rows, cols, len(layers))
         index, const["column_scale"] = _columns(const)
         const["weight_slabs"] = _weight_slabs(const["weight_support"])
+        const["structure_slabs"] = _structure_slabs(const["expand"], const["gate_expand"])
         cache[key] = {"sizes": (size, nb, ng), "layers": layers, "rows": rows.to(device), "cols": cols.to(device),
                       **{k: v.to(device, torch.uint8 if k in SUPPORTS else dtype) for k, v in const.items()},
                       **{k: v.to(device) for k, v in {**_head_tiles(const["head_support"]), **index}.items()}}
@@ -199,6 +200,14 @@ def _weight_slabs(support: Tensor) -> Tensor:
                         nz.reshape(layers, size, size // HEAD_TILE, HEAD_TILE).any(3).transpose(1, 2)], 1).double()
 
 
+def _structure_slabs(expand: Tensor, gate_expand: Tensor) -> Tensor:
+    """``PackedGMLP.structure_slabs`` (L, P / 16, NB + NG) of expand (L, NB, P) and gate_expand (L, NG, P): per layer
+    and slab of 16 components, the norm blocks and the gates with a component there."""
+    layers, _, size = expand.shape
+    return torch.cat([(m != 0).reshape(layers, m.shape[1], size // HEAD_TILE, HEAD_TILE).any(3).transpose(1, 2)
+                      for m in (expand, gate_expand)], 2).double()
+
+
 def _packed_weight(w: Tensor, size: int) -> Tensor:
     """A layer's (out, in) matrix in the packed layout: (P, P), transposed, zero-padded."""
     return F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1]))
@@ -247,7 +256,8 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
     return PackedGMLP(torch.stack(weights), torch.stack(biases), torch.stack(scales), torch.stack(shifts),
                       const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
                       const["trivial"], _in_head_order(_packed_head(head, size), const["rows"], const["cols"]),
-                      const["weight_support"], const["head_support"], const["weight_slabs"], const["cols"],
+                      const["weight_support"], const["head_support"], const["weight_slabs"],
+                      const["structure_slabs"], const["cols"],
                       *(const[k] for k in HEAD_TILE_LISTS), const["column_index"], const["column_scale"],
                       const["gate_columns"], dout, kernel.hidden_type.dim, len(const["layers"]),
                       bool(norms), norms[0].eps if norms else 0.0)

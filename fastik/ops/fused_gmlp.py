@@ -52,7 +52,11 @@ class PackedGMLP(NamedTuple):
     their gradients are zero off the support — the kernels add no atomics there.
     ``weight_slabs`` (uint8) says which parts of each weight the kernels read: ``[l, 0, s, c]`` = 1 where column c
     of weight[l]'s rows 16s, …, 16s + 15 meets the support (the slab of u @ W that a dot reads), ``[l, 1, s, n]`` = 1
-    where row n of its columns 16s, …, 16s + 15 does (the slab of da @ Wᵀ); the kernels do not load the others.
+    where row n of its columns 16s, …, 16s + 15 does (the slab of da @ Wᵀ); the kernels do not load the others (they
+    trust the flags, as the supports, to cover every non-zero: packing makes them so).
+    ``structure_slabs`` (uint8) likewise for the structure matrices: ``[l, s, b]`` = 1 where norm block b has a
+    component among 16s, …, 16s + 15 (the slabs of mean, avg and expandᵀ), ``[l, s, NB + g]`` where gate g gates one
+    (gate_expandᵀ).
     The same structure as vectors, for the kernels' gathers: ``column_index[l, :, p]`` = component p's norm block
     (expand's row), the gate that gates it (gate_expand's row) and the gate whose scalar it is (gate_pick's
     column), 0 where none; ``column_scale[l, :, p]`` = the entries of expand, mean, avg, gate_expand and gate_pick
@@ -73,6 +77,7 @@ class PackedGMLP(NamedTuple):
     weight_support: Tensor  # (L, P, P) uint8 constant
     head_support: Tensor    # (Din, P, DOUT_P) uint8 constant
     weight_slabs: Tensor    # (L, 2, P / 16, P) uint8 constant
+    structure_slabs: Tensor  # (L, P / 16, NB + NG) uint8 constant
     out_cols: Tensor        # (DOUT_P,) int64 constant
     head_blocks: Tensor       # (DOUT_P / 16, P / 16 · Din) int64 constant
     head_block_count: Tensor  # (DOUT_P / 16,) int64 constant
@@ -110,7 +115,7 @@ HEAD_TILE_LISTS = ("head_blocks", "head_block_count", "head_row_blocks", "head_r
 #: The PackedGMLP fields that carry parameters: the op's differentiable packed tensors, in its gradients' order.
 TRAINED = ("weight", "bias", "scale", "shift", "head")
 #: The PackedGMLP fields that are uint8 masks (the kernels read a byte per entry, not four).
-SUPPORTS = ("weight_support", "head_support", "weight_slabs")
+SUPPORTS = ("weight_support", "head_support", "weight_slabs", "structure_slabs")
 _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
 _INDEX = ("out_cols",) + HEAD_TILE_LISTS + ("column_index", "gate_columns")  # its int64 tensors
 
@@ -197,7 +202,9 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
     shapes = {"out_cols": (dout_p,), "head_blocks": (tt, kt * din), "head_block_count": (tt,),
               "head_row_blocks": (kt, tt * din), "head_row_block_count": (kt,),
               "head_channel_blocks": (din, kt * tt), "head_channel_block_count": (din,),
-              "weight_slabs": (p.weight.shape[0], 2, kt, size), "column_index": (p.weight.shape[0], 3, size),
+              "weight_slabs": (p.weight.shape[0], 2, kt, size),
+              "structure_slabs": (p.weight.shape[0], kt, p.mean.shape[2] + p.gate_pick.shape[2]),
+              "column_index": (p.weight.shape[0], 3, size),
               "column_scale": (p.weight.shape[0], 5, size),
               "gate_columns": (p.weight.shape[0], p.gate_pick.shape[2])}
     for name, shape in shapes.items():

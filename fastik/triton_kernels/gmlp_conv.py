@@ -161,14 +161,14 @@ def _tile(ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr):
 
 
 @triton.jit
-def _kept_tile(ptr, f_ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr):
-    """``_tile`` of a layer weight (R a multiple of 16) that reads only the columns c of the block whose flag
-    f[j·LD + c] is set in one of its R / 16 slabs j (uint8; ``PackedGMLP.weight_slabs``): the others are zero, not
-    read from memory."""
+def _kept_tile(ptr, f_ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr, FS: tl.constexpr):
+    """``_tile`` of a mostly zero matrix (R a multiple of 16) that reads only the columns c of the block whose flag
+    f[j·FS + c] is set in one of its R / 16 slabs j (uint8; ``PackedGMLP.weight_slabs``, ``structure_slabs``): the
+    others are zero, not read from memory."""
     c = tl.arange(0, C)
     keep = tl.load(f_ptr + c) != 0
     for j in tl.static_range(1, R // 16):
-        keep = keep | (tl.load(f_ptr + j * LD + c) != 0)
+        keep = keep | (tl.load(f_ptr + j * FS + c) != 0)
     r = tl.arange(0, R)
     if TRANS:
         return tl.load(ptr + c[None, :] * LD + r[:, None], mask=keep[None, :], other=0.0)
@@ -211,6 +211,14 @@ def _zn(k0p, in_k, precision):
 
 
 @triton.constexpr_function
+def _bwd_flags(fs, precision, in_k):
+    """FS of a slab-flagged product of the backward kernel's (z's gradient, the structure's sums): fs, or 0 — no
+    flags read, the whole operand loaded — in IEEE at IN_K ≤ 128, where that kernel sits at 255 registers and the
+    flags' loads made ptxas spill 4–16 B (bench/NOTES.md)."""
+    return 0 if precision == "ieee" and in_k <= 128 else fs
+
+
+@triton.constexpr_function
 def _kc(k, precision):
     """KC: the columns of a staged dot operand (``_staged_dot``), at most K."""
     return min(k, 32 if precision == "tf32" else 16)
@@ -225,34 +233,35 @@ def _ks(k, ku, precision):
 
 @triton.jit
 def _staged_dot(st_ptr, R: tl.constexpr, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr,
-                PRECISION: tl.constexpr, KS: tl.constexpr, f_ptr=None):
+                PRECISION: tl.constexpr, KS: tl.constexpr, f_ptr=None, FS: tl.constexpr = 0):
     """u (R, K) @ M (K, N) for u staged at st (``_stage``) up to column KS (a multiple of KC), M's rows from KS on
     zero (the layers' padding: not read, not multiplied): u is read back as (R, KC) dot operands one at a time, in
     a loop the compiler does not unroll, so a computed tile never exists as a whole dot operand (R·K / 32
-    registers per thread at 8 warps: 128 for a (16 × 256) tile)."""
+    registers per thread at 8 warps: 128 for a (16 × 256) tile).  With FS > 0, M's tiles are loaded where the slab
+    flags at f_ptr (row stride FS) keep them (``_kept_tile``)."""
     KC: tl.constexpr = _kc(K, PRECISION)
     rows = tl.arange(0, R)[:, None] * K
     acc = tl.zeros((R, N), dtype=st_ptr.dtype.element_ty)
     for k in range(0, KS, KC):
         step = k if TRANS else k * LD
-        if f_ptr is None:
+        if FS == 0:
             m = _tile(m_ptr + step, KC, N, LD, TRANS)
         else:
-            m = _kept_tile(m_ptr + step, f_ptr + k // 16 * LD, KC, N, LD, TRANS)
+            m = _kept_tile(m_ptr + step, f_ptr + k // 16 * FS, KC, N, LD, TRANS, FS)
         acc += tl.dot(tl.load(st_ptr + rows + k + tl.arange(0, KC)[None, :]), m, input_precision=PRECISION)
     return acc
 
 
 @triton.jit
 def _mm(u, m_ptr, K: tl.constexpr, N: tl.constexpr, LD, TRANS: tl.constexpr, PRECISION: tl.constexpr, st_ptr,
-        KU: tl.constexpr, f_ptr=None):
+        KU: tl.constexpr, f_ptr=None, FS: tl.constexpr = 0):
     """u (R, K) @ M (K, N), M = the matrix at m_ptr (``_tile`` conventions), through the staging buffer st; M's
     rows from KU on are zero (``_staged_dot``: u's first KS columns are read).  Only those are staged, except for
     the backward's products (M transposed) in IEEE, which stage whole rows: masking their stores made ptxas spill
     8 B at P = 128 under Triton 3.8 (bench/NOTES.md)."""
     KS: tl.constexpr = _ks(K, KU, PRECISION)
     _stage(u, st_ptr, K if TRANS and PRECISION == "ieee" else KS)
-    return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION, KS, f_ptr)
+    return _staged_dot(st_ptr, u.shape[0], m_ptr, K, N, LD, TRANS, PRECISION, KS, f_ptr, FS)
 
 
 @triton.constexpr_function
@@ -325,16 +334,23 @@ def _slabs(wsl_ptr, l: tl.constexpr, side: tl.constexpr, P: tl.constexpr):
 
 
 @triton.jit
+def _blocks(ssl_ptr, l: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr):
+    """Layer l's rows of ``PackedGMLP.structure_slabs`` (L, P / 16, NB + NG): per slab of 16 components, its norm
+    blocks' flags (NB; the gates' follow, NG): the slabs of MEAN, AVG and EXPᵀ (GEXPᵀ from NB on) a dot reads."""
+    return ssl_ptr + l * (P // 16) * (NB + NG)
+
+
+@triton.jit
 def _linear(u, l: tl.constexpr, w_ptr, wsl_ptr, b_ptr, P: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr,
             HU: tl.constexpr, PRECISION: tl.constexpr, st_ptr):
     """EquivariantLinear of hidden layer l on its input u: z (BLOCK_E, K0P) for l = 0, else (BLOCK_E, P) of which
     the first HU columns meet non-zero weight rows; the weight's parts that its slab flags (wsl) leave out are zero
     and not loaded (``_kept_tile``)."""
     if l == 0:
-        a = tl.dot(u, _kept_tile(w_ptr, wsl_ptr, K0P, P, P, False), input_precision=PRECISION)  # z: K0P columns
+        a = tl.dot(u, _kept_tile(w_ptr, wsl_ptr, K0P, P, P, False, P), input_precision=PRECISION)  # z: K0P columns
     else:
         a = _mm(_used_cols(u, P, IN_K), w_ptr + l * P * P, IN_K, P, P, False, PRECISION, st_ptr, HU,
-                _slabs(wsl_ptr, l, 0, P))
+                _slabs(wsl_ptr, l, 0, P), P)
     return a + _vec(b_ptr + l * P, P)[None, :]
 
 
@@ -360,16 +376,18 @@ def _norm_out(c, rinv, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_p
 
 
 @triton.jit
-def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P: tl.constexpr,
-            NB: tl.constexpr, NORM: tl.constexpr, PU: tl.constexpr, SP: tl.constexpr, st_ptr):
+def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr, cidx_ptr, cscale_ptr, eps,
+            P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr, PU: tl.constexpr,
+            SP: tl.constexpr, st_ptr):
     """Per-field norm of hidden layer l on its linear part a: (c, rinv, n) — a centred (channel mean off the
     scalar blocks), 1 / rms per block (BLOCK_E, NB), the normed output (without NORM: a, 0, a).  The block sums
     are dots with MEAN and AVG (on the first PU columns: the others are padding); their spread onto the
     components, gathers."""
     if NORM:
-        c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU), l, _BLOCK, _EXPAND,
-                        cidx_ptr, cscale_ptr, P, st_ptr)
-        rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU) + eps)
+        c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU, _blocks(ssl_ptr, l, P, NB, NG),
+                            NB + NG), l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr)
+        rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU,
+                            _blocks(ssl_ptr, l, P, NB, NG), NB + NG) + eps)
         n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
     else:
         c = a
@@ -388,15 +406,15 @@ def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, PU: tl.constexpr, st_
 
 
 @triton.jit
-def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
+def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
                triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
                IN_K: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row, SV: tl.constexpr):
     """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere.  With
     SV > 0, its state for the backward (c, 1 / rms, the gates) goes to the saved rows sv_row (BLOCK_E, 1)
     pointers (``_sv_offset``)."""
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
-    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NORM, PU,
-                         SP, st_ptr)
+    c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NG,
+                         NORM, PU, SP, st_ptr)
     sg = _gates(n, l, gcol_ptr, NG, PU, st_ptr)
     if SV > 0:
         at = sv_row + _sv_offset(l, PU, NB, NG, IN_K)
@@ -408,8 +426,8 @@ def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol
 
 
 @triton.jit
-def _mlp(z, L: tl.constexpr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-         cscale_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
+def _mlp(z, L: tl.constexpr, w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr,
+         cidx_ptr, cscale_ptr, triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
          IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr, PRECISION: tl.constexpr, st_ptr,
          sv_row, SV: tl.constexpr):
     """The first L hidden layers on z (BLOCK_E, K0P): (BLOCK_E, P), or z itself for L = 0.  With SV > 0 every
@@ -417,8 +435,8 @@ def _mlp(z, L: tl.constexpr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_p
     u = z
     for l in tl.static_range(L):
         u = _norm_gate(_linear(u, l, w_ptr, wsl_ptr, b_ptr, P, IN_K, K0P, HU, PRECISION, st_ptr), l, scale_ptr,
-                       shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG, NORM,
-                       IN_K, PU, PRECISION, st_ptr, sv_row, SV)
+                       shift_ptr, mean_ptr, avg_ptr, ssl_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG,
+                       NORM, IN_K, PU, PRECISION, st_ptr, sv_row, SV)
         if SV > 0 and l + 1 < L:
             tl.store(sv_row + _sv_offset(l + 1, PU, NB, NG, IN_K) - IN_K + tl.arange(0, IN_K)[None, :],
                      _used_cols(u, P, IN_K))
@@ -454,8 +472,8 @@ def _layer_state(z, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr,
 
 @triton.jit
 def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
-               w_ptr, wsl_ptr, ss_ptr, ws_row, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-               IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr,
+               w_ptr, wsl_ptr, ssl_ptr, ss_ptr, ws_row, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr,
+               NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr,
                NEED_PARAMS: tl.constexpr, st_ptr):
     """Gradient w.r.t. the input of layer l from the gradient dy of its output and its forward state (c, rinv,
     n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, z's first ZN columns (``_zn``; z has K0 ≤ K0P ≤ ZN);
@@ -469,7 +487,9 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
     SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
     offs = tl.arange(0, P)
     KL: tl.constexpr = K0P if l == 0 else IN_K
-    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr, PU)  # per gate: a sum over its components
+    FS: tl.constexpr = _bwd_flags(NB + NG, PRECISION, IN_K)
+    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr, PU, _blocks(ssl_ptr, l, P, NB, NG) + NB,
+              FS)  # per gate: a sum over its components
     s = tl.sigmoid(n)
     dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) +
                _spread(sg, l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr))
@@ -487,23 +507,22 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
                 tl.store(at, tl.load(at) + dn * c * rf)
                 tl.store(at + dy.shape[0] * P, tl.load(at + dy.shape[0] * P) + dn)
         dc = dn * scale * rf
-        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU)  # per block: sums
+        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU,
+                    _blocks(ssl_ptr, l, P, NB, NG), FS)  # per block: sums
         ds = -0.5 * drinv * rinv * rinv * rinv
         dc += 2 * c * _spread(ds, l, _BLOCK, _AVG, cidx_ptr, cscale_ptr, P, st_ptr)
-        dmu = _spread(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU), l, _BLOCK, _MEAN, cidx_ptr,
-                      cscale_ptr, P, st_ptr)
+        dmu = _spread(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU, _blocks(ssl_ptr, l, P, NB, NG),
+                          FS), l, _BLOCK, _MEAN, cidx_ptr, cscale_ptr, P, st_ptr)
         da = dc - dmu
     else:
         da = dn
     if NEED_PARAMS:
         tl.store(ws_row + _ws_offset(l, K0P, IN_K, P) + KL + offs[None, :], da)
     if l == 0:  # ZN columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB (_zn)
-        if PRECISION == "ieee" and IN_K <= 128:  # W0's rows past K0P read too: their flags spilled 4 B (3.8)
-            du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU)
-        else:
-            du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU, _slabs(wsl_ptr, 0, 1, P))
+        du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU, _slabs(wsl_ptr, 0, 1, P),
+                 _bwd_flags(P, PRECISION, IN_K))
     else:
-        du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr, PU, _slabs(wsl_ptr, l, 1, P))
+        du = _mm(da, w_ptr + l * P * P, P, IN_K, P, True, PRECISION, st_ptr, PU, _slabs(wsl_ptr, l, 1, P), P)
         if IN_K < P:  # the input's padding columns meet zero weight rows
             du = _join(du, tl.zeros_like(du), P)
     return du
@@ -532,7 +551,7 @@ def _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK: tl.constexpr):
 
 
 @triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
-def _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+def _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
               cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr,
               NG: tl.constexpr, NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr,
               HU: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_ptr,
@@ -542,8 +561,8 @@ def _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_pt
     SV > 0 the layers' state for the backward goes to the chunk's saved rows sv (CHUNK, SV) (``_sv_offset``)."""
     for s in range(CHUNK // BLOCK_E):
         _, _, z = _z_rows(start + s * BLOCK_E, z_ptr, E, K0, BLOCK_E, K0P)
-        h = _mlp(z, L, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
-                 triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PU, HU, PRECISION, st_ptr,
+        h = _mlp(z, L, w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
+                 cscale_ptr, triv_ptr, eps, P, NB, NG, NORM, IN_K, K0P, PU, HU, PRECISION, st_ptr,
                  sv_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * SV, SV)
         h1 = tl.where((tl.arange(0, P) == H)[None, :], 1.0, h)
         tl.store(hs_ptr + (s * BLOCK_E + tl.arange(0, BLOCK_E))[:, None] * IN_K + tl.arange(0, IN_K)[None, :],
@@ -606,8 +625,8 @@ def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count,
 @triton.jit
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
-    w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-    triv_ptr, head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT, programs,
+    w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
+    gexp_ptr, triv_ptr, head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr,
     BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr,
@@ -624,8 +643,8 @@ def _gmlp_conv_fwd_kernel(
     offs_t = tl.arange(0, _HT)
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-                  cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, PU, HU, BLOCK_E,
+        _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr,
+                  cidx_ptr, cscale_ptr, triv_ptr, hs_ptr, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, PU, HU, BLOCK_E,
                   CHUNK, PRECISION, st_ptr, hs_ptr, 0)
         tl.debug_barrier()  # the rows are read back by other threads of the program
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
@@ -640,8 +659,8 @@ def _gmlp_conv_fwd_kernel(
 
 @triton.jit
 def _gmlp_rows_kernel(
-    z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
-    gexp_ptr, triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H, programs,
+    z_ptr, w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr,
+    cscale_ptr, gexp_ptr, triv_ptr, hb_ptr, sv_ptr, st_ptr, eps, E, K0, H, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr,
     BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr, SV: tl.constexpr,
@@ -654,9 +673,9 @@ def _gmlp_rows_kernel(
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
     for chunk in range(pid, tl.cdiv(E, CHUNK), programs):
         start = tl.cast(chunk, tl.int64) * CHUNK
-        _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr, cidx_ptr,
-                  cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P, PU, HU,
-                  BLOCK_E, CHUNK, PRECISION, st_ptr, sv_ptr + start * SV, SV)
+        _chunk_h1(start, z_ptr, w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, gcol_ptr,
+                  cidx_ptr, cscale_ptr, triv_ptr, hb_ptr + start * IN_K, eps, E, K0, H, L, P, NB, NG, NORM, IN_K, K0P,
+                  PU, HU, BLOCK_E, CHUNK, PRECISION, st_ptr, sv_ptr + start * SV, SV)
 
 
 @triton.jit
@@ -986,8 +1005,8 @@ def _used_cols(ht, P: tl.constexpr, IN_K: tl.constexpr):
 @triton.jit
 def _gmlp_conv_bwd_kernel(
     gh_ptr, sv_ptr, z_ptr,
-    w_ptr, wsl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-    triv_ptr, wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
+    w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
+    gexp_ptr, triv_ptr, wsup_ptr, gz_ptr, gw_ptr, gb_ptr, ss_ptr, ws_ptr, st_ptr,
     eps, E, K0, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, BLOCK_E: tl.constexpr,
@@ -1023,8 +1042,8 @@ def _gmlp_conv_bwd_kernel(
                                               sv_row, mask_e, P, NB, NG, NORM, IN_K, K0P, PU, NEED_PARAMS, SV,
                                               st_ptr)
                 dh = _layer_bwd(dh, c, rinv, n, sg, L - 1 - i, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
-                                triv_ptr, w_ptr, wsl_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PU, PRECISION,
-                                NEED_PARAMS, st_ptr)
+                                triv_ptr, w_ptr, wsl_ptr, ssl_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PU,
+                                PRECISION, NEED_PARAMS, st_ptr)
             offs_z = tl.arange(0, KZ)
             tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
                      mask=mask_e[:, None] & (offs_z < K0)[None, :])
@@ -1035,8 +1054,8 @@ def _gmlp_conv_bwd_kernel(
             tl.debug_barrier()  # every read of the chunk's rows is done before the next chunk overwrites them
 
 
-_PARAMS = ("weight", "weight_slabs", "bias", "scale", "shift", "mean", "avg", "expand", "gate_columns", "column_index",
-           "column_scale", "gate_expand", "trivial", "head")
+_PARAMS = ("weight", "weight_slabs", "structure_slabs", "bias", "scale", "shift", "mean", "avg", "expand",
+           "gate_columns", "column_index", "column_scale", "gate_expand", "trivial", "head")
 _LAYERS = _PARAMS[:-1]  # the G-MLP's backward kernel takes all but the head
 _FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
 _BWD_TILES = ("head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
