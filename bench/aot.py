@@ -37,8 +37,8 @@ from pathlib import Path
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hblk_ptr", "hcnt_ptr", "rblk_ptr",
                   "rcnt_ptr", "cblk_ptr", "ccnt_ptr", "gcol_ptr", "cidx_ptr"}
-#: the uint8 masks (PackedGMLP.weight_support / head_support / weight_slabs / structure_slabs)
-MASK_POINTERS = {"wsup_ptr", "hsup_ptr", "wsl_ptr", "ssl_ptr"}
+#: the uint8 masks (PackedGMLP.weight_support / head_support / weight_slabs / structure_slabs / head_row_flags)
+MASK_POINTERS = {"wsup_ptr", "hsup_ptr", "wsl_ptr", "ssl_ptr", "hrf_ptr"}
 FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "NEED_HEAD": True,
               "HAS_EID": False}
 #: (module, kernel, autotune-config function, GPU default config name)

@@ -674,8 +674,9 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ (PU columns) in the backward —
     once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk (forward), two and a quarter
     times per chunk (head kernel: grad_x and grad_env, the support mask — uint8, a quarter of a tile —, the gradient's
-    atomics) and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per
-    TB targets (forward) and one and a quarter times (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E
+    atomics) and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE, the rows
+    of the tiles that ``head_row_flags`` keep and the flags: once per TB targets (forward) and one and a quarter times
+    (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E
     edges (the head kernel and grad_h̃ do not run); edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E
     edges, saving the layers' state and the h1 rows the head kernel reads). The backward kernel reads each layer's state
     that the backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward,
@@ -697,13 +698,15 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     vec, gates = size * 12, ng * 8  # one gather's vectors; the gate columns
     mlp = sum(weights) + sum(sums) + layers * (4 * vec + gates)  # norm (two spreads), gate columns and spread
     saved = sum(transposed) + sum(back_sums) + layers * 6 * vec  # _layer_bwd's six spreads
-    tiles = float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
+    listed = float(packed.head_block_count.sum())
+    tiles = listed * HEAD_TILE ** 2 * f4
     mask = tiles / f4  # the support mask's bytes on the tiles (uint8)
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
-    if degree >= POOL_MIN_DEGREE:
+    if degree >= POOL_MIN_DEGREE:  # the pooled kernels load a tile's flagged rows (and the flags, 16 B)
+        kept = float(packed.head_row_flags.double().sum()) * HEAD_TILE
         rows = mlp / config["fwd"]["BLOCK_E"]
-        out = {"fwd": rows + tiles / (config["pool"]["TB"] * degree),
-               "pool_bwd": rows + (tiles + mask) / (config["pool_bwd"]["TB"] * degree)}
+        out = {"fwd": rows + (kept * f4 + listed * HEAD_TILE) / (config["pool"]["TB"] * degree),
+               "pool_bwd": rows + (kept * f4 + kept + 2 * listed * HEAD_TILE) / (config["pool_bwd"]["TB"] * degree)}
     else:
         out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
                "head_bwd": (2 * tiles + mask) / config["head_bwd"]["CHUNK"],

@@ -277,7 +277,8 @@ def forward(conv, inputs):
 def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_block, monkeypatch):
     """The pooled head on a graph that crosses its every boundary: 150 edges in random order, so two waves
     of 128 edges in the interpreter; a hub target with 40 edges (three blocks of KE = 16, over both waves),
-    isolated targets and self-loops; 18 input channels (two channel tiles of CT = 16) — against the reference
+    isolated targets and self-loops; 18 input and output channels (two channel tiles of CT = 16, two output tiles
+    of the head with different rows: ``head_row_flags``) — against the reference
     (forward and every gradient) and against the edge-wise head; also with blocks of TB = 32 targets (a GPU
     variant that bench/gpu_check.py times)."""
     from fastik.triton_kernels import gmlp_conv
@@ -288,7 +289,9 @@ def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_bl
                             {**gmlp_conv.INTERPRET_CONFIG[name], "TB": targets_per_block})
     assert gmlp_conv.WAVE_CHUNKS * 32 * 2 == 128
     t = fastik.FieldType(fastik.group("so3"), "6x0e + 4x1o")
-    ref, fused = twins(t, fastik.FieldType(fastik.group("so3"), "2x0e + 1x1o"), hidden_channels=2)
+    ref, fused = twins(t, t, hidden_channels=2)
+    flags = fused.kernel.packed(torch.float64).head_row_flags.bool()
+    assert (flags[..., 0] & ~flags[..., 1]).any()  # output tile 0 has rows tile 1 has not
     n, m = 20, 12 if bipartite else 20
     pos, ei = graph(n, 150, 3, self_loops=0 if bipartite else 3)
     ei[1, 20:60] = 4  # the hub
@@ -716,6 +719,19 @@ def test_structure_slabs_flag_what_the_kernels_read(any_group, hidden_channels):
         assert torch.equal(f[:, ::HEAD_TILE], meets)
     if hidden_channels == 5:
         assert p.structure_slabs.double().mean() < 0.5
+
+
+def test_head_row_flags_flag_what_the_pooled_head_reads(any_group):
+    """``head_row_flags[c, k, t]`` flags row k of channel c's head where it meets the support in output tile t: every
+    non-zero of the head and its support lies in a flagged row, every flag has a support entry — on every group."""
+    t = fastik.FieldType(any_group, FIELDS[any_group.dim])
+    p = pack_gmlp(fastik.ImplicitPointConv(t, t, hidden_channels=5, backend="fused").kernel, torch.float64)
+    din, size, dout_p = p.head.shape
+    assert p.head_row_flags.dtype == torch.uint8 and p.head_row_flags.shape == (din, size, dout_p // HEAD_TILE)
+    rows = p.head_row_flags.bool().repeat_interleave(HEAD_TILE, 2)  # [c, k, output column]
+    assert not (p.head * ~rows).any() and not (p.head_support.bool() & ~rows).any()
+    meets = p.head_support.bool().reshape(din, size, dout_p // HEAD_TILE, HEAD_TILE).any(3)
+    assert not (p.head_row_flags.bool() & ~meets).any()
 
 
 def test_weight_slabs_skip_most_of_the_hidden_weights():

@@ -78,6 +78,7 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         index, const["column_scale"] = _columns(const)
         const["weight_slabs"] = _weight_slabs(const["weight_support"])
         const["structure_slabs"] = _structure_slabs(const["expand"], const["gate_expand"])
+        const["head_row_flags"] = _head_row_flags(const["head_support"])
         cache[key] = {"sizes": (size, nb, ng), "layers": layers, "rows": rows.to(device), "cols": cols.to(device),
                       **{k: v.to(device, torch.uint8 if k in SUPPORTS else dtype) for k, v in const.items()},
                       **{k: v.to(device) for k, v in {**_head_tiles(const["head_support"]), **index}.items()}}
@@ -208,6 +209,13 @@ def _structure_slabs(expand: Tensor, gate_expand: Tensor) -> Tensor:
                       for m in (expand, gate_expand)], 2).double()
 
 
+def _head_row_flags(head_support: Tensor) -> Tensor:
+    """``PackedGMLP.head_row_flags`` (Din, P, DOUT_P / 16) of the grouped head's support (Din, P, DOUT_P): where each
+    row meets it in each output tile."""
+    din, size, dout_p = head_support.shape
+    return (head_support != 0).reshape(din, size, dout_p // HEAD_TILE, HEAD_TILE).any(3).double()
+
+
 def _packed_weight(w: Tensor, size: int) -> Tensor:
     """A layer's (out, in) matrix in the packed layout: (P, P), transposed, zero-padded."""
     return F.pad(w.T, (0, size - w.shape[0], 0, size - w.shape[1]))
@@ -257,7 +265,7 @@ def pack_gmlp(kernel: nn.Module, dtype: torch.dtype) -> PackedGMLP:
                       const["mean"], const["avg"], const["expand"], const["gate_pick"], const["gate_expand"],
                       const["trivial"], _in_head_order(_packed_head(head, size), const["rows"], const["cols"]),
                       const["weight_support"], const["head_support"], const["weight_slabs"],
-                      const["structure_slabs"], const["cols"],
+                      const["structure_slabs"], const["head_row_flags"], const["cols"],
                       *(const[k] for k in HEAD_TILE_LISTS), const["column_index"], const["column_scale"],
                       const["gate_columns"], dout, kernel.hidden_type.dim, len(const["layers"]),
                       bool(norms), norms[0].eps if norms else 0.0)

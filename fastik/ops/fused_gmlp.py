@@ -56,7 +56,8 @@ class PackedGMLP(NamedTuple):
     trust the flags, as the supports, to cover every non-zero: packing makes them so).
     ``structure_slabs`` (uint8) likewise for the structure matrices: ``[l, s, b]`` = 1 where norm block b has a
     component among 16s, …, 16s + 15 (the slabs of mean, avg and expandᵀ), ``[l, s, NB + g]`` where gate g gates one
-    (gate_expandᵀ).
+    (gate_expandᵀ). ``head_row_flags[c, k, t]`` (uint8) = 1 where row k of channel c's head meets its support in the
+    output columns 16t, …, 16t + 15 (the pooled head's tiles load only those rows).
     The same structure as vectors, for the kernels' gathers: ``column_index[l, :, p]`` = component p's norm block
     (expand's row), the gate that gates it (gate_expand's row) and the gate whose scalar it is (gate_pick's
     column), 0 where none; ``column_scale[l, :, p]`` = the entries of expand, mean, avg, gate_expand and gate_pick
@@ -78,6 +79,7 @@ class PackedGMLP(NamedTuple):
     head_support: Tensor    # (Din, P, DOUT_P) uint8 constant
     weight_slabs: Tensor    # (L, 2, P / 16, P) uint8 constant
     structure_slabs: Tensor  # (L, P / 16, NB + NG) uint8 constant
+    head_row_flags: Tensor   # (Din, P, DOUT_P / 16) uint8 constant
     out_cols: Tensor        # (DOUT_P,) int64 constant
     head_blocks: Tensor       # (DOUT_P / 16, P / 16 · Din) int64 constant
     head_block_count: Tensor  # (DOUT_P / 16,) int64 constant
@@ -115,7 +117,7 @@ HEAD_TILE_LISTS = ("head_blocks", "head_block_count", "head_row_blocks", "head_r
 #: The PackedGMLP fields that carry parameters: the op's differentiable packed tensors, in its gradients' order.
 TRAINED = ("weight", "bias", "scale", "shift", "head")
 #: The PackedGMLP fields that are uint8 masks (the kernels read a byte per entry, not four).
-SUPPORTS = ("weight_support", "head_support", "weight_slabs", "structure_slabs")
+SUPPORTS = ("weight_support", "head_support", "weight_slabs", "structure_slabs", "head_row_flags")
 _TENSORS = PackedGMLP._fields.index("dout")  # PackedGMLP's tensor fields come first
 _INDEX = ("out_cols",) + HEAD_TILE_LISTS + ("column_index", "gate_columns")  # its int64 tensors
 
@@ -204,6 +206,7 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
               "head_channel_blocks": (din, kt * tt), "head_channel_block_count": (din,),
               "weight_slabs": (p.weight.shape[0], 2, kt, size),
               "structure_slabs": (p.weight.shape[0], kt, p.mean.shape[2] + p.gate_pick.shape[2]),
+              "head_row_flags": (din, size, tt),
               "column_index": (p.weight.shape[0], 3, size),
               "column_scale": (p.weight.shape[0], 5, size),
               "gate_columns": (p.weight.shape[0], p.gate_pick.shape[2])}

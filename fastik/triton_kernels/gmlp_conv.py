@@ -595,6 +595,24 @@ def _head_tile(head_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: 
 
 
 @triton.jit
+def _head_rows(hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr):
+    """(16,) bool: which of the head's rows k, …, k + 15 of channel c meet its support in the output columns t, …,
+    t + 15 (``PackedGMLP.head_row_flags``)."""
+    return tl.load(hrf_ptr + (c * P + k + tl.arange(0, _HT)) * (DOUT_P // _HT) + t // _HT) != 0
+
+
+@triton.jit
+def _kept_head_tile(head_ptr, hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: tl.constexpr):
+    """``_head_tile`` that loads only the tile's rows whose flag is set (``_head_rows``): the others are zero."""
+    keep = _head_rows(hrf_ptr, c, k, t, P, DOUT_P)
+    r = tl.arange(0, _HT)
+    at = head_ptr + c * P * DOUT_P + k * DOUT_P + t
+    if TRANS:
+        return tl.load(at + r[None, :] * DOUT_P + r[:, None], mask=keep[None, :], other=0.0)
+    return tl.load(at + r[:, None] * DOUT_P + r[None, :], mask=keep[:, None], other=0.0)
+
+
+@triton.jit
 def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count, fixed, DIN, P: tl.constexpr,
               DOUT_P: tl.constexpr, TRANS: tl.constexpr, PRECISION: tl.constexpr):
     """Σ_j env·x[src, c]·(S[rows, i:i+16] @ T_j), (len(rows), 16), over the ``count`` head tiles listed at blk_ptr
@@ -720,24 +738,25 @@ def _pool_block(hb_ptr, env_ptr, x_ptr, src_ptr, rowptr_ptr, pb_ptr, t0, last, W
 
 
 @triton.jit
-def _pooled_head_sum(pb_ptr, rows, W, head_ptr, blk_ptr, count, t, DIN, IN_K: tl.constexpr, P: tl.constexpr,
-                     DOUT_P: tl.constexpr, PRECISION: tl.constexpr):
+def _pooled_head_sum(pb_ptr, rows, W, head_ptr, hrf_ptr, blk_ptr, count, t, DIN, IN_K: tl.constexpr,
+                     P: tl.constexpr, DOUT_P: tl.constexpr, PRECISION: tl.constexpr):
     """Σ_j P[rows, c, k:k+16] @ HEAD[c, k:k+16, t:t+16], (len(rows), 16), over the ``count`` head tiles of output
-    tile t listed at blk_ptr as (k/16)·DIN + c; P: rows of width W = DIN·IN_K (``_pool_target``'s layout)."""
+    tile t listed at blk_ptr as (k/16)·DIN + c (their rows loaded where hrf flags them); P: rows of width W =
+    DIN·IN_K (``_pool_target``'s layout)."""
     acc = tl.zeros((rows.shape[0], _HT), dtype=pb_ptr.dtype.element_ty)
     for j in range(count):
         kc = tl.load(blk_ptr + j)
         k = kc // DIN * _HT
         c = kc % DIN
-        acc += tl.dot(_cols(pb_ptr, rows, c * IN_K + k, W), _head_tile(head_ptr, c, k, t, P, DOUT_P, False),
-                      input_precision=PRECISION)
+        acc += tl.dot(_cols(pb_ptr, rows, c * IN_K + k, W), _kept_head_tile(head_ptr, hrf_ptr, c, k, t, P, DOUT_P,
+                                                                            False), input_precision=PRECISION)
     return acc
 
 
 @triton.jit
 def _gmlp_pool_fwd_kernel(
-    hb_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, out_ptr, head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, pb_ptr,
-    W0, E, DIN, DOUT, programs,
+    hb_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, out_ptr, head_ptr, hrf_ptr, ocol_ptr, hblk_ptr, hcnt_ptr,
+    pb_ptr, W0, E, DIN, DOUT, programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
     CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -764,7 +783,7 @@ def _gmlp_pool_fwd_kernel(
         hi = tl.load(rowptr_ptr + targets + 1, mask=targets <= last, other=0)
         touched = (hi > W0) & (lo < W0 + E) & (hi > lo)  # the targets with an edge in the wave
         for t in range(DOUT_P // _HT):
-            acc = _pooled_head_sum(pb_ptr, offs_i, DIN * IN_K, head_ptr, hblk_ptr + t * (P // _HT) * DIN,
+            acc = _pooled_head_sum(pb_ptr, offs_i, DIN * IN_K, head_ptr, hrf_ptr, hblk_ptr + t * (P // _HT) * DIN,
                                    tl.load(hcnt_ptr + t), t * _HT, DIN, IN_K, P, DOUT_P, PRECISION)
             cols = tl.load(ocol_ptr + t * _HT + offs_t)
             tl.atomic_add(out_ptr + targets[:, None] * DOUT + cols[None, :], acc,
@@ -774,8 +793,8 @@ def _gmlp_pool_fwd_kernel(
 
 @triton.jit
 def _gmlp_pool_bwd_kernel(
-    hb_ptr, gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr,
-    ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ghead_ptr, sb_ptr, W0, E, H, DIN, programs,
+    hb_ptr, gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, head_ptr, hsup_ptr, hrf_ptr, hblk_ptr, hcnt_ptr,
+    cblk_ptr, ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ghead_ptr, sb_ptr, W0, E, H, DIN, programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
     CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr, NEED_HEAD: tl.constexpr,
 ):
@@ -814,7 +833,9 @@ def _gmlp_pool_bwd_kernel(
                     c = kc % DIN
                     g = tl.dot(tl.trans(_cols(sb_ptr, offs_i, c * IN_K + k, DIN * IN_K)), gy, input_precision=PRECISION)
                     entries = c * P * DOUT_P + (k + offs_t)[:, None] * DOUT_P + t * _HT + offs_t[None, :]
-                    tl.atomic_add(ghead_ptr + entries, g, mask=tl.load(hsup_ptr + entries) != 0, sem="relaxed")
+                    keep = tl.load(hsup_ptr + entries, mask=_head_rows(hrf_ptr, c, k, t * _HT, P, DOUT_P)[:, None],
+                                   other=0) != 0
+                    tl.atomic_add(ghead_ptr + entries, g, mask=keep, sem="relaxed")
             tl.debug_barrier()  # every read of P is done before G overwrites it
         for c in range(DIN):  # G[:, c, k] = Σ_t gout[:, t] @ HEAD[c, k, t]ᵀ over channel c's listed tiles
             lst = cblk_ptr + c * (P // _HT) * TT
@@ -826,7 +847,8 @@ def _gmlp_pool_bwd_kernel(
                 while (kt >= 0) & (kt // TT == k):
                     col = kt % TT * _HT  # the output tile's first column
                     acc += tl.dot(_cols(gout_ptr, gy_rows, col, DOUT_P),
-                                  _head_tile(head_ptr, c, k * _HT, col, P, DOUT_P, True), input_precision=PRECISION)
+                                  _kept_head_tile(head_ptr, hrf_ptr, c, k * _HT, col, P, DOUT_P, True),
+                                  input_precision=PRECISION)
                     j += 1
                     kt = tl.load(lst + j, mask=j < count, other=-1)
                 tl.store(sb_ptr + offs_i[:, None] * (DIN * IN_K) + c * IN_K + k * _HT + offs_t[None, :], acc)
@@ -1060,7 +1082,7 @@ _LAYERS = _PARAMS[:-1]  # the G-MLP's backward kernel takes all but the head
 _FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
 _BWD_TILES = ("head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
 _HEAD_BWD = ("head_support", "head_blocks", "head_block_count", "head_channel_blocks", "head_channel_block_count")
-_POOL_BWD = ("head",) + _HEAD_BWD  # the pooled head's backward: the head, its support and both tile lists
+_POOL_BWD = ("head", "head_support", "head_row_flags") + _HEAD_BWD[1:]  # the head, its support, row flags, lists
 
 
 def _meta(packed: dict, k0: int, precision: str) -> dict:
@@ -1203,9 +1225,9 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torc
         ew = min(e, w + wave) - w
         h1(slice(w, w + ew))
         _gmlp_pool_fwd_kernel[(grid,)](
-            h1.hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out, *(packed[k] for k in ("head",) + _FWD_TILES), pb, w,
-            ew, din, out.shape[1], grid, P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k, DIN_P=din_padded(din),
-            PRECISION=meta["PRECISION"], **pool)
+            h1.hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out,
+            *(packed[k] for k in ("head", "head_row_flags") + _FWD_TILES), pb, w, ew, din, out.shape[1], grid,
+            P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k, DIN_P=din_padded(din), PRECISION=meta["PRECISION"], **pool)
 
 
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
