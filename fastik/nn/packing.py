@@ -192,28 +192,29 @@ def _supports(kernel: nn.Module, layers: list, size: int) -> dict[str, Tensor]:
             "head_support": _packed_head(kernel.head.structured(torch.float64).support().double(), size)}
 
 
+def _meets(support: Tensor, dim: int) -> Tensor:
+    """Whether each run of HEAD_TILE entries along ``dim`` of ``support`` has a non-zero (that size shrinks 16×)."""
+    shape = list(support.shape)
+    shape[dim:dim + 1] = [shape[dim] // HEAD_TILE, HEAD_TILE]
+    return (support != 0).reshape(shape).any(dim + 1)
+
+
 def _weight_slabs(support: Tensor) -> Tensor:
     """``PackedGMLP.weight_slabs`` (L, 2, P / 16, P) of the weight supports (L, P, P): per layer, where a column of
     each slab of 16 rows (for u @ W) and a row of each slab of 16 columns (for da @ Wᵀ) meets the support."""
-    layers, size, _ = support.shape
-    nz = support != 0
-    return torch.stack([nz.reshape(layers, size // HEAD_TILE, HEAD_TILE, size).any(2),
-                        nz.reshape(layers, size, size // HEAD_TILE, HEAD_TILE).any(3).transpose(1, 2)], 1).double()
+    return torch.stack([_meets(support, 1), _meets(support, 2).transpose(1, 2)], 1).double()
 
 
 def _structure_slabs(expand: Tensor, gate_expand: Tensor) -> Tensor:
     """``PackedGMLP.structure_slabs`` (L, P / 16, NB + NG) of expand (L, NB, P) and gate_expand (L, NG, P): per layer
     and slab of 16 components, the norm blocks and the gates with a component there."""
-    layers, _, size = expand.shape
-    return torch.cat([(m != 0).reshape(layers, m.shape[1], size // HEAD_TILE, HEAD_TILE).any(3).transpose(1, 2)
-                      for m in (expand, gate_expand)], 2).double()
+    return torch.cat([_meets(m, 2).transpose(1, 2) for m in (expand, gate_expand)], 2).double()
 
 
 def _head_row_flags(head_support: Tensor) -> Tensor:
     """``PackedGMLP.head_row_flags`` (Din, P, DOUT_P / 16) of the grouped head's support (Din, P, DOUT_P): where each
     row meets it in each output tile."""
-    din, size, dout_p = head_support.shape
-    return (head_support != 0).reshape(din, size, dout_p // HEAD_TILE, HEAD_TILE).any(3).double()
+    return _meets(head_support, 2).double()
 
 
 def _packed_weight(w: Tensor, size: int) -> Tensor:
