@@ -670,8 +670,9 @@ def _structure_reads(packed, k0: int, precision: str) -> tuple[list[float], list
 def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: str = "tf32") -> dict[str, float]:
     """Bytes per edge of weights and structure each fused kernel reads from L2 at its GPU configuration (fp32;
     bench/NOTES.md): a layer's weight where ``weight_slabs`` flags it, forward and backward (``_slab_reads`` in
-    ``precision``), and structure — MEAN / AVG as dot operands (PU·NB each), a gather's index
-    and scale (12 B per component and use), the gate columns (8 B each), GEXPᵀ / EXPᵀ (PU columns) in the backward —
+    ``precision``), and structure — MEAN / AVG as dot operands and GEXPᵀ / EXPᵀ in the backward where
+    ``structure_slabs`` flags them (``_structure_reads``), a gather's index and scale (12 B per component and use),
+    the gate columns (8 B each) —
     once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk (forward), two and a quarter
     times per chunk (head kernel: grad_x and grad_env, the support mask — uint8, a quarter of a tile —, the gradient's
     atomics) and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE, the rows
