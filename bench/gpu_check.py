@@ -673,11 +673,11 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     ``precision``), and structure — MEAN / AVG as dot operands and GEXPᵀ / EXPᵀ in the backward where
     ``structure_slabs`` flags them (``_structure_reads``), a gather's index and scale (12 B per component and use),
     the gate columns (8 B each) —
-    once per MLP block of BLOCK_E edges; the head's non-zero (16 × 16) tiles once per chunk (forward), two and a quarter
-    times per chunk (head kernel: grad_x and grad_env, the support mask — uint8, a quarter of a tile —, the gradient's
-    atomics) and once per BLOCK_E edges (grad_h̃) — pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE, the rows
-    of the tiles that ``head_row_flags`` keep and the flags: once per TB targets (forward) and one and a quarter times
-    (backward: G, the support mask), and the h1 rows' MLP per BLOCK_E
+    once per MLP block of BLOCK_E edges; of the head's non-zero (16 × 16) tiles the rows that ``head_row_flags`` keep,
+    and the flags: once per chunk (forward), per chunk in the head kernel (grad_x and grad_env; and its gradient's
+    atomics and support mask — uint8, a quarter of a tile —, whole tiles) and once per BLOCK_E edges (grad_h̃) —
+    pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB targets (forward) and, with the support
+    mask's kept rows, once per TB targets in the backward (G), and the h1 rows' MLP per BLOCK_E
     edges (the head kernel and grad_h̃ do not run); edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E
     edges, saving the layers' state and the h1 rows the head kernel reads). The backward kernel reads each layer's state
     that the backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward,
@@ -700,18 +700,19 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     mlp = sum(weights) + sum(sums) + layers * (4 * vec + gates)  # norm (two spreads), gate columns and spread
     saved = sum(transposed) + sum(back_sums) + layers * 6 * vec  # _layer_bwd's six spreads
     listed = float(packed.head_block_count.sum())
-    tiles = listed * HEAD_TILE ** 2 * f4
+    tiles = listed * HEAD_TILE ** 2 * f4  # whole tiles: the edge-wise head gradient's atomics
     mask = tiles / f4  # the support mask's bytes on the tiles (uint8)
+    kept = float(packed.head_row_flags.double().sum()) * HEAD_TILE  # the flagged rows' entries of the listed tiles
+    read = kept * f4 + listed * HEAD_TILE  # a tile read: its flagged rows and its 16 flags
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
-    if degree >= POOL_MIN_DEGREE:  # the pooled kernels load a tile's flagged rows (and the flags, 16 B)
-        kept = float(packed.head_row_flags.double().sum()) * HEAD_TILE
+    if degree >= POOL_MIN_DEGREE:
         rows = mlp / config["fwd"]["BLOCK_E"]
-        out = {"fwd": rows + (kept * f4 + listed * HEAD_TILE) / (config["pool"]["TB"] * degree),
-               "pool_bwd": rows + (kept * f4 + kept + 2 * listed * HEAD_TILE) / (config["pool_bwd"]["TB"] * degree)}
+        out = {"fwd": rows + read / (config["pool"]["TB"] * degree),
+               "pool_bwd": rows + (read + kept + listed * HEAD_TILE) / (config["pool_bwd"]["TB"] * degree)}
     else:
-        out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + tiles / config["fwd"]["CHUNK"],
-               "head_bwd": (2 * tiles + mask) / config["head_bwd"]["CHUNK"],
-               "grad_h": tiles / config["grad_h"]["BLOCK_E"], "rows": mlp / config["fwd"]["BLOCK_E"]}
+        out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + read / config["fwd"]["CHUNK"],
+               "head_bwd": (read + tiles + mask) / config["head_bwd"]["CHUNK"],
+               "grad_h": read / config["grad_h"]["BLOCK_E"], "rows": mlp / config["fwd"]["BLOCK_E"]}
     out["bwd"] = saved / config["bwd"]["BLOCK_E"]
     return {**out, "total": sum(out.values())}
 

@@ -279,8 +279,8 @@ def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_bl
     of 128 edges in the interpreter; a hub target with 40 edges (three blocks of KE = 16, over both waves),
     isolated targets and self-loops; 18 input and output channels (two channel tiles of CT = 16, two output tiles
     of the head with different rows: ``head_row_flags``) — against the reference
-    (forward and every gradient) and against the edge-wise head; also with blocks of TB = 32 targets (a GPU
-    variant that bench/gpu_check.py times)."""
+    (forward and every gradient, pooled and, once, edge-wise) and against the edge-wise head; also with blocks of TB
+    = 32 targets (a GPU variant that bench/gpu_check.py times)."""
     from fastik.triton_kernels import gmlp_conv
 
     assert gmlp_conv.INTERPRET_CONFIG["pool"]["CT"] == gmlp_conv.INTERPRET_CONFIG["pool_bwd"]["CT"] == 16
@@ -305,6 +305,8 @@ def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_bl
     y_pooled = forward(fused, inputs)
     monkeypatch.setattr(gmlp_conv, "POOL_MIN_DEGREE", float("inf"))
     assert relative_error(y_pooled, forward(fused, inputs)) < TOL64
+    if targets_per_block == 16 and not bipartite:  # the edge-wise head's kernels on the two output tiles too
+        assert_same(ref, fused, inputs)
 
 
 def test_no_edges_and_csr():

@@ -613,11 +613,12 @@ def _kept_head_tile(head_ptr, hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.cons
 
 
 @triton.jit
-def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count, fixed, DIN, P: tl.constexpr,
-              DOUT_P: tl.constexpr, TRANS: tl.constexpr, PRECISION: tl.constexpr):
+def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, hrf_ptr, blk_ptr, count, fixed, DIN,
+              P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: tl.constexpr, PRECISION: tl.constexpr):
     """Σ_j env·x[src, c]·(S[rows, i:i+16] @ T_j), (len(rows), 16), over the ``count`` head tiles listed at blk_ptr
-    as (i/16)·DIN + c: T_j = HEAD[c, i:i+16, fixed:fixed+16] (output tile ``fixed``; S holds h1), or with TRANS
-    HEAD[c, fixed:fixed+16, i:i+16]ᵀ (row tile ``fixed``; S holds grad_out).  S: rows of width W.  S's columns
+    as (i/16)·DIN + c (their rows loaded where hrf flags them): T_j = HEAD[c, i:i+16, fixed:fixed+16] (output tile
+    ``fixed``; S holds h1), or with TRANS HEAD[c, fixed:fixed+16, i:i+16]ᵀ (row tile ``fixed``; S holds grad_out).
+    S: rows of width W.  S's columns
     stay in registers while i repeats (the lists are sorted by i): read once per i, not per tile — for
     grad_out[tgt] a gather, for the forward's h1 its scratch (15 reads per chunk instead of 528 at the anchors'
     width; held at BLOCK_E = 16 it had cost ptxas 42 registers and a 64 B spill, at 32 none)."""
@@ -632,9 +633,9 @@ def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count,
             si = _cols(s_ptr, rows, i, W)
             last = i
         if TRANS:
-            tile = _head_tile(head_ptr, c, fixed, i, P, DOUT_P, True)
+            tile = _kept_head_tile(head_ptr, hrf_ptr, c, fixed, i, P, DOUT_P, True)
         else:
-            tile = _head_tile(head_ptr, c, i, fixed, P, DOUT_P, False)
+            tile = _kept_head_tile(head_ptr, hrf_ptr, c, i, fixed, P, DOUT_P, False)
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * env
         acc += xc[:, None] * tl.dot(si, tile, input_precision=PRECISION)
     return acc
@@ -644,7 +645,8 @@ def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, blk_ptr, count,
 def _gmlp_conv_fwd_kernel(
     z_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, out_ptr,
     w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, exp_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
-    gexp_ptr, triv_ptr, head_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT, programs,
+    gexp_ptr, triv_ptr, head_ptr, hrf_ptr, ocol_ptr, hblk_ptr, hcnt_ptr, hs_ptr, st_ptr, eps, E, K0, H, DIN, DOUT,
+    programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr,
     BLOCK_E: tl.constexpr, PRECISION: tl.constexpr, CHUNK: tl.constexpr,
@@ -667,8 +669,9 @@ def _gmlp_conv_fwd_kernel(
         tl.debug_barrier()  # the rows are read back by other threads of the program
         rows, mask_e, src, tgt, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
         for t in range(DOUT_P // _HT):
-            acc = _head_sum(hs_ptr, rows, IN_K, src, env, mask_e, x_ptr, head_ptr, hblk_ptr + t * (P // _HT) * DIN,
-                            tl.load(hcnt_ptr + t), t * _HT, DIN, P, DOUT_P, False, PRECISION)
+            acc = _head_sum(hs_ptr, rows, IN_K, src, env, mask_e, x_ptr, head_ptr, hrf_ptr,
+                            hblk_ptr + t * (P // _HT) * DIN, tl.load(hcnt_ptr + t), t * _HT, DIN, P, DOUT_P, False,
+                            PRECISION)
             cols = tl.load(ocol_ptr + t * _HT + offs_t)
             tl.atomic_add(out_ptr + tgt[:, None] * DOUT + cols[None, :], acc,
                           mask=mask_e[:, None] & (cols < DOUT)[None, :], sem="relaxed")
@@ -903,7 +906,8 @@ def _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, g_ptr, gh_ptr, gx_ptr, genv_ptr,
 @triton.jit
 def _gmlp_head_bwd_kernel(
     gout_ptr, hb_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr,
-    head_ptr, hsup_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, gs_ptr, E, DIN, programs,
+    head_ptr, hsup_ptr, hrf_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, gs_ptr, E, DIN,
+    programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
     NEED_HEAD: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr,
 ):
@@ -925,8 +929,8 @@ def _gmlp_head_bwd_kernel(
         hs_ptr = hb_ptr + start * IN_K
         _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
         tl.debug_barrier()  # the rows are read back by other threads of the program
-        _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr,
-                     start, E, DIN, P, IN_K, DOUT_P, CHUNK, PRECISION)
+        _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, hrf_ptr, cblk_ptr, ccnt_ptr, gx_ptr,
+                     genv_ptr, start, E, DIN, P, IN_K, DOUT_P, CHUNK, PRECISION)
         if NEED_HEAD:  # per output tile, its listed tiles in runs of one row tile and one group of 16 channels
             groups = tl.cdiv(DIN, _HT)
             for t in range(TT):
@@ -946,9 +950,9 @@ def _gmlp_head_bwd_kernel(
 
 
 @triton.jit
-def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr,
-                 start, E, DIN, P: tl.constexpr, IN_K: tl.constexpr, DOUT_P: tl.constexpr, CHUNK: tl.constexpr,
-                 PRECISION: tl.constexpr):
+def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, hrf_ptr, cblk_ptr, ccnt_ptr, gx_ptr,
+                 genv_ptr, start, E, DIN, P: tl.constexpr, IN_K: tl.constexpr, DOUT_P: tl.constexpr,
+                 CHUNK: tl.constexpr, PRECISION: tl.constexpr):
     """grad_x[src, c] += env·s_c and grad_env = Σ_c x[src, c]·s_c for the chunk at ``start``, s_c = Σ_{k,t}
     rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t) over channel c's listed tiles (cblk, ccnt), from the chunk's rows
     hs (h1) and gs (grad_out[tgt])."""
@@ -961,7 +965,7 @@ def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, cbl
             kt = tl.load(cblk_ptr + c * (P // _HT) * TT + j)
             k = kt // TT * _HT
             t = kt % TT * _HT
-            m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, c, k, t, P, DOUT_P, False),
+            m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _kept_head_tile(head_ptr, hrf_ptr, c, k, t, P, DOUT_P, False),
                        input_precision=PRECISION)
             sc += tl.sum(m * _cols(gs_ptr, rows, t, DOUT_P), 1)
         tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
@@ -996,8 +1000,8 @@ def _head_grad_group(hs_ptr, gs_ptr, x_ptr, src_ptr, env_ptr, hsup_ptr, ghead_pt
 
 
 @triton.jit
-def _gmlp_grad_h_kernel(gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rblk_ptr, rcnt_ptr, gh_ptr, E, H, DIN,
-                        P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr,
+def _gmlp_grad_h_kernel(gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, hrf_ptr, rblk_ptr, rcnt_ptr, gh_ptr, E, H,
+                        DIN, P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr,
                         PRECISION: tl.constexpr):
     """grad_h̃ of BLOCK_E edges on one row tile k (program (block, k / 16)): env · Σ_{t,c} x[src, c]·(gy_t @
     HEAD[c, k, t]ᵀ) over HEAD's non-zero tiles in that row tile (rblk, rcnt; consecutive tiles share t),
@@ -1009,8 +1013,9 @@ def _gmlp_grad_h_kernel(gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, head_ptr, rb
     src = tl.load(src_ptr + offs_e, mask=mask_e, other=0)
     tgt = tl.load(tgt_ptr + offs_e, mask=mask_e, other=0)
     env = tl.load(env_ptr + offs_e, mask=mask_e, other=0.0)
-    acc = _head_sum(gout_ptr, tgt, DOUT_P, src, env, mask_e, x_ptr, head_ptr, rblk_ptr + kk * (DOUT_P // _HT) * DIN,
-                    tl.load(rcnt_ptr + kk), kk * _HT, DIN, P, DOUT_P, True, PRECISION)
+    acc = _head_sum(gout_ptr, tgt, DOUT_P, src, env, mask_e, x_ptr, head_ptr, hrf_ptr,
+                    rblk_ptr + kk * (DOUT_P // _HT) * DIN, tl.load(rcnt_ptr + kk), kk * _HT, DIN, P, DOUT_P, True,
+                    PRECISION)
     cols = kk * _HT + tl.arange(0, _HT)
     tl.store(gh_ptr + offs_e[:, None] * IN_K + cols[None, :], tl.where((cols < H)[None, :], acc, 0.0),
              mask=mask_e[:, None])
@@ -1079,10 +1084,11 @@ def _gmlp_conv_bwd_kernel(
 _PARAMS = ("weight", "weight_slabs", "structure_slabs", "bias", "scale", "shift", "mean", "avg", "expand",
            "gate_columns", "column_index", "column_scale", "gate_expand", "trivial", "head")
 _LAYERS = _PARAMS[:-1]  # the G-MLP's backward kernel takes all but the head
-_FWD_TILES = ("out_cols", "head_blocks", "head_block_count")  # the head's output order and tiles, per output tile
-_BWD_TILES = ("head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
-_HEAD_BWD = ("head_support", "head_blocks", "head_block_count", "head_channel_blocks", "head_channel_block_count")
-_POOL_BWD = ("head", "head_support", "head_row_flags") + _HEAD_BWD[1:]  # the head, its support, row flags, lists
+_FWD_TILES = ("head_row_flags", "out_cols", "head_blocks", "head_block_count")  # rows kept; output order, tiles
+_BWD_TILES = ("head_row_flags", "head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
+_HEAD_BWD = ("head_support", "head_row_flags", "head_blocks", "head_block_count", "head_channel_blocks",
+             "head_channel_block_count")
+_POOL_BWD = ("head",) + _HEAD_BWD  # the pooled head's backward: the head, its support and row flags, the lists
 
 
 def _meta(packed: dict, k0: int, precision: str) -> dict:
@@ -1226,7 +1232,7 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torc
         h1(slice(w, w + ew))
         _gmlp_pool_fwd_kernel[(grid,)](
             h1.hb, envs[w:], x, srcs[w:], tgts[w:], rowptr, out,
-            *(packed[k] for k in ("head", "head_row_flags") + _FWD_TILES), pb, w, ew, din, out.shape[1], grid,
+            *(packed[k] for k in ("head",) + _FWD_TILES), pb, w, ew, din, out.shape[1], grid,
             P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=in_k, DIN_P=din_padded(din), PRECISION=meta["PRECISION"], **pool)
 
 
