@@ -589,12 +589,6 @@ def _cols(s_ptr, rows, col, W):
 
 
 @triton.jit
-def _head_tile(head_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: tl.constexpr):
-    """HEAD[c, k:k+16, t:t+16] (16 × 16), or with TRANS its transpose."""
-    return _tile(head_ptr + c * P * DOUT_P + k * DOUT_P + t, _HT, _HT, DOUT_P, TRANS)
-
-
-@triton.jit
 def _head_rows(hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr):
     """(16,) bool: which of the head's rows k, …, k + 15 of channel c meet its support in the output columns t, …,
     t + 15 (``PackedGMLP.head_row_flags``)."""
@@ -602,8 +596,9 @@ def _head_rows(hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr):
 
 
 @triton.jit
-def _kept_head_tile(head_ptr, hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: tl.constexpr):
-    """``_head_tile`` that loads only the tile's rows whose flag is set (``_head_rows``): the others are zero."""
+def _head_tile(head_ptr, hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr, TRANS: tl.constexpr):
+    """HEAD[c, k:k+16, t:t+16] (16 × 16), or with TRANS its transpose, its rows loaded where their flag is set
+    (``_head_rows``; the others are zero)."""
     keep = _head_rows(hrf_ptr, c, k, t, P, DOUT_P)
     r = tl.arange(0, _HT)
     at = head_ptr + c * P * DOUT_P + k * DOUT_P + t
@@ -633,9 +628,9 @@ def _head_sum(s_ptr, rows, W, src, env, mask_e, x_ptr, head_ptr, hrf_ptr, blk_pt
             si = _cols(s_ptr, rows, i, W)
             last = i
         if TRANS:
-            tile = _kept_head_tile(head_ptr, hrf_ptr, c, fixed, i, P, DOUT_P, True)
+            tile = _head_tile(head_ptr, hrf_ptr, c, fixed, i, P, DOUT_P, True)
         else:
-            tile = _kept_head_tile(head_ptr, hrf_ptr, c, i, fixed, P, DOUT_P, False)
+            tile = _head_tile(head_ptr, hrf_ptr, c, i, fixed, P, DOUT_P, False)
         xc = tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * env
         acc += xc[:, None] * tl.dot(si, tile, input_precision=PRECISION)
     return acc
@@ -751,8 +746,8 @@ def _pooled_head_sum(pb_ptr, rows, W, head_ptr, hrf_ptr, blk_ptr, count, t, DIN,
         kc = tl.load(blk_ptr + j)
         k = kc // DIN * _HT
         c = kc % DIN
-        acc += tl.dot(_cols(pb_ptr, rows, c * IN_K + k, W), _kept_head_tile(head_ptr, hrf_ptr, c, k, t, P, DOUT_P,
-                                                                            False), input_precision=PRECISION)
+        acc += tl.dot(_cols(pb_ptr, rows, c * IN_K + k, W), _head_tile(head_ptr, hrf_ptr, c, k, t, P, DOUT_P, False),
+                      input_precision=PRECISION)
     return acc
 
 
@@ -850,7 +845,7 @@ def _gmlp_pool_bwd_kernel(
                 while (kt >= 0) & (kt // TT == k):
                     col = kt % TT * _HT  # the output tile's first column
                     acc += tl.dot(_cols(gout_ptr, gy_rows, col, DOUT_P),
-                                  _kept_head_tile(head_ptr, hrf_ptr, c, k * _HT, col, P, DOUT_P, True),
+                                  _head_tile(head_ptr, hrf_ptr, c, k * _HT, col, P, DOUT_P, True),
                                   input_precision=PRECISION)
                     j += 1
                     kt = tl.load(lst + j, mask=j < count, other=-1)
@@ -965,7 +960,7 @@ def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, hrf
             kt = tl.load(cblk_ptr + c * (P // _HT) * TT + j)
             k = kt // TT * _HT
             t = kt % TT * _HT
-            m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _kept_head_tile(head_ptr, hrf_ptr, c, k, t, P, DOUT_P, False),
+            m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, hrf_ptr, c, k, t, P, DOUT_P, False),
                        input_precision=PRECISION)
             sc += tl.sum(m * _cols(gs_ptr, rows, t, DOUT_P), 1)
         tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
