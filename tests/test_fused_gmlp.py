@@ -275,12 +275,12 @@ def forward(conv, inputs):
 @pytest.mark.parametrize("bipartite,targets_per_block", [(False, 16), (True, 16), (False, 32)],
                          ids=["graph", "bipartite", "graph-TB32"])
 def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_block, monkeypatch):
-    """The pooled head on a graph that crosses its every boundary: 150 edges in random order, so two waves
-    of 128 edges in the interpreter; a hub target with 40 edges (three blocks of KE = 16, over both waves),
-    isolated targets and self-loops; 18 input and output channels (two channel tiles of CT = 16, two output tiles
-    of the head with different rows: ``head_row_flags``) — against the reference
-    (forward and every gradient, pooled and, once, edge-wise) and against the edge-wise head; also with blocks of TB
-    = 32 targets (a GPU variant that bench/gpu_check.py times)."""
+    """The pooled head on a graph that crosses its every boundary: 150 edges in random order, so two waves of 128
+    edges in the interpreter; a hub target with 40 edges (three blocks of KE = 16, over both waves), isolated
+    targets and self-loops; 18 input and output channels (two channel tiles of CT = 16, two output tiles of the head
+    with different rows: ``head_row_flags``) — against the reference (forward and every gradient, pooled and, once,
+    edge-wise) and against the edge-wise head; also with blocks of TB = 32 targets (a GPU variant that
+    bench/gpu_check.py times)."""
     from fastik.triton_kernels import gmlp_conv
 
     assert gmlp_conv.INTERPRET_CONFIG["pool"]["CT"] == gmlp_conv.INTERPRET_CONFIG["pool_bwd"]["CT"] == 16
