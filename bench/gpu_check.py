@@ -652,10 +652,10 @@ def _structure_reads(packed, k0: int, precision: str) -> tuple[list[float], list
     ``structure_slabs``, in the structure's precision): forward MEAN and AVG (KS(PU) rows of NB), backward GEXPᵀ once
     and EXPᵀ twice (KS(PU) columns of NG / NB rows; unflagged where ``gmlp_conv._bwd_flags`` says so); MEAN, AVG
     and EXPᵀ only with a norm."""
-    from fastik.triton_kernels.gmlp_conv import _bwd_flags, _kc, _ks, _meta
+    from fastik.triton_kernels.gmlp_conv import _bwd_flags, _kc, _ks, _meta, _structure_precision
 
     m = _meta(packed._asdict(), k0, precision)
-    sp = "ieee" if m["PRECISION"] == "ieee" else "tf32x3"
+    sp = _structure_precision(m["PRECISION"])
     size, nb, ng = m["P"], m["NB"], m["NG"]
     kc, ks = _kc(size, sp), _ks(size, m["PU"], sp)
     slabs = packed.structure_slabs.bool()

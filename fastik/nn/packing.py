@@ -174,9 +174,7 @@ def _head_tiles(head_support: Tensor) -> dict[str, Tensor]:
     - per row tile k: ``head_row_blocks`` (P/16, DOUT_P/16 · Din), t·Din + c; ``head_row_block_count`` (P/16,);
     - per input channel c: ``head_channel_blocks`` (Din, P/16 · DOUT_P/16), k·(DOUT_P/16) + t;
       ``head_channel_block_count`` (Din,)."""
-    din, size, dout_p = head_support.shape
-    t = HEAD_TILE
-    nz = (head_support != 0).reshape(din, size // t, t, dout_p // t, t).any(4).any(2)  # (Din, row tiles, out tiles)
+    nz = _meets(_meets(head_support, 2), 1)  # (Din, row tiles, out tiles)
     lists = {}
     for name, order in (("head", (2, 1, 0)), ("head_row", (1, 2, 0)), ("head_channel", (0, 1, 2))):
         by_group = nz.permute(order).reshape(nz.shape[order[0]], -1)

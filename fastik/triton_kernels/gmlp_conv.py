@@ -150,14 +150,21 @@ def launch_config(name: str, in_k: int, interpret: bool = INTERPRET, din: int = 
 
 
 @triton.jit
-def _tile(ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr):
+def _tile(ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.constexpr, keep=None):
     """(R, C) block at ``ptr`` of a row-major matrix with leading dimension LD; with TRANS, the transpose of
-    the (C, R) block stored there."""
+    the (C, R) block stored there.  With ``keep`` (bool, broadcast to (R, C)) only the kept entries are loaded, the
+    others are zero."""
     r = tl.arange(0, R)
     c = tl.arange(0, C)
     if TRANS:
-        return tl.load(ptr + c[None, :] * LD + r[:, None])
-    return tl.load(ptr + r[:, None] * LD + c[None, :])
+        at = ptr + c[None, :] * LD + r[:, None]
+    else:
+        at = ptr + r[:, None] * LD + c[None, :]
+    if keep is None:
+        m = tl.load(at)
+    else:
+        m = tl.load(at, mask=keep, other=0.0)
+    return m
 
 
 @triton.jit
@@ -169,10 +176,7 @@ def _kept_tile(ptr, f_ptr, R: tl.constexpr, C: tl.constexpr, LD, TRANS: tl.const
     keep = tl.load(f_ptr + c) != 0
     for j in tl.static_range(1, R // 16):
         keep = keep | (tl.load(f_ptr + j * FS + c) != 0)
-    r = tl.arange(0, R)
-    if TRANS:
-        return tl.load(ptr + c[None, :] * LD + r[:, None], mask=keep[None, :], other=0.0)
-    return tl.load(ptr + r[:, None] * LD + c[None, :], mask=keep[None, :], other=0.0)
+    return _tile(ptr, R, C, LD, TRANS, keep[None, :])
 
 
 @triton.jit
@@ -208,6 +212,13 @@ def _zn(k0p, in_k, precision):
     32 at IN_K > 128 outside TF32, else to 128 — as measured spill-free (ptxas: 32 spilled 4 B at IN_K = 64 in IEEE,
     32 and 64 spilled 8–40 B at IN_K = 256 in TF32; bench/NOTES.md)."""
     return min(in_k, max(k0p, 32 if in_k > 128 and precision != "tf32" else 128))
+
+
+@triton.constexpr_function
+def _structure_precision(precision):
+    """The dots' precision with the norms' and gates' structure matrices: IEEE in IEEE, else tf32x3 — also in
+    "tf32" mode, whose TF32 is for the layers and the head (bench/NOTES.md, precision modes)."""
+    return "ieee" if precision == "ieee" else "tf32x3"
 
 
 @triton.constexpr_function
@@ -384,10 +395,10 @@ def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr
     are dots with MEAN and AVG (on the first PU columns: the others are padding); their spread onto the
     components, gathers."""
     if NORM:
-        c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU, _blocks(ssl_ptr, l, P, NB, NG),
-                            NB + NG), l, _BLOCK, _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr)
-        rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU,
-                            _blocks(ssl_ptr, l, P, NB, NG), NB + NG) + eps)
+        blocks = _blocks(ssl_ptr, l, P, NB, NG)
+        c = a - _spread(_mm(a, mean_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU, blocks, NB + NG), l, _BLOCK,
+                        _EXPAND, cidx_ptr, cscale_ptr, P, st_ptr)
+        rinv = tl.rsqrt(_mm(c * c, avg_ptr + l * P * NB, P, NB, NB, False, SP, st_ptr, PU, blocks, NB + NG) + eps)
         n = _norm_out(c, rinv, l, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr, P, st_ptr)
     else:
         c = a
@@ -412,7 +423,7 @@ def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_
     """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere.  With
     SV > 0, its state for the backward (c, 1 / rms, the gates) goes to the saved rows sv_row (BLOCK_E, 1)
     pointers (``_sv_offset``)."""
-    SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
+    SP: tl.constexpr = _structure_precision(PRECISION)
     c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NG,
                          NORM, PU, SP, st_ptr)
     sg = _gates(n, l, gcol_ptr, NG, PU, st_ptr)
@@ -484,12 +495,12 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
     Register budget: every (BLOCK_E, P) tile alive across a dot is 16 registers per thread at P = 256, so few
     are kept (dy, c, n, sigmoid(n) at most): the per-component broadcasts of 1/rms and of the gates (rf, gf) are
     recomputed from the per-block values where they are used."""
-    SP: tl.constexpr = "ieee" if PRECISION == "ieee" else "tf32x3"
+    SP: tl.constexpr = _structure_precision(PRECISION)
     offs = tl.arange(0, P)
     KL: tl.constexpr = K0P if l == 0 else IN_K
     FS: tl.constexpr = _bwd_flags(NB + NG, PRECISION, IN_K)
-    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr, PU, _blocks(ssl_ptr, l, P, NB, NG) + NB,
-              FS)  # per gate: a sum over its components
+    blocks = _blocks(ssl_ptr, l, P, NB, NG)
+    dsg = _mm(dy * n, gexp_ptr + l * NG * P, P, NG, P, True, SP, st_ptr, PU, blocks + NB, FS)  # per gate: a sum
     s = tl.sigmoid(n)
     dn = dy * (_vec(triv_ptr + l * P, P)[None, :] * s * (1 + n * (1 - s)) +
                _spread(sg, l, _GATE, _SPREAD, cidx_ptr, cscale_ptr, P, st_ptr))
@@ -507,12 +518,11 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
                 tl.store(at, tl.load(at) + dn * c * rf)
                 tl.store(at + dy.shape[0] * P, tl.load(at + dy.shape[0] * P) + dn)
         dc = dn * scale * rf
-        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU,
-                    _blocks(ssl_ptr, l, P, NB, NG), FS)  # per block: sums
+        drinv = _mm(dn * scale * c, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU, blocks, FS)  # per block
         ds = -0.5 * drinv * rinv * rinv * rinv
         dc += 2 * c * _spread(ds, l, _BLOCK, _AVG, cidx_ptr, cscale_ptr, P, st_ptr)
-        dmu = _spread(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU, _blocks(ssl_ptr, l, P, NB, NG),
-                          FS), l, _BLOCK, _MEAN, cidx_ptr, cscale_ptr, P, st_ptr)
+        dmu = _spread(_mm(dc, exp_ptr + l * NB * P, P, NB, P, True, SP, st_ptr, PU, blocks, FS), l, _BLOCK, _MEAN,
+                      cidx_ptr, cscale_ptr, P, st_ptr)
         da = dc - dmu
     else:
         da = dn
@@ -600,11 +610,10 @@ def _head_tile(head_ptr, hrf_ptr, c, k, t, P: tl.constexpr, DOUT_P: tl.constexpr
     """HEAD[c, k:k+16, t:t+16] (16 × 16), or with TRANS its transpose, its rows loaded where their flag is set
     (``_head_rows``; the others are zero)."""
     keep = _head_rows(hrf_ptr, c, k, t, P, DOUT_P)
-    r = tl.arange(0, _HT)
     at = head_ptr + c * P * DOUT_P + k * DOUT_P + t
-    if TRANS:
-        return tl.load(at + r[None, :] * DOUT_P + r[:, None], mask=keep[None, :], other=0.0)
-    return tl.load(at + r[:, None] * DOUT_P + r[None, :], mask=keep[:, None], other=0.0)
+    if TRANS:  # the rows k, … are the transpose's columns
+        return _tile(at, _HT, _HT, DOUT_P, True, keep[None, :])
+    return _tile(at, _HT, _HT, DOUT_P, False, keep[:, None])
 
 
 @triton.jit
