@@ -820,7 +820,7 @@ def _forces_step(conv, z, env, x, src, tgt, gout) -> None:
 def _setting(gc, name: str, value) -> Iterator[None]:
     """Inside the block, module ``gc`` (fastik.triton_kernels.gmlp_conv) has its constant ``name`` set to ``value``:
     POOL_MIN_DEGREE = ∞ runs the head per edge, forward and backward, at any in-degree; WAVE_CHUNKS sets the
-    backward's waves."""
+    backward's waves, WAVE_BYTES = 0 keeps the pooled kernels' waves at that length."""
     saved = getattr(gc, name)
     setattr(gc, name, value)
     try:
@@ -1034,9 +1034,12 @@ def stage_split(ctx: Context) -> None:
         hb = torch.rand(-(-e // rows) * rows, in_k, device=dev)
         item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head from h1 rows",
              lambda: gc.head_side_bwd(gout_h, hb, env, x, src, tgt, pdict, "tf32x3", sink, True))
-        with _setting(gc, "WAVE_CHUNKS", 1):  # waves half as long: saved rows 26 MB at the anchors' width, not 52
-            item(f"gmlp_conv bwd, one chunk per program per wave ({label}, P={size}, tf32x3)",
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
+        with _setting(gc, "WAVE_BYTES", 0):  # the pooled backward's waves not lengthened by the in-degree:
+            item(f"gmlp_conv bwd, waves of two chunks per program ({label}, P={size}, tf32x3)",  # 66 blocks of 16
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))  # targets at the default
+            with _setting(gc, "WAVE_CHUNKS", 1):  # waves half as long: saved rows 26 MB at the anchors' width
+                item(f"gmlp_conv bwd, one chunk per program per wave ({label}, P={size}, tf32x3)",
+                     lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
         with _gpu_config(gc, "bwd", BLOCK_E=16):  # the layers' backward on 16 edges at a time
             item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))

@@ -102,14 +102,17 @@ def test_any_group_matches_reference(any_group, pooled):
     assert_same(ref, fused, dict(x=x, pos=pos, edge_index=ei))
 
 
-def test_backward_over_many_chunks():
+def test_backward_over_many_chunks(monkeypatch):
     """The backward kernels' persistent programs take several chunks each (E = 150: five chunks of 32 edges over
     two programs in the interpreter, the last one partial), and the G-MLP's side runs in two waves (128 edges, then
-    22, with grad_h̃ in a buffer of one wave's rows): every gradient matches the reference."""
+    22, with grad_h̃ in a buffer of one wave's rows; WAVE_BYTES = 0: not lengthened for the pooled head): every
+    gradient matches the reference."""
+    from fastik.triton_kernels import gmlp_conv
     from fastik.triton_kernels.gmlp_conv import INTERPRET_CONFIG, WAVE_CHUNKS
 
     assert INTERPRET_CONFIG["head_bwd"]["CHUNK"] == INTERPRET_CONFIG["bwd"]["CHUNK"] == 32
     assert WAVE_CHUNKS * 32 * 2 == 128
+    monkeypatch.setattr(gmlp_conv, "WAVE_BYTES", 0)
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=2)
     pos, ei = graph(20, 150, 3)
@@ -252,9 +255,9 @@ def test_head_on_half_of_the_padded_width():
 @pytest.mark.parametrize("hidden_channels", [6, 10, 16], ids=["P128", "P256", "P256-IN_K256"])
 def test_wide_mlp_matches_reference(hidden_channels):
     """Wider G-MLPs (IN_K = 128 at P = 128 and at P = 256; IN_K = 256, the default width, where z's gradient comes
-    from 32 of its columns in IEEE): the staged dots read several slices, the layer weight gradients come in several tiles
-    and atomic groups, the head gradient in two row tiles — forward and every gradient against the reference over
-    several chunks and both programs."""
+    from 32 of its columns in IEEE): the staged dots read several slices, the layer weight gradients come in several
+    tiles and atomic groups, the head gradient in two row tiles — forward and every gradient against the reference
+    over several chunks and both programs."""
     from fastik.triton_kernels.gmlp_conv import used_columns
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=hidden_channels)
@@ -272,15 +275,35 @@ def forward(conv, inputs):
         return conv(**inputs)
 
 
+def test_pooled_waves_give_every_program_a_block(monkeypatch):
+    """The pooled kernels' waves: the base wave (two chunks per program: 128 edges in the interpreter, two programs)
+    at a low in-degree; at a high one long enough for a block of TB targets per program, in whole chunks; never more
+    than WAVE_BYTES of buffers unless the base wave alone needs more."""
+    from fastik.triton_kernels import gmlp_conv
+
+    x, meta = torch.empty(1, 4), {"IN_K": 64}
+    tb = gmlp_conv.launch_config("pool_bwd", 64)["TB"]
+    assert (tb, gmlp_conv._wave(x, meta), gmlp_conv._programs(x, 1)) == (16, 128, 2)
+    for name in ("pool", "pool_bwd"):
+        assert gmlp_conv._pooled_wave(x, meta, name, 2.5, 4) == 128  # 2 · 16 · 2.5 = 80 edges: the base wave
+        assert gmlp_conv._pooled_wave(x, meta, name, 7.5, 4) == 256  # 240, in chunks of 32
+        assert gmlp_conv._pooled_wave(x, meta, name, 16, 4) == 512
+        monkeypatch.setattr(gmlp_conv, "WAVE_BYTES", 224 * 4 + 3)
+        assert gmlp_conv._pooled_wave(x, meta, name, 16, 4) == 224  # the buffers' bytes, in whole chunks
+        monkeypatch.setattr(gmlp_conv, "WAVE_BYTES", 0)
+        assert gmlp_conv._pooled_wave(x, meta, name, 16, 4) == 128  # never below the base
+        monkeypatch.undo()
+
+
 @pytest.mark.parametrize("bipartite,targets_per_block", [(False, 16), (True, 16), (False, 32)],
                          ids=["graph", "bipartite", "graph-TB32"])
 def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_block, monkeypatch):
     """The pooled head on a graph that crosses its every boundary: 150 edges in random order, so two waves of 128
-    edges in the interpreter; a hub target with 40 edges (three blocks of KE = 16, over both waves), isolated
-    targets and self-loops; 18 input and output channels (two channel tiles of CT = 16, two output tiles of the head
-    with different rows: ``head_row_flags``) — against the reference (forward and every gradient, pooled and, once,
-    edge-wise) and against the edge-wise head; also with blocks of TB = 32 targets (a GPU variant that
-    bench/gpu_check.py times)."""
+    edges in the interpreter (WAVE_BYTES = 0: waves not lengthened by the in-degree); a hub target with 40 edges
+    (three blocks of KE = 16, over both waves), isolated targets and self-loops; 18 input and output channels (two
+    channel tiles of CT = 16, two output tiles of the head with different rows: ``head_row_flags``) — against the
+    reference (forward and every gradient, pooled and, once, edge-wise) and against the edge-wise head; also with
+    blocks of TB = 32 targets (a GPU variant that bench/gpu_check.py times)."""
     from fastik.triton_kernels import gmlp_conv
 
     assert gmlp_conv.INTERPRET_CONFIG["pool"]["CT"] == gmlp_conv.INTERPRET_CONFIG["pool_bwd"]["CT"] == 16
@@ -288,6 +311,7 @@ def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_bl
         monkeypatch.setitem(gmlp_conv.INTERPRET_CONFIG, name,
                             {**gmlp_conv.INTERPRET_CONFIG[name], "TB": targets_per_block})
     assert gmlp_conv.WAVE_CHUNKS * 32 * 2 == 128
+    monkeypatch.setattr(gmlp_conv, "WAVE_BYTES", 0)
     t = fastik.FieldType(fastik.group("so3"), "6x0e + 4x1o")
     ref, fused = twins(t, t, hidden_channels=2)
     flags = fused.kernel.packed(torch.float64).head_row_flags.bool()
@@ -534,7 +558,7 @@ def test_no_edge_times_width_tensor(pooled, monkeypatch):
     conv = fastik.ImplicitPointConv(ft, ft, edge_attr_type=fastik.FieldType(G, "1x0e"), hidden_channels=2,
                                     backend="fused").to(DEVICE)
     assert conv.kernel.hidden_type.dim + 1 > 16 and ft.dim * ft.dim > 16 and conv.kernel.input_type.dim < 16
-    n, e = 200, 3200  # the interpreter's wave buffers have a fixed number of rows (the saved states: 128 × 160)
+    n, e = 400, 6400  # the interpreter's wave buffers: 128 rows, 512 at in-degree 16 pooled (saved states: × 160)
     pos = torch.randn(n, 3, device=DEVICE)
     x = torch.randn(n, ft.dim, device=DEVICE, requires_grad=True)
     ei = torch.randint(0, n, (2, e), device=DEVICE)

@@ -109,7 +109,8 @@ def test_dry_run_stage_results(dry_run):
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
         for variant in ("fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM",
-                        "bwd, saved layer states on 16-edge blocks", "bwd, one chunk per program per wave",
+                        "bwd, saved layer states on 16-edge blocks", "bwd, waves of two chunks per program",
+                        "bwd, one chunk per program per wave",
                         "fwd, pooled head on 32-target blocks",
                         "bwd, pooled head on 32-target blocks"):
             assert any(n.startswith(f"gmlp_conv {variant} ({width}") for n in names), (variant, width)

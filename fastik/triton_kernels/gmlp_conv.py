@@ -76,6 +76,8 @@ backward's dots skip it, and so do their gradients (with half of their atomics).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -120,6 +122,10 @@ POOL_MIN_DEGREE = 4
 #: The backward kernel runs on waves of WAVE_CHUNKS chunks per program, each after grad_h̃ of the wave's edges
 #: was written to a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64, L2-resident).
 WAVE_CHUNKS = 2
+#: Where the head pools per target, a wave is longer than that at a high in-degree — long enough for a block of TB
+#: targets per program of the pooled kernel (``_pooled_wave``) — while its buffers of the wave's rows (the layers'
+#: saved state, h1, grad_h̃) take at most this many bytes.
+WAVE_BYTES = 256 << 20
 _HT = tl.constexpr(HEAD_TILE)  # the side of the head's tiles (packing lists the non-zero ones)
 # rows of PackedGMLP.column_index (per component: its norm block, its gate, the gate whose scalar it is) and of
 # column_scale (the entries of expand, mean, avg, gate_expand, gate_pick there)
@@ -1221,13 +1227,14 @@ def _by_target(z, env, src, tgt, num_targets: int, rowptr: torch.Tensor | None) 
 
 def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torch.Tensor | None) -> None:
     """The forward with the head on pooled features: the edges sorted by target (``_by_target``), then per wave
-    of edges their h1 rows (``_WaveRows``) into a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB
-    on 132 SMs at IN_K = 64) and the pooled head on them (``_gmlp_pool_fwd_kernel``); adds into out."""
+    of edges (``_pooled_wave``) their h1 rows (``_WaveRows``) into a buffer of one wave's rows (IN_K floats per
+    edge: 8.3 MiB on 132 SMs at IN_K = 64 up to in-degree 16) and the pooled head on them
+    (``_gmlp_pool_fwd_kernel``); adds into out."""
     e = z.shape[0]
     din, in_k = x.shape[1], meta["IN_K"]
     _, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, out.shape[0], rowptr)
     pool = launch_config("pool", in_k, din=din)
-    wave = _wave(x, meta, "fwd")
+    wave = _pooled_wave(x, meta, "pool", e / out.shape[0], in_k * x.element_size())
     h1 = _WaveRows(zs, x, packed, meta, wave, save=False)
     grid = min(triton.cdiv(out.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool"]))
     pb = torch.empty(grid, pool["TB"], din, in_k, device=x.device, dtype=x.dtype)
@@ -1292,7 +1299,8 @@ def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
     meta = _meta(packed, z.shape[1], precision)
     config = launch_config("grad_h", meta["IN_K"])
     reader = launch_chunk("head_bwd", meta["IN_K"], chunk)
-    save = _WaveRows(z, x, packed, meta, _wave(x, meta), save=True, chunk=reader)
+    wave = _wave(x, meta)
+    save = _WaveRows(z, x, packed, meta, wave, save=True, chunk=reader)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         ew = edges.stop - edges.start
@@ -1304,17 +1312,17 @@ def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
             ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
             PRECISION=meta["PRECISION"], **config)
 
-    _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv)
+    _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv, wave)
 
 
 def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
                rowptr: torch.Tensor | None = None) -> None:
-    """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's order:
-    the edges sorted by target (``_by_target``; not when given ``rowptr``, the CSR row pointer of edges that come
-    sorted), then per wave of edges their h1 rows and the layers' state (``_WaveRows``), the head's side — grad_x,
-    grad_env, the head's gradient (with ``need_params``) and grad_h̃ into the wave's buffer — and the G-MLP's backward
-    on it (``_layers_bwd``).  Adds into grads = (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale,
-    grad_shift, grad_head)."""
+    """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's
+    order: the edges sorted by target (``_by_target``; not when given ``rowptr``, the CSR row pointer of edges that
+    come sorted), then per wave of edges (``_pooled_wave``) their h1 rows and the layers' state (``_WaveRows``),
+    the head's side — grad_x, grad_env, the head's gradient (with ``need_params``) and grad_h̃ into the wave's
+    buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads = (grad_z, grad_env, grad_x,
+    grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     din = x.shape[1]
     meta = _meta(packed, z.shape[1], precision)
@@ -1323,7 +1331,9 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
-    save = _WaveRows(zs, x, packed, meta, _wave(x, meta), save=True)
+    row = saved_width(meta["PU"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"]) + 2 * meta["IN_K"]  # sv, h1, gh
+    wave = _pooled_wave(x, meta, "pool_bwd", z.shape[0] / gout.shape[0], row * x.element_size())
+    save = _WaveRows(zs, x, packed, meta, wave, save=True)
 
     def grad_h(edges: slice, gh: torch.Tensor) -> None:
         w, ew = edges.start, edges.stop - edges.start
@@ -1333,7 +1343,7 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
             genvs[edges], ghead, sb, w, ew, packed["hidden"], din, grid, P=meta["P"], DOUT_P=meta["DOUT_P"],
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
 
-    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv)
+    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv, wave)
     if order is not None:
         gz.index_add_(0, order, gzs)
         genv.index_add_(0, order, genvs)
@@ -1343,6 +1353,19 @@ def _wave(x: torch.Tensor, meta: dict, name: str = "bwd") -> int:
     """Edges per wave of the forward's rows ("fwd") or the G-MLP's backward ("bwd"): WAVE_CHUNKS chunks of that
     kernel per persistent program."""
     return WAVE_CHUNKS * launch_config(name, meta["IN_K"])["CHUNK"] * _programs(x, PROGRAMS_PER_SM[name])
+
+
+def _pooled_wave(x: torch.Tensor, meta: dict, name: str, degree: float, row_bytes: int) -> int:
+    """Edges per wave of the pooled forward (``name`` "pool") or backward ("pool_bwd") at mean in-degree ``degree``:
+    ``_wave``'s, or enough for a block of TB targets per program of that kernel where that is more (its programs
+    take the wave's targets TB at a time: at in-degree 16 and the default width the backward's 16 896 edges were 66
+    blocks for 132 programs), in whole chunks of both kernels that fill the buffers, while these (``row_bytes``
+    per edge) stay within WAVE_BYTES."""
+    step = "fwd" if name == "pool" else "bwd"
+    base = _wave(x, meta, step)
+    chunk = max(launch_config(k, meta["IN_K"])["CHUNK"] for k in ("fwd", step))
+    wanted = _programs(x, PROGRAMS_PER_SM[name]) * launch_config(name, meta["IN_K"], din=x.shape[1])["TB"] * degree
+    return max(base, min(triton.cdiv(math.ceil(wanted), chunk), WAVE_BYTES // row_bytes // chunk) * chunk)
 
 
 class _WaveRows:
@@ -1372,17 +1395,18 @@ class _WaveRows:
 
 
 def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_params: bool,
-                sv: torch.Tensor | None) -> None:
-    """The G-MLP's backward in waves of edges: ``grad_h(edges, gh)`` writes grad_h̃ of the wave's edges (a slice)
-    into gh, a buffer of one wave's rows (IN_K floats per edge: 8.3 MiB on 132 SMs at IN_K = 64), and the layers'
-    forward state of the wave's edges into ``sv`` (``_WaveRows``; None without hidden layers), then
+                sv: torch.Tensor | None, wave: int) -> None:
+    """The G-MLP's backward in waves of ``wave`` edges (``_wave``, ``_pooled_wave``; ``sv``'s rows): ``grad_h(edges,
+    gh)`` writes grad_h̃ of the wave's edges (a slice) into gh, a buffer of one wave's rows (IN_K floats per edge:
+    8.3 MiB on 132 SMs at IN_K = 64), and the layers' forward state of the wave's edges into ``sv`` (``_WaveRows``;
+    None without hidden layers), then
     ``_gmlp_conv_bwd_kernel`` back-propagates; adds into grads = (grad_z, grad_weight, grad_bias, grad_scale,
     grad_shift; all but grad_z only with ``need_params``)."""
     e, k0 = z.shape
     gz, gw, gb, gscale, gshift = grads
     assert (sv is None) == (meta["L"] == 0), "the layers' backward reads their saved state"
     sw = scratch_width(meta["P"], meta["IN_K"], meta["K0P"], meta["L"])
-    programs, bwd, wave = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"]), _wave(x, meta)
+    programs, bwd = _programs(x, PROGRAMS_PER_SM["bwd"]), launch_config("bwd", meta["IN_K"])
     gh = torch.empty(min(e, wave), meta["IN_K"], device=x.device, dtype=x.dtype)
     backward = {k: v for k, v in meta.items() if k != "HU"}  # no forward linear part here
     sums = need_params and meta["NORM"]  # the norms' scale and shift gradients, per program and edge position
