@@ -40,7 +40,7 @@ INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hb
 #: the uint8 masks (PackedGMLP.weight_support / head_support / weight_slabs / structure_slabs / head_row_flags)
 MASK_POINTERS = {"wsup_ptr", "hsup_ptr", "wsl_ptr", "ssl_ptr", "hrf_ptr"}
 FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "NEED_HEAD": True,
-              "HAS_EID": False}
+              "NEED_Z": True, "HAS_EID": False}
 #: (module, kernel, autotune-config function, GPU default config name)
 KERNELS = (
     ("message_fwd", "_message_fwd_kernel", "_fwd_configs", "GPU_CONFIG"),
@@ -53,9 +53,11 @@ KERNELS = (
 
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) as launched: row name -> (kernel, launch
 #: configuration, whether it saves / reads the rows of the layers' forward state (SV > 0: the backward's rows
-#: kernel and the G-MLP's backward kernel after it; SV = 0: the forward's rows kernel))
+#: kernel and the G-MLP's backward kernel after it; SV = 0: the forward's rows kernel)[, flags set otherwise than
+#: in FLAGS_TRUE: the backward without z's gradient, a training step's without forces])
 FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": ("_gmlp_conv_fwd_kernel", "fwd", False),
                  "_gmlp_conv_bwd_kernel": ("_gmlp_conv_bwd_kernel", "bwd", True),
+                 "_gmlp_conv_bwd_kernel[no z]": ("_gmlp_conv_bwd_kernel", "bwd", True, {"NEED_Z": False}),
                  "_gmlp_head_bwd_kernel": ("_gmlp_head_bwd_kernel", "head_bwd", False),
                  "_gmlp_grad_h_kernel": ("_gmlp_grad_h_kernel", "grad_h", False),
                  "_gmlp_rows_kernel": ("_gmlp_rows_kernel", "fwd", False),
@@ -144,9 +146,10 @@ def ptxas_resources(report: str) -> tuple[int, int, int]:
     return regs, sum(int(st) for st, _ in spills), sum(int(ld) for _, ld in spills)
 
 
-def compile_row(fn, name: str, config: dict, precision: str, sizes: dict | None = None) -> Row:
+def compile_row(fn, name: str, config: dict, precision: str, sizes: dict | None = None,
+                flags: dict | None = None) -> Row:
     """Compile one configuration of ``fn`` for sm_90a and read its resources (``sizes``: the size
-    constexprs, default DIN_P = DOUT_P = 64)."""
+    constexprs, default DIN_P = DOUT_P = 64; its flags as in FLAGS_TRUE, but those in ``flags``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -156,7 +159,7 @@ def compile_row(fn, name: str, config: dict, precision: str, sizes: dict | None 
     meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
     label = config_key(config, precision).split("|")[0]
     constexprs = {**meta, **(sizes or {"DIN_P": 64, "DOUT_P": 64}), "PRECISION": precision,
-                  **{k: v for k, v in FLAGS_TRUE.items() if k in fn.arg_names}}
+                  **{k: v for k, v in FLAGS_TRUE.items() if k in fn.arg_names}, **(flags or {})}
     row = Row(name, label, precision)
     try:
         signature = _signature(fn, constexprs)
@@ -211,13 +214,13 @@ def fused_rows(widths: list[str], precisions: tuple[str, ...] = PRECISIONS) -> l
     out = []
     for width in widths:
         sizes = fused_constexprs(width)
-        for label, (kernel, name, saved) in FUSED_KERNELS.items():
+        for label, (kernel, name, saved, *flags) in FUSED_KERNELS.items():
             fn = _jit_function(getattr(g, kernel))
             constexprs = {**sizes, "SV": sizes["SV"] if saved else 0}
             constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
             for precision in precisions:
                 config = g.launch_config(name, sizes["IN_K"], din=sizes["DIN_P"])
-                row = compile_row(fn, label, config, precision, constexprs)
+                row = compile_row(fn, label, config, precision, constexprs, *flags)
                 row.config = f"P={sizes['P']},IN_K={sizes['IN_K']},{row.config}"
                 out.append(row)
     return out

@@ -549,7 +549,8 @@ def _layer_rows(packed, k0: int, precision: str) -> tuple[int, int, int]:
             _zn(m["K0P"], m["IN_K"], m["PRECISION"]))
 
 
-def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf32") -> dict[str, tuple[float, float]]:
+def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf32",
+                 need_z: bool = True) -> dict[str, tuple[float, float]]:
     """(FLOPs, bytes) of the fully fused kernels as written in ``precision`` (dense padded layer weights; layer 0 reads
     K0P columns, a later layer's linear part its input's first HU of IN_K columns, the products over a layer's outputs
     their first PU of P (``_layer_rows``); bench/NOTES.md). Forward: the MLP (per layer its linear part and the norm's
@@ -563,7 +564,9 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf
     nothing recomputed).  At a mean in-degree e / n ≥ POOL_MIN_DEGREE the head is pooled instead (``_pooled_head``): per
     edge the pooling dots (the backward's head side: pooling, grad_h̃ and grad_x's sums, three), per target the tiles
     (backward: G and the head's gradient, twice); its bytes: the edges' sort (z, env, src, tgt gathered and written) and
-    one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree."""
+    one output row per target.  "fwd_edge_wise" / "bwd_edge_wise": the edge-wise head at any in-degree.  Without
+    ``need_z`` (a training step without forces) the backward neither computes z's gradient (layer 0's input
+    gradient) nor writes it."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import output_columns, pools, saved_width, used_columns, z_columns
 
@@ -577,7 +580,7 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf
     linear = [2.0 * (k0p if i == 0 else hu) * size for i in range(layers)]
     weight_grads = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
     mlp = sum(linear) + layers * norm
-    steps = sum(weight_grads[i] + sums + 2.0 * pu * (zn if i == 0 else k) for i in range(layers))  # saved state
+    steps = sum(weight_grads[i] + sums + 2.0 * pu * (k if i else zn * need_z) for i in range(layers))  # saved state
     saved = 2 * e * saved_width(output_columns(size, packed.hidden, ng), nb, ng, k, layers) * f4  # written, read
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())
@@ -590,9 +593,10 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf
                 "bwd_edge_wise": bwd_edge_wise}
     pool, tiles = _pooled_head(packed, din, k, e / n)
     sort = 2 * e * (k0 * f4 + f4 + 2 * i8)  # z, env, src, tgt gathered and written in target order
+    unsort = 2 * e * (k0 * need_z + 1) * f4  # grad_z's and grad_env's sorted rows written and added back
     return {"fwd": (e * (mlp + pool + tiles), io + n * dout_p * f4 + sort),
             "bwd": (e * (mlp + 3 * pool + 2 * tiles + steps),
-                    2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + 2 * e * (k0 + 1) * f4 + saved),
+                    2 * io + n * dout_p * f4 + e * din * f4 + 4 * e * k * f4 + sort + unsort + saved),
             "fwd_edge_wise": fwd_edge_wise, "bwd_edge_wise": bwd_edge_wise}
 
 
@@ -628,11 +632,11 @@ def _flagged_reads(flags, kc: int, rows: int, n: int, row_major: bool) -> float:
     return total
 
 
-def _slab_reads(packed, k0: int, precision: str) -> tuple[list[float], list[float]]:
+def _slab_reads(packed, k0: int, precision: str, need_z: bool = True) -> tuple[list[float], list[float]]:
     """Bytes of each layer's weight the fused kernels' dots read per MLP block in ``precision``
     (``_flagged_reads`` with ``weight_slabs``), forward (u @ W: layer 0's K0P rows, a later layer's first KS(HU)) and
-    backward (da @ Wᵀ: W's first KS(PU) columns of IN_K rows, of ZN for layer 0, unflagged where
-    ``gmlp_conv._bwd_flags`` says so)."""
+    backward (da @ Wᵀ: W's first KS(PU) columns of IN_K rows, of ZN for layer 0 — only with ``need_z`` —, unflagged
+    where ``gmlp_conv._bwd_flags`` says so)."""
     from fastik.triton_kernels.gmlp_conv import _bwd_flags, _kc, _ks, _meta, _zn
 
     m = _meta(packed._asdict(), k0, precision)
@@ -643,7 +647,7 @@ def _slab_reads(packed, k0: int, precision: str) -> tuple[list[float], list[floa
            for i in range(packed.layers)]
     kc, ks, zn = _kc(size, prec), _ks(size, m["PU"], prec), _zn(m["K0P"], in_k, prec)
     bwd = [_flagged_reads(slabs[i, 1] if i or _bwd_flags(size, prec, in_k) else None, kc, ks, zn if i == 0 else in_k,
-                          False) for i in range(packed.layers)]
+                          False) if i or need_z else 0.0 for i in range(packed.layers)]
     return fwd, bwd
 
 
@@ -667,7 +671,8 @@ def _structure_reads(packed, k0: int, precision: str) -> tuple[list[float], list
     return fwd, bwd
 
 
-def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: str = "tf32") -> dict[str, float]:
+def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: str = "tf32",
+                       need_z: bool = True) -> dict[str, float]:
     """Bytes per edge of weights and structure each fused kernel reads from L2 at its GPU configuration (fp32;
     bench/NOTES.md): a layer's weight where ``weight_slabs`` flags it, forward and backward (``_slab_reads`` in
     ``precision``), and structure — MEAN / AVG as dot operands and GEXPᵀ / EXPᵀ in the backward where
@@ -683,7 +688,7 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     that the backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward,
     the weight's transpose; nothing recomputed). Per-layer vectors (bias, scale, shift, trivial) and the L1 are left
     out: an upper bound on L2 traffic if nothing stays in L1. ``degree``: the standard workload's
-    (bench.workload.DEGREE) by default."""
+    (bench.workload.DEGREE) by default; without ``need_z`` the backward kernel does not read layer 0's Wᵀ."""
     from fastik.ops.fused_gmlp import HEAD_TILE
     from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns
 
@@ -694,7 +699,7 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     f4 = 4
     size, ng = packed.weight.shape[1], packed.gate_pick.shape[2]
     layers, in_k = packed.layers, used_columns(size, k0, packed.hidden)
-    weights, transposed = _slab_reads(packed, k0, precision)  # a = u @ W and du = da @ Wᵀ: the flagged parts
+    weights, transposed = _slab_reads(packed, k0, precision, need_z)  # a = u @ W and du = da @ Wᵀ: the flagged parts
     sums, back_sums = _structure_reads(packed, k0, precision)  # the norms' and gates' sums, forward and backward
     vec, gates = size * 12, ng * 8  # one gather's vectors; the gate columns
     mlp = sum(weights) + sum(sums) + layers * (4 * vec + gates)  # norm (two spreads), gate columns and spread
@@ -1018,6 +1023,9 @@ def stage_split(ctx: Context) -> None:
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
             item(f"gmlp_conv bwd without parameter gradients ({tag})",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
+            item(f"gmlp_conv bwd without z's gradient ({tag})",  # a training step's without forces
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_z=False),
+                 *_fused_model(e, n, packed, din, z.shape[1], precision, need_z=False)["bwd"])
             with _setting(gc, "POOL_MIN_DEGREE", math.inf):  # the head per edge (the forward also at BLOCK_E = 16)
                 item(f"gmlp_conv fwd, edge-wise head ({tag})",
                      lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd_edge_wise"])

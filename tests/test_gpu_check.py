@@ -104,8 +104,8 @@ def test_dry_run_stage_results(dry_run):
         assert f"{kernel} (Triton)" in names
     assert any(n.startswith("G-MLP") for n in names) and "index checks (aminmax src, tgt)" in names
     for width in ("default", "anchor"):  # the fully fused kernels, their parts and the head gradient's chunk
-        for part in ("fwd", "bwd", "bwd without parameter gradients", "fwd, edge-wise head", "bwd, edge-wise head",
-                     "bwd head side"):  # pooled (the default at in-degree 16), then edge-wise
+        for part in ("fwd", "bwd", "bwd without parameter gradients", "bwd without z's gradient", "fwd, edge-wise head",
+                     "bwd, edge-wise head", "bwd head side"):  # pooled (the default at in-degree 16), then edge-wise
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
         for variant in ("fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM",
@@ -280,7 +280,8 @@ def test_read_models_follow_the_code():
     POOL_MIN_DEGREE) reads h1's slices once per run of row tiles (15 of the 528 listed tiles at the anchors' width) and
     the head's tiles once per chunk, its head gradient the slices once per group of channels (51); the pooled forward
     the wave's h1 rows once per channel tile (one at the anchors' width) and each listed tile's slice of pooled features
-    once per 16 targets."""
+    once per 16 targets.  Without z's gradient (a training step without forces) the backward neither reads layer 0's
+    Wᵀ nor spends its FLOPs (``_fused_model``) nor writes grad_z's sorted rows."""
     pytest.importorskip("triton")
     import torch
 
@@ -306,6 +307,13 @@ def test_read_models_follow_the_code():
         ks_hu, ks_pu, zn = {5: (64, 96, 64), 16: (192, 256, 128)}[hidden]  # HU, PU rounded up to 32; ZN in TF32
         assert dense == ([m["K0P"] * m["P"] * 4 + m["K0P"] // 16 * m["P"], ks_hu * m["P"] * 4 + ks_hu // 16 * m["P"]],
                          [zn * ks_pu * 4 + ks_pu // 16 * zn, m["IN_K"] * ks_pu * 4 + ks_pu // 16 * m["IN_K"]])
+        no_z = gpu_check.fused_weight_reads(packed, k0, need_z=False)  # the backward without layer 0's Wᵀ
+        blocks = gc.launch_config("bwd", m["IN_K"], interpret=False)["BLOCK_E"]
+        assert reads[hidden]["bwd"] - no_z["bwd"] == pytest.approx(gpu_check._slab_reads(packed, k0, "tf32")[1][0] /
+                                                                   blocks)
+        e, (pu, _, zn) = 10 ** 6, gpu_check._layer_rows(packed, k0, "tf32")  # nor its FLOPs nor grad_z's rows
+        fwd_bwd = [gpu_check._fused_model(e, e // 16, packed, 64, k0, need_z=n)["bwd"] for n in (True, False)]
+        assert (fwd_bwd[0][0] - fwd_bwd[1][0], fwd_bwd[0][1] - fwd_bwd[1][1]) == (2.0 * pu * zn * e, 2 * e * k0 * 4)
     assert scratch[5]["total"] == pytest.approx(15.33e3, rel=0.005)
     assert scratch[16]["total"] == pytest.approx(48.4e3, rel=0.01)
     assert reads[5]["total"] == pytest.approx(5.74e3, rel=0.005)

@@ -491,10 +491,11 @@ def _layer_state(z, l: tl.constexpr, scale_ptr, shift_ptr, cidx_ptr, cscale_ptr,
 def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr, triv_ptr,
                w_ptr, wsl_ptr, ssl_ptr, ss_ptr, ws_row, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr,
                NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr,
-               NEED_PARAMS: tl.constexpr, st_ptr):
+               NEED_PARAMS: tl.constexpr, NEED_Z: tl.constexpr, st_ptr):
     """Gradient w.r.t. the input of layer l from the gradient dy of its output and its forward state (c, rinv,
-    n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, z's first ZN columns (``_zn``; z has K0 ≤ K0P ≤ ZN);
-    Wᵀ loaded where its slab flags (wsl) say the weight meets its support.
+    n, sg: ``_layer_state``), (BLOCK_E, P) or, for l = 0, z's first ZN columns (``_zn``; z has K0 ≤ K0P ≤ ZN;
+    without NEED_Z not computed: the linear part's gradient da instead, for no one); Wᵀ loaded where its slab
+    flags (wsl) say the weight meets its support.
     With NEED_PARAMS the block's gradients of scale and shift, per edge, are added to the program's sums ss
     (L, 2, BLOCK_E, P), and the linear part's gradient da goes to the scratch rows ws_row for ``_weight_grad``.
 
@@ -534,7 +535,9 @@ def _layer_bwd(dy, c, rinv, n, sg, l: tl.constexpr, scale_ptr, exp_ptr, cidx_ptr
         da = dn
     if NEED_PARAMS:
         tl.store(ws_row + _ws_offset(l, K0P, IN_K, P) + KL + offs[None, :], da)
-    if l == 0:  # ZN columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB (_zn)
+    if l == 0 and not NEED_Z:
+        du = da
+    elif l == 0:  # ZN columns, not K0P: a dot with 16 output columns made ptxas spill 11 KB (_zn)
         du = _mm(da, w_ptr, P, _zn(K0P, IN_K, PRECISION), P, True, PRECISION, st_ptr, PU, _slabs(wsl_ptr, 0, 1, P),
                  _bwd_flags(P, PRECISION, IN_K))
     else:
@@ -1047,8 +1050,8 @@ def _gmlp_conv_bwd_kernel(
     eps, E, K0, programs,
     L: tl.constexpr, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, DOUT_P: tl.constexpr,
     NORM: tl.constexpr, IN_K: tl.constexpr, K0P: tl.constexpr, PU: tl.constexpr, BLOCK_E: tl.constexpr,
-    PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, SW: tl.constexpr,
-    SV: tl.constexpr,
+    PRECISION: tl.constexpr, NEED_PARAMS: tl.constexpr, NEED_Z: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr,
+    SW: tl.constexpr, SV: tl.constexpr,
 ):
     """The G-MLP's side of the backward, by persistent programs that take chunks of CHUNK edges in turn and
     back-propagate BLOCK_E edges at a time: grad_h̃ read from gh (E, IN_K) (``_gmlp_grad_h_kernel`` or
@@ -1057,7 +1060,8 @@ def _gmlp_conv_bwd_kernel(
     NEED_PARAMS each layer's input and linear-part gradient rows go to the program's scratch rows ws (CHUNK, SW),
     and after the chunk ``_weight_grad`` adds the chunk's weight and bias gradients with one atomic per entry; the
     gradients of scale and shift are added to the program's sums ss (L, 2, BLOCK_E, P) per edge position in a
-    block (summed over programs and rows after the last wave: ``_layers_bwd``)."""
+    block (summed over programs and rows after the last wave: ``_layers_bwd``).  z's gradient (gz) only with
+    NEED_Z: without it the first layer's input gradient is not computed."""
     pid = tl.program_id(0)
     ws_ptr += pid * CHUNK * SW
     st_ptr += pid * BLOCK_E * max(P, DOUT_P)
@@ -1080,10 +1084,11 @@ def _gmlp_conv_bwd_kernel(
                                               st_ptr)
                 dh = _layer_bwd(dh, c, rinv, n, sg, L - 1 - i, scale_ptr, exp_ptr, cidx_ptr, cscale_ptr, gexp_ptr,
                                 triv_ptr, w_ptr, wsl_ptr, ssl_ptr, ss_ptr, ws_row, P, NB, NG, NORM, IN_K, K0P, PU,
-                                PRECISION, NEED_PARAMS, st_ptr)
-            offs_z = tl.arange(0, KZ)
-            tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
-                     mask=mask_e[:, None] & (offs_z < K0)[None, :])
+                                PRECISION, NEED_PARAMS, NEED_Z, st_ptr)
+            if NEED_Z:
+                offs_z = tl.arange(0, KZ)
+                tl.store(gz_ptr + offs_e[:, None] * K0 + offs_z[None, :], dh,
+                         mask=mask_e[:, None] & (offs_z < K0)[None, :])
         if NEED_PARAMS:  # padding edges stored zero gradient rows (their grad_h̃ is 0)
             tl.debug_barrier()  # the rows are read back by other threads of the program
             _weight_grads(ws_ptr, st_ptr, L, wsup_ptr, gw_ptr, gb_ptr, P, IN_K, K0P, SW, CHUNK, KE,
@@ -1248,10 +1253,11 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torc
 
 
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
-                  head_chunk: int | None = None, rowptr: torch.Tensor | None = None):
-    """Gradients of ⟨grad_out, forward⟩: (grad_z, grad_env, grad_x, then one per packed parameter:
-    weight, bias, scale, shift, head — zeros, and not computed, unless ``need_params``; weight and head only on
-    their supports ``weight_support`` / ``head_support``, zero elsewhere). The head's side pools per target
+                  head_chunk: int | None = None, rowptr: torch.Tensor | None = None, need_z: bool = True):
+    """Gradients of ⟨grad_out, forward⟩: (grad_z — zeros, and not computed, unless ``need_z`` —, grad_env, grad_x,
+    then one per packed parameter: weight, bias, scale, shift, head — zeros, and not computed, unless
+    ``need_params``; weight and head only on their supports ``weight_support`` / ``head_support``, zero
+    elsewhere). The head's side pools per target
     (``pooled_bwd``) at mean in-degree ≥ POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of
     the edge-wise head kernel (grad_x, grad_env, the head's gradient; a power of two; default ``launch_config``'s),
     for tuning — given, the head's side runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
@@ -1260,9 +1266,9 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
         return tuple(grads)
     gout = head_order(grad_out, packed)
     if pools(z.shape[0], grad_out.shape[0]) and head_chunk is None:
-        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, rowptr)
+        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, rowptr, need_z)
     else:
-        edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk)
+        edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk, need_z)
     return tuple(grads)
 
 
@@ -1288,13 +1294,13 @@ def head_side_bwd(gout, hb, env, x, src, tgt, packed: dict, precision: str, grad
 
 
 def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
-                  chunk: int | None = None) -> None:
+                  chunk: int | None = None, need_z: bool = True) -> None:
     """The whole backward with the head per edge, gout in the head's order (``head_order``), in waves of edges:
     per wave the h1 rows and the layers' state (``_WaveRows``) into buffers of the wave's rows, the head's side
     on the h1 rows (``head_side_bwd``: grad_x, grad_env, the head's gradient with ``need_params``) and grad_h̃
     (``_gmlp_grad_h_kernel``, on the tiles: no MLP) into a buffer of the wave's rows, then the G-MLP's backward
     on both (``_layers_bwd``).  ``chunk``: the head kernel's (``gmlp_conv_bwd``'s head_chunk).  Adds into grads =
-    (grad_z, grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+    (grad_z (with ``need_z``), grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     meta = _meta(packed, z.shape[1], precision)
     config = launch_config("grad_h", meta["IN_K"])
@@ -1312,22 +1318,23 @@ def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
             ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
             PRECISION=meta["PRECISION"], **config)
 
-    _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv, wave)
+    _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv, wave, need_z)
 
 
 def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
-               rowptr: torch.Tensor | None = None) -> None:
+               rowptr: torch.Tensor | None = None, need_z: bool = True) -> None:
     """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's
     order: the edges sorted by target (``_by_target``; not when given ``rowptr``, the CSR row pointer of edges that
     come sorted), then per wave of edges (``_pooled_wave``) their h1 rows and the layers' state (``_WaveRows``),
     the head's side — grad_x, grad_env, the head's gradient (with ``need_params``) and grad_h̃ into the wave's
-    buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads = (grad_z, grad_env, grad_x,
-    grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+    buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads = (grad_z (with ``need_z``),
+    grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     din = x.shape[1]
     meta = _meta(packed, z.shape[1], precision)
     order, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, gout.shape[0], rowptr)
-    gzs, genvs = (gz, genv) if order is None else (torch.zeros_like(zs), torch.zeros_like(envs))
+    gzs = gz if order is None or not need_z else torch.zeros_like(zs)  # without need_z: not written
+    genvs = genv if order is None else torch.zeros_like(envs)
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
@@ -1343,9 +1350,10 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
             genvs[edges], ghead, sb, w, ew, packed["hidden"], din, grid, P=meta["P"], DOUT_P=meta["DOUT_P"],
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
 
-    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv, wave)
+    _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv, wave, need_z)
     if order is not None:
-        gz.index_add_(0, order, gzs)
+        if need_z:
+            gz.index_add_(0, order, gzs)
         genv.index_add_(0, order, genvs)
 
 
@@ -1395,13 +1403,13 @@ class _WaveRows:
 
 
 def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_params: bool,
-                sv: torch.Tensor | None, wave: int) -> None:
+                sv: torch.Tensor | None, wave: int, need_z: bool = True) -> None:
     """The G-MLP's backward in waves of ``wave`` edges (``_wave``, ``_pooled_wave``; ``sv``'s rows): ``grad_h(edges,
     gh)`` writes grad_h̃ of the wave's edges (a slice) into gh, a buffer of one wave's rows (IN_K floats per edge:
     8.3 MiB on 132 SMs at IN_K = 64), and the layers' forward state of the wave's edges into ``sv`` (``_WaveRows``;
     None without hidden layers), then
-    ``_gmlp_conv_bwd_kernel`` back-propagates; adds into grads = (grad_z, grad_weight, grad_bias, grad_scale,
-    grad_shift; all but grad_z only with ``need_params``)."""
+    ``_gmlp_conv_bwd_kernel`` back-propagates; adds into grads = (grad_z (only with ``need_z``), grad_weight,
+    grad_bias, grad_scale, grad_shift (only with ``need_params``))."""
     e, k0 = z.shape
     gz, gw, gb, gscale, gshift = grads
     assert (sv is None) == (meta["L"] == 0), "the layers' backward reads their saved state"
@@ -1420,7 +1428,7 @@ def _layers_bwd(grad_h, z, x, packed: dict, meta: dict, grads: tuple, need_param
             _launch_persistent(_gmlp_conv_bwd_kernel, "bwd", ew,
                                (gh, gh if sv is None else sv, z[edges], *(packed[k] for k in _LAYERS),
                                 packed["weight_support"], gz[edges], gw, gb, ss), (sw if need_params else 1,),
-                               (packed["eps"], ew, k0), backward, x, NEED_PARAMS=need_params,
+                               (packed["eps"], ew, k0), backward, x, NEED_PARAMS=need_params, NEED_Z=need_z,
                                SW=sw, SV=0 if sv is None else sv.shape[1])
     if sums:
         gscale += ss[:, :, 0].sum((0, 2))
