@@ -40,7 +40,7 @@ INDEX_POINTERS = {"src_ptr", "tgt_ptr", "eid_ptr", "rowptr_ptr", "ocol_ptr", "hb
 #: the uint8 masks (PackedGMLP.weight_support / head_support / weight_slabs / structure_slabs / head_row_flags)
 MASK_POINTERS = {"wsup_ptr", "hsup_ptr", "wsl_ptr", "ssl_ptr", "hrf_ptr"}
 FLAGS_TRUE = {"NEED_DH": True, "NEED_DX": True, "NEED_DW": True, "NEED_PARAMS": True, "NEED_HEAD": True,
-              "NEED_Z": True, "HAS_EID": False}
+              "NEED_Z": True, "NEED_ENV": True, "NEED_X": True, "HAS_EID": False}
 #: (module, kernel, autotune-config function, GPU default config name)
 KERNELS = (
     ("message_fwd", "_message_fwd_kernel", "_fwd_configs", "GPU_CONFIG"),
@@ -54,16 +54,23 @@ KERNELS = (
 #: the fully fused G-MLP kernels (fastik.triton_kernels.gmlp_conv) as launched: row name -> (kernel, launch
 #: configuration, whether it saves / reads the rows of the layers' forward state (SV > 0: the backward's rows
 #: kernel and the G-MLP's backward kernel after it; SV = 0: the forward's rows kernel)[, flags set otherwise than
-#: in FLAGS_TRUE: the backward without z's gradient, a training step's without forces])
+#: in FLAGS_TRUE: the backward without z's gradient, a training step's without forces; the head's side without x's
+#: gradient, a first layer's, and without env's either, a first layer's without a trained envelope])
 FUSED_KERNELS = {"_gmlp_conv_fwd_kernel": ("_gmlp_conv_fwd_kernel", "fwd", False),
                  "_gmlp_conv_bwd_kernel": ("_gmlp_conv_bwd_kernel", "bwd", True),
                  "_gmlp_conv_bwd_kernel[no z]": ("_gmlp_conv_bwd_kernel", "bwd", True, {"NEED_Z": False}),
                  "_gmlp_head_bwd_kernel": ("_gmlp_head_bwd_kernel", "head_bwd", False),
+                 "_gmlp_head_bwd_kernel[no x]": ("_gmlp_head_bwd_kernel", "head_bwd", False, {"NEED_X": False}),
+                 "_gmlp_head_bwd_kernel[no x, env]": ("_gmlp_head_bwd_kernel", "head_bwd", False,
+                                                      {"NEED_X": False, "NEED_ENV": False}),
                  "_gmlp_grad_h_kernel": ("_gmlp_grad_h_kernel", "grad_h", False),
                  "_gmlp_rows_kernel": ("_gmlp_rows_kernel", "fwd", False),
                  "_gmlp_rows_kernel[saved]": ("_gmlp_rows_kernel", "fwd", True),
                  "_gmlp_pool_fwd_kernel": ("_gmlp_pool_fwd_kernel", "pool", False),
-                 "_gmlp_pool_bwd_kernel": ("_gmlp_pool_bwd_kernel", "pool_bwd", False)}
+                 "_gmlp_pool_bwd_kernel": ("_gmlp_pool_bwd_kernel", "pool_bwd", False),
+                 "_gmlp_pool_bwd_kernel[no x]": ("_gmlp_pool_bwd_kernel", "pool_bwd", False, {"NEED_X": False}),
+                 "_gmlp_pool_bwd_kernel[no x, env]": ("_gmlp_pool_bwd_kernel", "pool_bwd", False,
+                                                      {"NEED_X": False, "NEED_ENV": False})}
 #: their size constexprs at the standard workload's two widths (K0 = 9 ≤ K0P, DIN = 64): the anchors'
 #: (hidden_channels=5, H + 1 = 61 ≤ IN_K = P/2) and the default (hidden_channels=16, H + 1 = 193: IN_K = P);
 #: PU and HU (the layers' non-padding columns and rows) follow from the hidden width (``fused_constexprs``)

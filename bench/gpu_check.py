@@ -1026,6 +1026,8 @@ def stage_split(ctx: Context) -> None:
             item(f"gmlp_conv bwd without z's gradient ({tag})",  # a training step's without forces
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_z=False),
                  *_fused_model(e, n, packed, din, z.shape[1], precision, need_z=False)["bwd"])
+            item(f"gmlp_conv bwd without z's and x's gradients ({tag})",  # a first layer's: no grad_x atomics
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_z=False, need_x=False))
             with _setting(gc, "POOL_MIN_DEGREE", math.inf):  # the head per edge (the forward also at BLOCK_E = 16)
                 item(f"gmlp_conv fwd, edge-wise head ({tag})",
                      lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd_edge_wise"])

@@ -31,9 +31,11 @@ def test_default_configs_compile_for_sm90_without_spills_in_ieee(tmp_path):
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="needs ptxas (CUDA toolkit) on PATH")
 def test_fused_kernels_compile_without_spills_at_the_anchor_width(tmp_path):
     """The fully fused kernels (forward, backward from the layers' saved state — with and without z's gradient —,
-    head side of the backward, grad_h̃; the MLP rows, without and with the layers' state saved; the pooled head,
-    forward and backward) at the anchors' width (P = 128) in every precision, compiled as launched (pointers
-    aligned): ptxas reports no spill in any of them (measured: 0 B in all 27, under Triton 3.6 and 3.8) — with the
+    head side of the backward — with and without x's gradient, and env's —, grad_h̃; the MLP rows, without and with
+    the layers' state saved; the pooled head, forward and backward — also without x's and env's gradients) at the
+    anchors' width (P = 128) in every precision, compiled as launched (pointers aligned): ptxas reports no spill in
+    any of them (measured: 0 B in all 39 under Triton 3.8; under 3.6 all but 4 B in the pooled backward without x's
+    and env's gradients in IEEE, where ptxas settles at 64 registers) — with the
     chunk's MLP, the head's gradient and the weight gradient as functions of their own and the norms' scale /
     shift gradients summed per program (before: up to 84 B under Triton 3.6). Allowed: 16 B per kernel, the noise
     of kernels at 250–255 registers (moving the source by three lines moved one configuration between 0 and 12 B;
@@ -49,7 +51,7 @@ def test_fused_kernels_compile_without_spills_at_the_anchor_width(tmp_path):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert data["specialization"].startswith("pointers 16-byte aligned")
-    assert len(rows) == 27 and all(r["error"] is None for r in rows), rows
+    assert len(rows) == 39 and all(r["error"] is None for r in rows), rows
     assert all(0 < r["registers"] <= 255 for r in rows), rows
     assert all(r["spill_stores"] <= 16 and r["spill_loads"] <= 16 for r in rows), rows
 

@@ -157,33 +157,40 @@ def test_head_chunk_does_not_change_the_gradients():
             gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", head_chunk=bad)
 
 
-def test_z_gradient_only_when_needed(pooled, monkeypatch):
-    """Without need_z the backward leaves z's gradient zero (the first layer's input gradient is not computed) and
-    every other gradient as it was, with either head; a layer whose positions need no gradient asks for none (its
-    x and parameter gradients match the reference)."""
+def test_input_gradients_only_when_needed(pooled, monkeypatch):
+    """The backward computes z's, env's and x's gradients only where asked (without need_z the first layer's input
+    gradient is not computed, without need_env and need_x the per-edge sums s either comes from) and leaves the
+    others zero and every other gradient as it was, with either head; a layer asks only for what autograd needs:
+    positions without a gradient, no z gradient (env's still: the envelope's width is a parameter), and x without
+    one, no x gradient — and its other gradients match the reference."""
     from fastik.triton_kernels import gmlp_conv
 
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
     ref, fused = twins(t, t, hidden_channels=2)
     src, tgt, z, env, packed = op_inputs(ref, 20, 150)
     x, gout = (torch.randn(20, t.dim, dtype=torch.float64, device=DEVICE) for _ in range(2))
-    every, without = (gmlp_conv.gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee", need_z=n) for n in (1, 0))
-    assert every[0].abs().max() > 0 and without[0].abs().max() == 0
-    for a, b in zip(without[1:], every[1:]):
-        assert relative_error(a, b) < 1e-13 if b.abs().max() > 0 else a.abs().max() == 0
+    every = gmlp_conv.gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee")
+    assert all(g.abs().max() > 0 for g in every[:3])
+    for needs in ((False, True, True), (True, True, False), (True, False, True), (False, False, False)):
+        some = gmlp_conv.gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee",
+                                       **dict(zip(("need_z", "need_env", "need_x"), needs)))
+        for a, b, wanted in zip(some, every, needs + (True,) * (len(every) - 3)):  # grad_z, _env, _x; parameters'
+            assert relative_error(a, b) < 1e-13 if wanted and b.abs().max() > 0 else a.abs().max() == 0
     asked = []
     bwd = gmlp_conv.gmlp_conv_bwd
-    monkeypatch.setattr(gmlp_conv, "gmlp_conv_bwd", lambda *a, need_z=True, **k: asked.append(need_z) or
-                        bwd(*a, need_z=need_z, **k))
+    monkeypatch.setattr(gmlp_conv, "gmlp_conv_bwd", lambda *a, **k: asked.append(
+        tuple(k[n] for n in ("need_z", "need_env", "need_x"))) or bwd(*a, **k))
     pos, ei = graph(20, 150, 3)
-    x.requires_grad_()
-    results = []
-    for conv in (ref, fused):
-        y = conv(x, pos, ei)
-        results.append((y, torch.autograd.grad((y * gout).sum(), [x, *conv.parameters()], allow_unused=True)))
-    (y_ref, g_ref), (y_fus, g_fus) = results
-    assert asked == [False] and relative_error(y_fus, y_ref) < TOL64
-    assert_same_grads(g_fus, g_ref, 1, TOL64)
+    for x_grad in (True, False):
+        x.requires_grad_(x_grad)
+        results = []
+        for conv in (ref, fused):
+            y = conv(x, pos, ei)
+            wrt = [x] * x_grad + list(conv.parameters())
+            results.append((y, torch.autograd.grad((y * gout).sum(), wrt, allow_unused=True)))
+        (y_ref, g_ref), (y_fus, g_fus) = results
+        assert asked.pop() == (False, True, x_grad) and relative_error(y_fus, y_ref) < TOL64
+        assert_same_grads(g_fus, g_ref, int(x_grad), TOL64)
 
 
 def test_tile_lists_in_any_order(pooled):

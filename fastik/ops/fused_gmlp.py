@@ -10,7 +10,8 @@ registers; the backward recomputes it, so no tensor of E × H elements exists in
 backward or inference — per edge only z (E, K0) and env (E,).
 
 Registered as ``torch.ops.fastik.gmlp_conv`` / ``torch.ops.fastik.gmlp_conv_backward`` with
-fake implementations (``torch.compile(fullgraph=True)`` traces through them) and autograd.
+fake implementations (``torch.compile(fullgraph=True)`` traces through them) and autograd; the backward computes
+only the gradients autograd asks for (z's; x's and env's, which come from the same sums; the parameters').
 Second derivatives (forces in the loss): the backward op is itself differentiable.  Its
 derivative is taken chunk by chunk of edges through the same function in torch — per target on pooled
 features (:func:`packed_conv_pooled`, chunks of whole targets' edges) where the fused head pools, else per edge
@@ -318,8 +319,8 @@ def _fwd_fake(z, env, x, src, tgt, tgt_rowptr, num_targets, tensors, dout, hidde
 
 def _backward_impl(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
                    tgt_rowptr: Optional[Tensor], tensors: list[Tensor], dout: int, hidden: int, layers: int,
-                   norm: bool, eps: float, precision: str, need_params: bool, need_z: bool,
-                   indices_checked: bool) -> list[Tensor]:
+                   norm: bool, eps: float, precision: str, need_params: bool, need_z: bool, need_env: bool,
+                   need_x: bool, indices_checked: bool) -> list[Tensor]:
     """Body of the backward op (a plain function, as ``_forward_impl``)."""
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision, tgt_rowptr)
@@ -329,20 +330,22 @@ def _backward_impl(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Ten
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), precision, need_params,
-                                         rowptr=_contiguous(tgt_rowptr), need_z=need_z))
+                                         rowptr=_contiguous(tgt_rowptr), need_z=need_z, need_env=need_env,
+                                         need_x=need_x))
 
 
 @torch.library.custom_op("fastik::gmlp_conv_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor,
             tgt_rowptr: Optional[Tensor], tensors: list[Tensor], dout: int, hidden: int, layers: int, norm: bool,
-            eps: float, precision: str, need_params: bool, need_z: bool, indices_checked: bool) -> list[Tensor]:
+            eps: float, precision: str, need_params: bool, need_z: bool, need_env: bool, need_x: bool,
+            indices_checked: bool) -> list[Tensor]:
     return _backward_impl(grad_out, z, env, x, src, tgt, tgt_rowptr, tensors, dout, hidden, layers, norm, eps,
-                          precision, need_params, need_z, indices_checked)
+                          precision, need_params, need_z, need_env, need_x, indices_checked)
 
 
 @_bwd_op.register_fake
 def _bwd_fake(grad_out, z, env, x, src, tgt, tgt_rowptr, tensors, dout, hidden, layers, norm, eps, precision,
-              need_params, need_z, indices_checked):
+              need_params, need_z, need_env, need_x, indices_checked):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
                                                           for k in TRAINED]
@@ -373,7 +376,8 @@ def _backward(ctx, grad_out: Tensor):
     *meta, precision = ctx.meta
     mask = list(ctx.needs_input_grad[:3]) + _trained_needs(ctx)
     grads = list(torch.ops.fastik.gmlp_conv_backward(grad_out, z, env, x, src, tgt, tgt_rowptr, list(tensors),
-                                                     *meta, precision, any(mask[3:]), mask[0], ctx.indices_checked))
+                                                     *meta, precision, any(mask[3:]), *mask[:3],
+                                                     ctx.indices_checked))
     gz, genv, gx, *gp = [g if m else None for g, m in zip(grads, mask)]
     # one entry per input: src, tgt, tgt_rowptr, num_targets; the list; the packed metadata, precision,
     # indices_checked
@@ -384,9 +388,10 @@ _fwd_op.register_autograd(_backward, setup_context=_setup)
 
 
 def _bwd_setup(ctx, inputs, output) -> None:
-    grad_out, z, env, x, src, tgt, _tgt_rowptr, tensors, *meta, _precision_, need_params, need_z, _checked = inputs
+    grad_out, z, env, x, src, tgt, _tgt_rowptr, tensors, *meta, _precision_, need_params, need_z, need_env, need_x, \
+        _indices_checked = inputs
     ctx.save_for_backward(grad_out, z, env, x, src, tgt, *tensors)
-    ctx.meta, ctx.need_params, ctx.need_z = tuple(meta), need_params, need_z
+    ctx.meta, ctx.need_params, ctx.needs = tuple(meta), need_params, (need_z, need_env, need_x)
     ctx.set_materialize_grads(False)  # an unused gradient's cotangent comes as None, not as zeros
 
 
@@ -401,9 +406,8 @@ def _double_backward(ctx, cotangents: list):
     intermediates (about DOUBLE_BACKWARD_FLOATS values) exist at a time."""
     grad_out, z, env, x, src, tgt, *tensors = ctx.saved_tensors
     p = _packed(tuple(tensors), ctx.meta)
-    # cotangents of grad_z, grad_env, grad_x and the parameters' gradients (zeros, not computed, without need_z or
-    # need_params)
-    cots = [cotangents[0] if ctx.need_z else None, *cotangents[1:3]] + \
+    # cotangents of grad_z, grad_env, grad_x and the parameters' gradients (zeros, not computed, unless needed)
+    cots = [c if n else None for c, n in zip(cotangents[:3], ctx.needs)] + \
         (list(cotangents[3:]) if ctx.need_params else [None] * len(TRAINED))
     need = list(ctx.needs_input_grad[:4]) + _trained_needs(ctx)  # grad_out, z, env, x, params
     go, x_, *params = [t.detach().requires_grad_() for t in (grad_out, x, *(getattr(p, k) for k in TRAINED))]
@@ -440,8 +444,8 @@ def _double_backward(ctx, cotangents: list):
             elif g is not None:
                 grads[i].add_(g)
     # one entry per input: grad_out, z, env, x, src, tgt, tgt_rowptr, the list; the metadata, precision,
-    # need_params, need_z, indices
-    return (*grads[:4], None, None, None, _packed_grads(grads[4:])) + (None,) * (len(ctx.meta) + 4)
+    # need_params, need_z, need_env, need_x, indices
+    return (*grads[:4], None, None, None, _packed_grads(grads[4:])) + (None,) * (len(ctx.meta) + 6)
 
 
 _bwd_op.register_autograd(_double_backward, setup_context=_bwd_setup)

@@ -812,7 +812,8 @@ def _gmlp_pool_bwd_kernel(
     hb_ptr, gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, head_ptr, hsup_ptr, hrf_ptr, hblk_ptr, hcnt_ptr,
     cblk_ptr, ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ghead_ptr, sb_ptr, W0, E, H, DIN, programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
-    CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr, NEED_HEAD: tl.constexpr,
+    CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr, NEED_HEAD: tl.constexpr, NEED_ENV: tl.constexpr,
+    NEED_X: tl.constexpr,
 ):
     """The head's side of the backward on pooled features, for a wave of E edges sorted by target (as
     ``_gmlp_pool_fwd_kernel``; gout in the head's order).  Persistent programs take blocks of TB consecutive
@@ -822,8 +823,9 @@ def _gmlp_pool_bwd_kernel(
       over the TB targets, per listed tile, one atomic per entry of the head's support;
     * G[c, k] = Σ_t HEAD[c, k, t] @ gout[target, t]ᵀ per target (tiles listed per channel, in row-tile order:
       cblk, ccnt), each (TB × 16) tile of G stored once (zeros where channel c lists none);
-    * per edge, KE at a time: grad_h̃ = env · x[src] @ G into gh (zero from column H on), s = h1 @ Gᵀ,
-      grad_x[src] += env · s (atomics) and grad_env = Σ_c x[src, c] · s_c.
+    * per edge, KE at a time: grad_h̃ = env · x[src] @ G into gh (zero from column H on) and, with NEED_ENV or
+      NEED_X, s = h1 @ Gᵀ: grad_env = Σ_c x[src, c] · s_c (with NEED_ENV), grad_x[src] += env · s (atomics; with
+      NEED_X).
 
     The head's tiles cost 2·16²·TB FLOPs per listed tile and block of TB targets (twice), the edges 2·DIN·IN_K
     each (three times) — the edge-wise kernels 2·16² per listed tile and edge (twice) and the head's gradient."""
@@ -872,17 +874,19 @@ def _gmlp_pool_bwd_kernel(
         for i in range(TB):
             lo, hi = _wave_edges(rowptr_ptr, t0 + i, last, W0, E)
             _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, sb_ptr + i * DIN * IN_K, gh_ptr, gx_ptr, genv_ptr, lo, hi, H,
-                       DIN, IN_K, DIN_P, CT, KE, PRECISION)
+                       DIN, IN_K, DIN_P, CT, KE, PRECISION, NEED_ENV, NEED_X)
         tl.debug_barrier()  # every read of G is done before the next block overwrites it
 
 
 @triton.jit
 def _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, g_ptr, gh_ptr, gx_ptr, genv_ptr, lo, hi, H, DIN, IN_K: tl.constexpr,
-               DIN_P: tl.constexpr, CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr):
+               DIN_P: tl.constexpr, CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr,
+               NEED_ENV: tl.constexpr, NEED_X: tl.constexpr):
     """For the edges lo, …, hi - 1 of one target (rows of hb, gh), KE at a time, from its G (DIN, IN_K) at g_ptr:
-    s = h1 @ Gᵀ, grad_x[src] += env · s (atomics), grad_env = Σ_c x[src, c] · s_c (stored) and grad_h̃ = env ·
-    x[src] @ G into gh (zero from column H on).  Both products go KC columns of h1 / grad_h̃ at a time (h1's rows
-    read from hb per slice): a whole (KE × IN_K) operand or accumulator made ptxas spill 0.5–13 KB at IN_K = 256."""
+    grad_h̃ = env · x[src] @ G into gh (zero from column H on) and, for grad_env = Σ_c x[src, c] · s_c (stored; with
+    NEED_ENV) or grad_x[src] += env · s (atomics; with NEED_X), s = h1 @ Gᵀ.  Both products go KC columns of h1 /
+    grad_h̃ at a time (h1's rows read from hb per slice): a whole (KE × IN_K) operand or accumulator made ptxas
+    spill 0.5–13 KB at IN_K = 256."""
     KC: tl.constexpr = min(IN_K, 32)
     offs_kc = tl.arange(0, KC)
     for r in range(lo, hi, KE):
@@ -890,20 +894,24 @@ def _edges_bwd(hb_ptr, env_ptr, x_ptr, src_ptr, g_ptr, gh_ptr, gx_ptr, genv_ptr,
         m = rows < hi
         src = tl.load(src_ptr + rows, mask=m, other=0)
         env = tl.load(env_ptr + rows, mask=m, other=0.0)
-        ge = tl.zeros((KE,), dtype=hb_ptr.dtype.element_ty)
-        for c0 in tl.static_range(0, DIN_P, CT):
-            ch = c0 + tl.arange(0, CT)
-            on = ch < DIN
-            s = tl.zeros((KE, CT), dtype=hb_ptr.dtype.element_ty)
-            for k in range(0, IN_K, KC):
-                h = tl.load(hb_ptr + rows[:, None] * IN_K + k + offs_kc[None, :], mask=m[:, None], other=0.0)
-                g = tl.load(g_ptr + ch[:, None] * IN_K + k + offs_kc[None, :], mask=on[:, None], other=0.0)
-                s += tl.dot(h, tl.trans(g), input_precision=PRECISION)
-            tl.atomic_add(gx_ptr + src[:, None] * DIN + ch[None, :], s * env[:, None], mask=m[:, None] & on[None, :],
-                          sem="relaxed")
-            ge += tl.sum(tl.load(x_ptr + src[:, None] * DIN + ch[None, :], mask=m[:, None] & on[None, :],
-                                 other=0.0) * s, 1)
-        tl.store(genv_ptr + rows, ge, mask=m)
+        if NEED_ENV or NEED_X:
+            ge = tl.zeros((KE,), dtype=hb_ptr.dtype.element_ty)
+            for c0 in tl.static_range(0, DIN_P, CT):
+                ch = c0 + tl.arange(0, CT)
+                on = ch < DIN
+                s = tl.zeros((KE, CT), dtype=hb_ptr.dtype.element_ty)
+                for k in range(0, IN_K, KC):
+                    h = tl.load(hb_ptr + rows[:, None] * IN_K + k + offs_kc[None, :], mask=m[:, None], other=0.0)
+                    g = tl.load(g_ptr + ch[:, None] * IN_K + k + offs_kc[None, :], mask=on[:, None], other=0.0)
+                    s += tl.dot(h, tl.trans(g), input_precision=PRECISION)
+                if NEED_X:
+                    tl.atomic_add(gx_ptr + src[:, None] * DIN + ch[None, :], s * env[:, None],
+                                  mask=m[:, None] & on[None, :], sem="relaxed")
+                if NEED_ENV:
+                    ge += tl.sum(tl.load(x_ptr + src[:, None] * DIN + ch[None, :], mask=m[:, None] & on[None, :],
+                                         other=0.0) * s, 1)
+            if NEED_ENV:
+                tl.store(genv_ptr + rows, ge, mask=m)
         for k in range(0, IN_K, KC):
             dh = tl.zeros((KE, KC), dtype=hb_ptr.dtype.element_ty)
             for c0 in tl.static_range(0, DIN_P, CT):
@@ -922,18 +930,18 @@ def _gmlp_head_bwd_kernel(
     head_ptr, hsup_ptr, hrf_ptr, hblk_ptr, hcnt_ptr, cblk_ptr, ccnt_ptr, gx_ptr, genv_ptr, ghead_ptr, gs_ptr, E, DIN,
     programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, BLOCK_E: tl.constexpr, PRECISION: tl.constexpr,
-    NEED_HEAD: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr,
+    NEED_HEAD: tl.constexpr, CHUNK: tl.constexpr, KE: tl.constexpr, NEED_ENV: tl.constexpr, NEED_X: tl.constexpr,
 ):
     """The head's side of the backward on HEAD's non-zero tiles, by persistent programs that take chunks of CHUNK
     edges in turn, from the edges' h1 rows hb (⌈E / CHUNK⌉·CHUNK, IN_K; finite on the padding rows) that the
     backward's G-MLP pass wrote (``_gmlp_rows_kernel``: no MLP here).  Per chunk: grad_out[tgt] (gy) into the
-    program's scratch rows gs (CHUNK, DOUT_P); then per input channel c (tiles listed per channel: cblk, ccnt)
-    s_c = Σ_{k,t} rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t): grad_x[src, c] += env·s_c (atomics) and
-    grad_env = Σ_c x[src, c]·s_c (stored); with NEED_HEAD, per run of non-zero (16 × 16) tiles (hblk, hcnt) that
-    share output tile t, row tile k and a group of 16 channels (``_head_grad_group``), grad_head[c, k, t] +=
-    Σ_e env·x[src, c]·h1_kᵀ gy_t for the run's channels at once, one sum over the chunk (the rows read back KE at a
-    time) and one atomic per entry of the head's support (hsup ≠ 0: structural zeros get no gradient) — per edge
-    256 / CHUNK atomics per non-zero tile."""
+    program's scratch rows gs (CHUNK, DOUT_P); then, with NEED_ENV or NEED_X, per input channel c (tiles listed per
+    channel: cblk, ccnt) s_c = Σ_{k,t} rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t): grad_env = Σ_c x[src, c]·s_c (stored;
+    with NEED_ENV), grad_x[src, c] += env·s_c (atomics; with NEED_X); with NEED_HEAD, per run of non-zero (16 × 16)
+    tiles (hblk, hcnt) that share output tile t, row tile k and a group of 16 channels (``_head_grad_group``),
+    grad_head[c, k, t] += Σ_e env·x[src, c]·h1_kᵀ gy_t for the run's channels at once, one sum over the chunk (the
+    rows read back KE at a time) and one atomic per entry of the head's support (hsup ≠ 0: structural zeros get no
+    gradient) — per edge 256 / CHUNK atomics per non-zero tile."""
     pid = tl.program_id(0)
     gs_ptr += pid * CHUNK * DOUT_P
     TT: tl.constexpr = DOUT_P // _HT
@@ -942,8 +950,9 @@ def _gmlp_head_bwd_kernel(
         hs_ptr = hb_ptr + start * IN_K
         _chunk_gy(start, gout_ptr, tgt_ptr, gs_ptr, E, DOUT_P, BLOCK_E, CHUNK)
         tl.debug_barrier()  # the rows are read back by other threads of the program
-        _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, hrf_ptr, cblk_ptr, ccnt_ptr, gx_ptr,
-                     genv_ptr, start, E, DIN, P, IN_K, DOUT_P, CHUNK, PRECISION)
+        if NEED_ENV or NEED_X:
+            _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, hrf_ptr, cblk_ptr, ccnt_ptr,
+                         gx_ptr, genv_ptr, start, E, DIN, P, IN_K, DOUT_P, CHUNK, PRECISION, NEED_ENV, NEED_X)
         if NEED_HEAD:  # per output tile, its listed tiles in runs of one row tile and one group of 16 channels
             groups = tl.cdiv(DIN, _HT)
             for t in range(TT):
@@ -965,10 +974,10 @@ def _gmlp_head_bwd_kernel(
 @triton.jit
 def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, hrf_ptr, cblk_ptr, ccnt_ptr, gx_ptr,
                  genv_ptr, start, E, DIN, P: tl.constexpr, IN_K: tl.constexpr, DOUT_P: tl.constexpr,
-                 CHUNK: tl.constexpr, PRECISION: tl.constexpr):
-    """grad_x[src, c] += env·s_c and grad_env = Σ_c x[src, c]·s_c for the chunk at ``start``, s_c = Σ_{k,t}
-    rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t) over channel c's listed tiles (cblk, ccnt), from the chunk's rows
-    hs (h1) and gs (grad_out[tgt])."""
+                 CHUNK: tl.constexpr, PRECISION: tl.constexpr, NEED_ENV: tl.constexpr, NEED_X: tl.constexpr):
+    """grad_env = Σ_c x[src, c]·s_c (with NEED_ENV) and grad_x[src, c] += env·s_c (with NEED_X) for the chunk at
+    ``start``, s_c = Σ_{k,t} rowsum((h1_k @ HEAD[c, k, t]) ⊙ gy_t) over channel c's listed tiles (cblk, ccnt), from
+    the chunk's rows hs (h1) and gs (grad_out[tgt])."""
     TT: tl.constexpr = DOUT_P // _HT
     rows, mask_e, src, _, env = _chunk_edges(start, src_ptr, tgt_ptr, env_ptr, E, CHUNK)
     ge = tl.zeros((CHUNK,), dtype=hs_ptr.dtype.element_ty)
@@ -981,9 +990,12 @@ def _head_grad_x(hs_ptr, gs_ptr, x_ptr, src_ptr, tgt_ptr, env_ptr, head_ptr, hrf
             m = tl.dot(_cols(hs_ptr, rows, k, IN_K), _head_tile(head_ptr, hrf_ptr, c, k, t, P, DOUT_P, False),
                        input_precision=PRECISION)
             sc += tl.sum(m * _cols(gs_ptr, rows, t, DOUT_P), 1)
-        tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
-        ge += tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * sc
-    tl.store(genv_ptr + start + rows, ge, mask=mask_e)
+        if NEED_X:
+            tl.atomic_add(gx_ptr + src * DIN + c, sc * env, mask=mask_e, sem="relaxed")
+        if NEED_ENV:
+            ge += tl.load(x_ptr + src * DIN + c, mask=mask_e, other=0.0) * sc
+    if NEED_ENV:
+        tl.store(genv_ptr + start + rows, ge, mask=mask_e)
 
 
 @triton.jit(noinline=True)  # its own registers: inlined, the kernel spilled (bench/NOTES.md)
@@ -1253,11 +1265,12 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torc
 
 
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
-                  head_chunk: int | None = None, rowptr: torch.Tensor | None = None, need_z: bool = True):
-    """Gradients of ⟨grad_out, forward⟩: (grad_z — zeros, and not computed, unless ``need_z`` —, grad_env, grad_x,
-    then one per packed parameter: weight, bias, scale, shift, head — zeros, and not computed, unless
-    ``need_params``; weight and head only on their supports ``weight_support`` / ``head_support``, zero
-    elsewhere). The head's side pools per target
+                  head_chunk: int | None = None, rowptr: torch.Tensor | None = None, need_z: bool = True,
+                  need_env: bool = True, need_x: bool = True):
+    """Gradients of ⟨grad_out, forward⟩: (grad_z — zeros, and not computed, unless ``need_z`` —, grad_env — the
+    same unless ``need_env`` —, grad_x — unless ``need_x`` —, then one per packed parameter: weight, bias, scale,
+    shift, head — unless ``need_params``; weight and head only on their supports ``weight_support`` / ``head_support``,
+    zero elsewhere). The head's side pools per target
     (``pooled_bwd``) at mean in-degree ≥ POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of
     the edge-wise head kernel (grad_x, grad_env, the head's gradient; a power of two; default ``launch_config``'s),
     for tuning — given, the head's side runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
@@ -1266,9 +1279,10 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
         return tuple(grads)
     gout = head_order(grad_out, packed)
     if pools(z.shape[0], grad_out.shape[0]) and head_chunk is None:
-        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, rowptr, need_z)
+        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, rowptr, (need_z, need_env, need_x))
     else:
-        edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk, need_z)
+        edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk,
+                      (need_z, need_env, need_x))
     return tuple(grads)
 
 
@@ -1278,11 +1292,13 @@ def head_order(grad_out: torch.Tensor, packed: dict) -> torch.Tensor:
 
 
 def head_side_bwd(gout, hb, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_head: bool,
-                  chunk: int | None = None) -> None:
+                  chunk: int | None = None, need_env: bool = True, need_x: bool = True) -> None:
     """The head's side of the backward (``_gmlp_head_bwd_kernel``) on E edges (env, src, tgt: (E,)) from their h1
     rows hb (≥ ⌈E / CHUNK⌉·CHUNK rows of IN_K, finite: ``launch_chunk``; the G-MLP's backward pass writes them),
-    gout in the head's order (``head_order``): adds into grads = (grad_x, grad_env, grad_head; the last only with
-    ``need_head``)."""
+    gout in the head's order (``head_order``): adds into grads = (grad_x — only with ``need_x`` —, grad_env — with
+    ``need_env`` —, grad_head — with ``need_head``)."""
+    if not (need_head or need_env or need_x):
+        return
     e, (_, p, dout_p), in_k = env.shape[0], packed["head"].shape, hb.shape[1]
     rows = launch_chunk("head_bwd", in_k, chunk)
     assert hb.shape[0] >= triton.cdiv(e, rows) * rows, "the head kernel reads whole chunks of h1 rows"
@@ -1290,17 +1306,19 @@ def head_side_bwd(gout, hb, env, x, src, tgt, packed: dict, precision: str, grad
         _launch_persistent(_gmlp_head_bwd_kernel, "head_bwd", e,
                            (gout, hb, env, x, src, tgt, packed["head"], *(packed[k] for k in _HEAD_BWD), *grads),
                            (dout_p,), (e, x.shape[1]), dict(P=p, DOUT_P=dout_p, IN_K=in_k), x, chunk, staged=False,
-                           PRECISION=_precision(packed, precision), NEED_HEAD=need_head)
+                           PRECISION=_precision(packed, precision), NEED_HEAD=need_head, NEED_ENV=need_env,
+                           NEED_X=need_x)
 
 
 def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
-                  chunk: int | None = None, need_z: bool = True) -> None:
+                  chunk: int | None = None, needs: tuple[bool, bool, bool] = (True, True, True)) -> None:
     """The whole backward with the head per edge, gout in the head's order (``head_order``), in waves of edges:
     per wave the h1 rows and the layers' state (``_WaveRows``) into buffers of the wave's rows, the head's side
     on the h1 rows (``head_side_bwd``: grad_x, grad_env, the head's gradient with ``need_params``) and grad_h̃
     (``_gmlp_grad_h_kernel``, on the tiles: no MLP) into a buffer of the wave's rows, then the G-MLP's backward
     on both (``_layers_bwd``).  ``chunk``: the head kernel's (``gmlp_conv_bwd``'s head_chunk).  Adds into grads =
-    (grad_z (with ``need_z``), grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+    (grad_z, grad_env, grad_x — each only where ``needs`` says so —, grad_weight, grad_bias, grad_scale, grad_shift,
+    grad_head)."""
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     meta = _meta(packed, z.shape[1], precision)
     config = launch_config("grad_h", meta["IN_K"])
@@ -1312,29 +1330,30 @@ def edge_wise_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads
         ew = edges.stop - edges.start
         save(edges)
         head_side_bwd(gout, save.hb, env[edges], x, src[edges], tgt[edges], packed, precision,
-                      (gx, genv[edges], ghead), need_params, chunk)
+                      (gx, genv[edges], ghead), need_params, chunk, *needs[1:])
         _gmlp_grad_h_kernel[(triton.cdiv(ew, config["BLOCK_E"]), meta["IN_K"] // HEAD_TILE)](
             gout, env[edges], x, src[edges], tgt[edges], packed["head"], *(packed[k] for k in _BWD_TILES), gh,
             ew, packed["hidden"], x.shape[1], P=meta["P"], DOUT_P=meta["DOUT_P"], IN_K=meta["IN_K"],
             PRECISION=meta["PRECISION"], **config)
 
-    _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv, wave, need_z)
+    _layers_bwd(grad_h, z, x, packed, meta, (gz, gw, gb, gscale, gshift), need_params, save.sv, wave, needs[0])
 
 
 def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: tuple, need_params: bool,
-               rowptr: torch.Tensor | None = None, need_z: bool = True) -> None:
+               rowptr: torch.Tensor | None = None, needs: tuple[bool, bool, bool] = (True, True, True)) -> None:
     """The whole backward with the head's side on pooled features (``_gmlp_pool_bwd_kernel``), gout in the head's
     order: the edges sorted by target (``_by_target``; not when given ``rowptr``, the CSR row pointer of edges that
     come sorted), then per wave of edges (``_pooled_wave``) their h1 rows and the layers' state (``_WaveRows``),
-    the head's side — grad_x, grad_env, the head's gradient (with ``need_params``) and grad_h̃ into the wave's
-    buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads = (grad_z (with ``need_z``),
-    grad_env, grad_x, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+    the head's side — grad_x and grad_env, the head's gradient (with ``need_params``) and grad_h̃ into the wave's
+    buffer — and the G-MLP's backward on it (``_layers_bwd``).  Adds into grads = (grad_z, grad_env, grad_x — each
+    only where ``needs`` says so —, grad_weight, grad_bias, grad_scale, grad_shift, grad_head)."""
+    need_z, need_env, need_x = needs
     gz, genv, gx, gw, gb, gscale, gshift, ghead = grads
     din = x.shape[1]
     meta = _meta(packed, z.shape[1], precision)
     order, zs, envs, srcs, tgts, rowptr = _by_target(z, env, src, tgt, gout.shape[0], rowptr)
     gzs = gz if order is None or not need_z else torch.zeros_like(zs)  # without need_z: not written
-    genvs = genv if order is None else torch.zeros_like(envs)
+    genvs = genv if order is None or not need_env else torch.zeros_like(envs)
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
@@ -1348,13 +1367,15 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
         _gmlp_pool_bwd_kernel[(grid,)](
             save.hb, gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
             genvs[edges], ghead, sb, w, ew, packed["hidden"], din, grid, P=meta["P"], DOUT_P=meta["DOUT_P"],
-            IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params, **pool)
+            IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params,
+            NEED_ENV=need_env, NEED_X=need_x, **pool)
 
     _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv, wave, need_z)
     if order is not None:
         if need_z:
             gz.index_add_(0, order, gzs)
-        genv.index_add_(0, order, genvs)
+        if need_env:
+            genv.index_add_(0, order, genvs)
 
 
 def _wave(x: torch.Tensor, meta: dict, name: str = "bwd") -> int:
