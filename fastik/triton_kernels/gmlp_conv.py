@@ -1269,11 +1269,11 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
                   need_env: bool = True, need_x: bool = True):
     """Gradients of ⟨grad_out, forward⟩: (grad_z — zeros, and not computed, unless ``need_z`` —, grad_env — the
     same unless ``need_env`` —, grad_x — unless ``need_x`` —, then one per packed parameter: weight, bias, scale,
-    shift, head — unless ``need_params``; weight and head only on their supports ``weight_support`` / ``head_support``,
-    zero elsewhere). The head's side pools per target
-    (``pooled_bwd``) at mean in-degree ≥ POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of
-    the edge-wise head kernel (grad_x, grad_env, the head's gradient; a power of two; default ``launch_config``'s),
-    for tuning — given, the head's side runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
+    shift, head — unless ``need_params``; weight and head only on their supports ``weight_support`` /
+    ``head_support``, zero elsewhere). The head's side pools per target (``pooled_bwd``) at mean in-degree ≥
+    POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of the edge-wise head kernel (grad_x,
+    grad_env, the head's gradient; a power of two; default ``launch_config``'s), for tuning — given, the head's side
+    runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
     grads = [torch.zeros_like(t) for t in (z, env, x)] + [torch.zeros_like(packed[k]) for k in TRAINED]
     if z.shape[0] == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
