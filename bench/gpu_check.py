@@ -64,6 +64,7 @@ ANCHORS_PATH = Path(__file__).resolve().parent / "anchors_h200.json"
 DEFAULT_DEADLINE_S = 480.0
 FINAL_RESERVE_S = 10.0     # time kept after the last stage for the Markdown and the PNG
 KILL_GRACE_S = 10.0        # SIGTERM -> SIGKILL of a stage that overran its budget
+TRAIN = {"need_z": False}  # the fused backward as a training step without forces asks for it (no z gradient)
 DONE = ("ok", "partial", "failed", "timeout", "interrupted", "crashed", "skipped")
 
 
@@ -1012,27 +1013,29 @@ def stage_split(ctx: Context) -> None:
         r.setdefault("scratch_reads_bytes_per_edge", {})[label] = {
             k: round(v) for k, v in fused_scratch_reads(packed, z.shape[1]).items()}  # the models beside the times
         size = packed.weight.shape[1]
-        for precision in s.precisions:
-            tag = f"{label}, P={size}, {precision}"
-            fmodel = _fused_model(e, n, packed, din, z.shape[1], precision)
+        for precision in s.precisions:  # the backward as a training step without forces runs it (no z gradient:
+            tag = f"{label}, P={size}, {precision}"  # the kernels stage c compiled), then with forces' z gradient
+            fmodel = _fused_model(e, n, packed, din, z.shape[1], precision, need_z=False)
             r.setdefault("weight_reads_bytes_per_edge", {})[f"{label}, {precision}"] = {
-                k: round(v) for k, v in fused_weight_reads(packed, z.shape[1], precision=precision).items()}
+                k: round(v) for k, v in fused_weight_reads(packed, z.shape[1], precision=precision,
+                                                           need_z=False).items()}
             item(f"gmlp_conv fwd ({tag})",
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd"])
             item(f"gmlp_conv bwd ({tag})",
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd"])
-            item(f"gmlp_conv bwd without parameter gradients ({tag})",
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, **TRAIN), *fmodel["bwd"])
+            item(f"gmlp_conv bwd with z's gradient, as forces ask ({tag})",
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision),
+                 *_fused_model(e, n, packed, din, z.shape[1], precision)["bwd"])
+            item(f"gmlp_conv bwd without parameter gradients ({tag})",  # forces at inference
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_params=False))
-            item(f"gmlp_conv bwd without z's gradient ({tag})",  # a training step's without forces
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_z=False),
-                 *_fused_model(e, n, packed, din, z.shape[1], precision, need_z=False)["bwd"])
-            item(f"gmlp_conv bwd without z's and x's gradients ({tag})",  # a first layer's: no grad_x atomics
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_z=False, need_x=False))
+            item(f"gmlp_conv bwd without x's gradient ({tag})",  # a first layer's: no grad_x atomics
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, need_x=False, **TRAIN))
             with _setting(gc, "POOL_MIN_DEGREE", math.inf):  # the head per edge (the forward also at BLOCK_E = 16)
                 item(f"gmlp_conv fwd, edge-wise head ({tag})",
                      lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision), *fmodel["fwd_edge_wise"])
                 item(f"gmlp_conv bwd, edge-wise head ({tag})",
-                     lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision), *fmodel["bwd_edge_wise"])
+                     lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, precision, **TRAIN),
+                     *fmodel["bwd_edge_wise"])
                 with _gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64, programs_per_sm=2):
                     item(f"gmlp_conv fwd, edge-wise head, BLOCK_E=16, CHUNK=64, 2 programs/SM ({tag})",
                          lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, precision),
@@ -1044,23 +1047,23 @@ def stage_split(ctx: Context) -> None:
         hb = torch.rand(-(-e // rows) * rows, in_k, device=dev)
         item(f"gmlp_conv bwd head side ({label}, P={size}, tf32x3): grad_x, grad_env, head from h1 rows",
              lambda: gc.head_side_bwd(gout_h, hb, env, x, src, tgt, pdict, "tf32x3", sink, True))
-        with _setting(gc, "WAVE_BYTES", 0):  # the pooled backward's waves not lengthened by the in-degree:
-            item(f"gmlp_conv bwd, waves of two chunks per program ({label}, P={size}, tf32x3)",  # 66 blocks of 16
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))  # targets at the default
+        with _setting(gc, "WAVE_BYTES", 0):  # the pooled backward's waves not lengthened by the in-degree (at the
+            item(f"gmlp_conv bwd, waves of two chunks per program ({label}, P={size}, tf32x3)",  # default width 66
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", **TRAIN))  # blocks for 132 SMs)
             with _setting(gc, "WAVE_CHUNKS", 1):  # waves half as long: saved rows 26 MB at the anchors' width
                 item(f"gmlp_conv bwd, one chunk per program per wave ({label}, P={size}, tf32x3)",
-                     lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
+                     lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", **TRAIN))
         with _gpu_config(gc, "bwd", BLOCK_E=16):  # the layers' backward on 16 edges at a time
             item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", **TRAIN))
         with _gpu_config(gc, "pool", TB=32), _gpu_config(gc, "pool_bwd", TB=32):  # half the head's atomics, twice
             item(f"gmlp_conv fwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",  # the P scratch
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, "tf32x3"))
             item(f"gmlp_conv bwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3"))
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", **TRAIN))
         for chunk in s.head_chunks:  # the head kernel's chunk: head-gradient atomics / CHUNK against scratch rows
             item(f"gmlp_conv bwd, head chunk {chunk} ({label}, P={size}, tf32x3)",
-                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", head_chunk=chunk))
+                 lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", head_chunk=chunk, **TRAIN))
         cut = max(DEGREE, e // 10) // DEGREE  # the first tenth of the targets, whole (make_graph sorts them)
         sub = slice(0, cut * DEGREE)
         for statement, least in (("pooled", gc.POOL_MIN_DEGREE), ("per edge", math.inf)):  # torch, chunk by chunk

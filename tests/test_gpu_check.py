@@ -104,8 +104,8 @@ def test_dry_run_stage_results(dry_run):
         assert f"{kernel} (Triton)" in names
     assert any(n.startswith("G-MLP") for n in names) and "index checks (aminmax src, tgt)" in names
     for width in ("default", "anchor"):  # the fully fused kernels, their parts and the head gradient's chunk
-        for part in ("fwd", "bwd", "bwd without parameter gradients", "bwd without z's gradient",
-                     "bwd without z's and x's gradients", "fwd, edge-wise head", "bwd, edge-wise head",
+        for part in ("fwd", "bwd", "bwd with z's gradient, as forces ask", "bwd without parameter gradients",
+                     "bwd without x's gradient", "fwd, edge-wise head", "bwd, edge-wise head",
                      "bwd head side"):  # pooled (the default at in-degree 16), then edge-wise
             assert any(n.startswith(f"gmlp_conv {part} ({width}") for n in names), (part, width)
         assert any(n.startswith(f"gmlp_conv bwd, head chunk 32 ({width}") for n in names), width
