@@ -1,4 +1,5 @@
 """Bad inputs to the layers: a clear exception (or warning) naming the fix, never a silent wrong answer."""
+import contextlib
 import warnings
 
 import pytest
@@ -271,7 +272,8 @@ def test_hand_assembled_csr_that_is_not_the_graphs_is_refused(backend):
 
 def test_index_checks_with_a_row_pointer_sync_once(monkeypatch):
     """An op given a row pointer checks the indices' range and that the row pointer is the sorted edges' in one
-    host sync (on CUDA each sync waits for the queued kernels), and still refuses every wrong row pointer."""
+    host sync (on CUDA each sync waits for the queued kernels) — with an op's own check too —, and still refuses
+    every wrong row pointer."""
     from fastik.ops._contract import check_indices, check_rowptr
 
     tgt = torch.tensor([0, 0, 2, 2, 2, 4])
@@ -286,6 +288,13 @@ def test_index_checks_with_a_row_pointer_sync_once(monkeypatch):
     syncs.clear()
     check_rowptr(tgt, rowptr, 6)
     assert len(syncs) == 1, syncs
+    for flag in (True, False):  # an op's own check in the same sync (the fused op's packed indices)
+        syncs.clear()
+        with contextlib.nullcontext() if flag else pytest.raises(IndexError, match="own check"):
+            check_indices(x, tgt, tgt, 6, rowptr, (torch.tensor(flag), IndexError("own check")))
+        assert len(syncs) == 1, syncs
+        with contextlib.nullcontext() if flag else pytest.raises(IndexError, match="own check"):
+            check_indices(x, tgt[:0], tgt[:0], 6, None, (torch.tensor(flag), IndexError("own check")))  # no edges
     wrong = [(tgt, rowptr.flip(0)), (tgt, rowptr + 1), (tgt, rowptr[1:]), (tgt.flip(0), agg.csr_rowptr(tgt.flip(0), 6))]
     wrong.append((tgt, torch.tensor([0, 1, 2, 5, 5, 6, 6])))  # monotone, from 0 to E, not the targets' row pointer
     for targets, bad in wrong:

@@ -131,19 +131,25 @@ def check_inputs(h: Tensor, x: Tensor, weight: Tensor, src: Tensor, tgt: Tensor,
 
 
 def check_indices(x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
-                  tgt_rowptr: Optional[Tensor] = None) -> None:
+                  tgt_rowptr: Optional[Tensor] = None, also: Optional[tuple[Tensor, Exception]] = None) -> None:
     """Index range checks on real tensors, before any kernel launch, and with ``tgt_rowptr`` that it is the
-    row pointer of the edges sorted by target (``check_rowptr``): one host sync in all."""
+    row pointer of the edges sorted by target (``check_rowptr``); ``also``: a further check of the op's own, a 0-dim
+    bool tensor and the exception to raise where it is false. One host sync in all."""
     e = src.shape[0]
     if e == 0:
         if tgt_rowptr is not None and num_targets >= 0 and bool((tgt_rowptr != 0).any()):
             raise ValueError("tgt_rowptr must be all zeros when there are no edges")
+        if also is not None and not bool(also[0]):
+            raise also[1]
         return
     n = x.shape[0]
     values = [*torch.aminmax(src), *torch.aminmax(tgt)]
     if tgt_rowptr is not None:
         values.append(_is_rowptr(tgt, tgt_rowptr, num_targets).long())
-    smin, smax, tmin, tmax, *rowptr_ok = torch.stack(values).tolist()
+    if also is not None:
+        values.append(also[0].long())
+    smin, smax, tmin, tmax, *flags = torch.stack(values).tolist()
+    rowptr_ok = flags[:1] if tgt_rowptr is not None else []
     if smin < 0 or smax >= n:
         raise IndexError(f"src indices must lie in [0, N={n}), got range [{smin}, {smax}]")
     if tmin < 0 or tmax >= num_targets:
@@ -151,6 +157,8 @@ def check_indices(x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
                          f"got range [{tmin}, {tmax}]")
     if rowptr_ok and not rowptr_ok[0]:
         raise ValueError(_NOT_ROWPTR)
+    if also is not None and not flags[-1]:
+        raise also[1]
 
 
 _NOT_ROWPTR = ("tgt_rowptr given, but edges are not sorted by target or tgt_rowptr is not their CSR row pointer "

@@ -235,12 +235,13 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
             "hidden_channels, or backend='triton' (MLP in torch, in chunks)")
 
 
-def _check_packed_indices(p: PackedGMLP) -> None:
-    """The packed index tensors in range, before any launch (one sync): out_cols a permutation of
-    range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that], and every listed
-    tile of the lists with a row-tile coordinate within h̃'s H + 1 columns (the kernels' scratch rows of h̃ end
-    there, at IN_K ≥ H + 1), each channel's listed tiles increasing (the pooled backward reads them in row-tile
-    order); column_index's blocks in [0, NB), its gates in [0, NG), gate_columns in [0, P)."""
+def _packed_indices_ok(p: PackedGMLP) -> Tensor:
+    """0-dim bool, no host sync (``check_indices`` reads it with the edges' checks, before any launch): the packed
+    index tensors in range — out_cols a permutation of range(DOUT_P), every tile index of a list in [0, its row
+    length), every count in [0, that], and every listed tile of the lists with a row-tile coordinate within h̃'s
+    H + 1 columns (the kernels' scratch rows of h̃ end there, at IN_K ≥ H + 1), each channel's listed tiles
+    increasing (the pooled backward reads them in row-tile order); column_index's blocks in [0, NB), its gates in
+    [0, NG), gate_columns in [0, P)."""
     ok = [(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all()]
     for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
         n = getattr(p, blocks).shape[1]
@@ -258,11 +259,12 @@ def _check_packed_indices(p: PackedGMLP) -> None:
     bounds = torch.tensor([nb, ng, ng], device=p.column_index.device)[:, None]
     ok += [((p.column_index >= 0) & (p.column_index < bounds)).all(),
            ((p.gate_columns >= 0) & (p.gate_columns < p.weight.shape[1])).all()]
-    if not bool(torch.stack(ok).all()):
-        raise IndexError("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) "
-                         "or its count out of range, or a listed tile below h̃'s H + 1 rows, or a channel's listed "
-                         "tiles not increasing, or column_index / gate_columns out of range: build them with "
-                         "ImplicitKernel.packed")
+    return torch.stack(ok).all()
+
+
+_BAD_PACKED = ("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) or its count "
+               "out of range, or a listed tile below h̃'s H + 1 rows, or a channel's listed tiles not increasing, or "
+               "column_index / gate_columns out of range: build them with ImplicitKernel.packed")
 
 
 def _kernels():
@@ -291,8 +293,7 @@ def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, t
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, num_targets, precision, tgt_rowptr)
     if not indices_checked:
-        check_indices(x, src, tgt, num_targets, tgt_rowptr)
-        _check_packed_indices(p)
+        check_indices(x, src, tgt, num_targets, tgt_rowptr, (_packed_indices_ok(p), IndexError(_BAD_PACKED)))
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
     return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), precision,
@@ -325,8 +326,7 @@ def _backward_impl(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Ten
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision, tgt_rowptr)
     if not indices_checked:
-        check_indices(x, src, tgt, grad_out.shape[0], tgt_rowptr)
-        _check_packed_indices(p)
+        check_indices(x, src, tgt, grad_out.shape[0], tgt_rowptr, (_packed_indices_ok(p), IndexError(_BAD_PACKED)))
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), precision, need_params,
