@@ -148,8 +148,8 @@ def check_indices(x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
         values.append(_is_rowptr(tgt, tgt_rowptr, num_targets).long())
     if also is not None:
         values.append(also[0].long())
-    smin, smax, tmin, tmax, *flags = torch.stack(values).tolist()
-    rowptr_ok = flags[:1] if tgt_rowptr is not None else []
+    smin, smax, tmin, tmax, *rowptr_ok = torch.stack(values).tolist()
+    also_ok = also is None or bool(rowptr_ok.pop())
     if smin < 0 or smax >= n:
         raise IndexError(f"src indices must lie in [0, N={n}), got range [{smin}, {smax}]")
     if tmin < 0 or tmax >= num_targets:
@@ -157,7 +157,7 @@ def check_indices(x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
                          f"got range [{tmin}, {tmax}]")
     if rowptr_ok and not rowptr_ok[0]:
         raise ValueError(_NOT_ROWPTR)
-    if also is not None and not flags[-1]:
+    if not also_ok:
         raise also[1]
 
 

@@ -235,13 +235,13 @@ def _check(z: Tensor, env: Tensor, x: Tensor, p: PackedGMLP, src: Tensor, tgt: T
             "hidden_channels, or backend='triton' (MLP in torch, in chunks)")
 
 
-def _packed_indices_ok(p: PackedGMLP) -> Tensor:
-    """0-dim bool, no host sync (``check_indices`` reads it with the edges' checks, before any launch): the packed
-    index tensors in range — out_cols a permutation of range(DOUT_P), every tile index of a list in [0, its row
-    length), every count in [0, that], and every listed tile of the lists with a row-tile coordinate within h̃'s
-    H + 1 columns (the kernels' scratch rows of h̃ end there, at IN_K ≥ H + 1), each channel's listed tiles
-    increasing (the pooled backward reads them in row-tile order); column_index's blocks in [0, NB), its gates in
-    [0, NG), gate_columns in [0, P)."""
+def _packed_indices_check(p: PackedGMLP) -> tuple[Tensor, IndexError]:
+    """``check_indices``' ``also``: a 0-dim bool, no host sync (read with the edges' checks, before any launch), and
+    the error to raise where it is false — the packed index tensors in range: out_cols a permutation of
+    range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that], and every listed
+    tile of the lists with a row-tile coordinate within h̃'s H + 1 columns (the kernels' scratch rows of h̃ end
+    there, at IN_K ≥ H + 1), each channel's listed tiles increasing (the pooled backward reads them in row-tile
+    order); column_index's blocks in [0, NB), its gates in [0, NG), gate_columns in [0, P)."""
     ok = [(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all()]
     for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
         n = getattr(p, blocks).shape[1]
@@ -259,7 +259,7 @@ def _packed_indices_ok(p: PackedGMLP) -> Tensor:
     bounds = torch.tensor([nb, ng, ng], device=p.column_index.device)[:, None]
     ok += [((p.column_index >= 0) & (p.column_index < bounds)).all(),
            ((p.gate_columns >= 0) & (p.gate_columns < p.weight.shape[1])).all()]
-    return torch.stack(ok).all()
+    return torch.stack(ok).all(), IndexError(_BAD_PACKED)
 
 
 _BAD_PACKED = ("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) or its count "
@@ -293,7 +293,7 @@ def _forward_impl(z: Tensor, env: Tensor, x: Tensor, src: Tensor, tgt: Tensor, t
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, num_targets, precision, tgt_rowptr)
     if not indices_checked:
-        check_indices(x, src, tgt, num_targets, tgt_rowptr, (_packed_indices_ok(p), IndexError(_BAD_PACKED)))
+        check_indices(x, src, tgt, num_targets, tgt_rowptr, _packed_indices_check(p))
     require_triton(x)
     c = [t.contiguous() for t in (z, env, x, src, tgt)]
     return _kernels().gmlp_conv_fwd(*c, num_targets, dout, _kernel_args(p), precision,
@@ -326,7 +326,7 @@ def _backward_impl(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Ten
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
     _check(z, env, x, p, src, tgt, grad_out.shape[0], precision, tgt_rowptr)
     if not indices_checked:
-        check_indices(x, src, tgt, grad_out.shape[0], tgt_rowptr, (_packed_indices_ok(p), IndexError(_BAD_PACKED)))
+        check_indices(x, src, tgt, grad_out.shape[0], tgt_rowptr, _packed_indices_check(p))
     require_triton(x)
     c = [t.contiguous() for t in (grad_out, z, env, x, src, tgt)]
     return list(_kernels().gmlp_conv_bwd(*c, _kernel_args(p), precision, need_params,
