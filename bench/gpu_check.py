@@ -296,6 +296,22 @@ def rel_err(a, b) -> float:
 
 
 TOLERANCE = {"fp32": 1e-4, "ieee": 1e-4, "tf32x3": 1e-4, "tf32": 3e-2}
+#: how much larger than IEEE's (fp32's) tf32x3's error may be for ``precision="auto"`` to pick it on CUDA
+#: (``fastik.ops.dispatch.resolve_precision``; the issue's "matches fp32 within 1e-6 relative")
+AUTO_TF32X3_MARGIN = 1e-6
+
+
+def tf32x3_verdicts(checks: list[dict]) -> list[dict]:
+    """Per path checked in both IEEE and tf32x3 (stage b's ``checks``): the largest excess of tf32x3's error over
+    IEEE's on any tensor, and whether it is within AUTO_TF32X3_MARGIN."""
+    errors = {(c["impl"], c["precision"]): c["errors"] for c in checks if "errors" in c}
+    out = []
+    for impl in dict.fromkeys(c["impl"] for c in checks):
+        ieee, x3 = errors.get((impl, "ieee")), errors.get((impl, "tf32x3"))
+        if ieee and x3:
+            excess = max(x3[k] - ieee[k] for k in ieee)
+            out.append({"impl": impl, "excess": excess, "within": excess <= AUTO_TF32X3_MARGIN})
+    return out
 
 
 def _outputs_and_grads(layer, x, pos, edge_index, gout):
@@ -360,6 +376,8 @@ def stage_correctness(ctx: Context) -> None:
         ctx.save()
         if ctx.device.type == "cuda":
             torch.cuda.empty_cache()
+    ctx.results["tf32x3_vs_ieee"] = tf32x3_verdicts(ctx.results["checks"])
+    ctx.save()
 
 
 # ----------------------------------------------------------------------------------------------- stage c
@@ -1518,6 +1536,12 @@ def _md_correctness(key, st, r, anchors, same_card) -> list[str]:
         cells = [f"{e[k]:.2g}" if k in e else "—" for k in ("out", "grad_x", "grad_pos", "grad_params")]
         note = c["status"] + (f": {c.get('reason') or c.get('error')}" if c["status"] in ("skipped", "error") else "")
         lines.append(f"| {c['impl']} | {c['precision']} | " + " | ".join(cells) + f" | {c['tolerance']:g} | {note} |")
+    verdicts = r.get("tf32x3_vs_ieee", [])
+    if verdicts:
+        lines += ["", "tf32x3's error less IEEE's, at most (`precision=\"auto\"` picks tf32x3 for the fused backend "
+                  f"on CUDA while this is ≤ {AUTO_TF32X3_MARGIN:g}): " +
+                  "; ".join(f"{v['impl']} {v['excess']:+.2g} ({'within' if v['within'] else '**over**'})"
+                            for v in verdicts)]
     return lines + [""]
 
 

@@ -159,8 +159,8 @@ def test_head_chunk_does_not_change_the_gradients():
 
 def test_input_gradients_only_when_needed(pooled, monkeypatch):
     """The backward computes z's, env's and x's gradients only where asked (without need_z the first layer's input
-    gradient is not computed, without need_env and need_x the per-edge sums s either comes from) and leaves the
-    others zero and every other gradient as it was, with either head; a layer asks only for what autograd needs:
+    gradient is not computed, without need_env and need_x the per-edge sums s either comes from), returns an empty
+    (0,) tensor for each of the others (no E-sized zeros) and every other gradient as it was, with either head; a layer asks only for what autograd needs:
     positions without a gradient, no z gradient (env's still: the envelope's width is a parameter), and x without
     one, no x gradient — and its other gradients match the reference."""
     from fastik.triton_kernels import gmlp_conv
@@ -175,7 +175,7 @@ def test_input_gradients_only_when_needed(pooled, monkeypatch):
         some = gmlp_conv.gmlp_conv_bwd(gout, z, env, x, src, tgt, packed, "ieee",
                                        **dict(zip(("need_z", "need_env", "need_x"), needs)))
         for a, b, wanted in zip(some, every, needs + (True,) * (len(every) - 3)):  # grad_z, _env, _x; parameters'
-            assert relative_error(a, b) < 1e-13 if wanted and b.abs().max() > 0 else a.abs().max() == 0
+            assert relative_error(a, b) < 1e-13 if wanted and b.abs().max() > 0 else a.shape == (0,)
     asked = []
     bwd = gmlp_conv.gmlp_conv_bwd
     monkeypatch.setattr(gmlp_conv, "gmlp_conv_bwd", lambda *a, **k: asked.append(
@@ -191,6 +191,21 @@ def test_input_gradients_only_when_needed(pooled, monkeypatch):
         (y_ref, g_ref), (y_fus, g_fus) = results
         assert asked.pop() == (False, True, x_grad) and relative_error(y_fus, y_ref) < TOL64
         assert_same_grads(g_fus, g_ref, int(x_grad), TOL64)
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, False), (False, False, False)])
+def test_backward_op_fake_has_the_real_shapes(needs):
+    """The backward op's fake (what torch.compile traces) returns what the op returns: an input gradient not asked
+    for is an empty (0,) tensor in both (``torch.library.opcheck``'s fake-tensor test)."""
+    t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")
+    ref, _ = twins(t, t, hidden_channels=2)
+    src, tgt, z, env, _ = op_inputs(ref, 12, 40)
+    p = pack_gmlp(ref.kernel, torch.float64)
+    x, gout = (torch.randn(12, t.dim, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    args = (gout, z, env, x, src, tgt, None, list(p[:fg._TENSORS]), *p[fg._TENSORS:], "ieee", True, *needs, False)
+    torch.library.opcheck(torch.ops.fastik.gmlp_conv_backward.default, args, test_utils=("test_faketensor",))
+    grads = torch.ops.fastik.gmlp_conv_backward(*args)
+    assert [tuple(g.shape) for g in grads[:3]] == [tuple(a.shape) if n else (0,) for a, n in zip((z, env, x), needs)]
 
 
 def test_tile_lists_in_any_order(pooled):

@@ -330,3 +330,21 @@ def test_read_models_follow_the_code():
     with gpu_check._gpu_config(gc, "fwd", BLOCK_E=16, CHUNK=64):
         before = gpu_check.fused_weight_reads(packed, k0, degree=1)["fwd"]
     assert before - read / 64 == pytest.approx(2 * (reads[16]["fwd"] - read / (16 * 16)))
+
+
+def test_tf32x3_verdict_compares_with_ieee_per_path():
+    """Stage b's verdict on ``precision="auto"``: per path checked in both IEEE and tf32x3, tf32x3's largest excess
+    error over IEEE's on any tensor against AUTO_TF32X3_MARGIN; paths without both are left out; the Markdown says
+    which side of the margin each is on."""
+    def check(impl, precision, out, grad_x):
+        return {"impl": impl, "precision": precision, "status": "ok", "tolerance": 1e-4,
+                "errors": {"out": out, "grad_x": grad_x, "grad_pos": 1e-7, "grad_params": 1e-7}}
+
+    checks = [check("fastik-reference", "fp32", 2e-7, 2e-7), check("a", "ieee", 2e-7, 3e-7),
+              check("a", "tf32x3", 4e-7, 2e-7), check("b", "ieee", 2e-7, 2e-7), check("b", "tf32x3", 2e-7, 5e-6),
+              check("c", "tf32", 1e-3, 1e-3)]
+    verdicts = gpu_check.tf32x3_verdicts(checks)
+    assert [(v["impl"], v["within"]) for v in verdicts] == [("a", True), ("b", False)]
+    assert verdicts[0]["excess"] == pytest.approx(2e-7) and verdicts[1]["excess"] == pytest.approx(4.8e-6)
+    lines = gpu_check._md_correctness("b", {"title": "t"}, {"checks": checks, "tf32x3_vs_ieee": verdicts}, {}, True)
+    assert "a +2e-07 (within); b +4.8e-06 (**over**)" in lines[-2]

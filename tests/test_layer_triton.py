@@ -185,3 +185,50 @@ def test_layer_compiles_without_graph_breaks():
     y_eager = conv(x, pos, ei)
     g_eager, = torch.autograd.grad(y_eager.square().sum(), x)
     assert relative_error(y, y_eager) < 1e-6 and relative_error(g, g_eager) < 1e-6
+
+
+def test_precision_auto_is_tf32x3_only_where_the_fused_backend_runs_float32_on_cuda():
+    """``precision="auto"`` (the layer's default) resolves by backend, device and dtype; explicit ones pass."""
+    from types import SimpleNamespace
+
+    from fastik.ops.dispatch import resolve_precision
+
+    def x(cuda, dtype=torch.float32):
+        return SimpleNamespace(is_cuda=cuda, dtype=dtype)
+
+    assert resolve_precision("auto", "fused", x(True)) == "tf32x3"
+    assert resolve_precision("auto", "fused", x(True, torch.float64)) == "ieee"
+    assert resolve_precision("auto", "fused", x(False)) == "ieee"  # the interpreter
+    assert [resolve_precision("auto", b, x(True)) for b in ("triton", "reference")] == ["ieee", "ieee"]
+    assert [resolve_precision(p, "fused", x(True)) for p in ("ieee", "tf32")] == ["ieee", "tf32"]
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "1x0e + 1x1o")
+    assert fastik.ImplicitPointConv(ft, ft, hidden_channels=1).precision == "auto"
+    with pytest.raises(ValueError, match="precision must be 'auto'"):
+        fastik.ImplicitPointConv(ft, ft, hidden_channels=1, precision="fp16")
+
+
+@pytest.mark.parametrize("backend", ["fused", "triton"])
+def test_layer_passes_the_resolved_precision(monkeypatch, backend):
+    """The layer hands the op what ``resolve_precision`` says for its concrete backend (the fused one's, or —
+    with a Fourier ELU, which does not fuse — the triton backend's), not its own setting."""
+    from fastik.nn import point_conv
+    from fastik.ops import dispatch
+
+    G = fastik.group("so3")
+    ft = fastik.FieldType(G, "1x0e + 1x1o")
+    kw = {} if backend == "fused" else {"nonlinearity": "fourier_elu"}
+    conv = fastik.ImplicitPointConv(ft, ft, hidden_channels=1, backend="fused", **kw).to(DEVICE)
+    asked, got = [], []
+    monkeypatch.setattr(dispatch, "resolve_precision", lambda p, b, x: asked.append((p, b)) or "tf32x3")
+
+    def record(*args, **kwargs):
+        got.append("tf32x3" in args)
+        raise StopIteration
+
+    monkeypatch.setattr(point_conv, "fused_gmlp_conv", record)
+    monkeypatch.setattr(dispatch, "implicit_conv", record)
+    x, pos, ei, _ = inputs(ft, None, n=5, e=10)
+    with pytest.raises(StopIteration):
+        conv(x, pos, ei)
+    assert asked == [("auto", backend)] and got == [True]

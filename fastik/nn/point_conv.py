@@ -57,9 +57,10 @@ class ImplicitPointConv(nn.Module):
             chunk is recomputed in backward (activation checkpointing), so nothing of
             size E × H is stored — only per-edge inputs (r, attributes).
         mlp_chunk_size: the default chunk size (65536 edges).
-        precision: matmul precision of the triton backend: ``"ieee"`` (fp32, default),
-            ``"tf32"`` (TF32 tensor cores, ≈1e-3 relative error) or ``"tf32x3"``
-            (three TF32 passes, ≈fp32 accuracy).  float64 needs the reference or fused backend.
+        precision: matmul precision of the triton and fused backends: ``"auto"`` (default: ``"tf32x3"`` for
+            the fused backend on CUDA in float32, else ``"ieee"``; :func:`fastik.ops.dispatch.resolve_precision`),
+            ``"ieee"`` (fp32 FMAs), ``"tf32"`` (TF32 tensor cores, ≈1e-3 relative error) or ``"tf32x3"``
+            (three TF32 passes, ≈fp32 accuracy).  float64 needs the reference or fused backend (every dot IEEE).
         bias: learn a bias on the G-invariant output channels.
         **kernel_kwargs: passed to :class:`ImplicitKernel` (nonlinearity, harmonics, norm, sigma).
     """
@@ -68,7 +69,7 @@ class ImplicitPointConv(nn.Module):
                  node_attr_type: FieldType | None = None, hidden_channels: int = 16, hidden_layers: int = 2,
                  aggr: str = "sum", backend: str = "auto", *, avg_degree: float = 16.0,
                  chunk_size: int | None = None, mlp_chunk_size: int = 65536, bias: bool = True,
-                 precision: str = "ieee", **kernel_kwargs) -> None:
+                 precision: str = "auto", **kernel_kwargs) -> None:
         super().__init__()
         if aggr not in ("sum", "mean"):
             raise ValueError(f"aggr must be 'sum' or 'mean', got {aggr!r}")
@@ -77,8 +78,8 @@ class ImplicitPointConv(nn.Module):
             raise ValueError(f"avg_degree must be positive, got {avg_degree}")
         self.in_type, self.out_type = in_type, out_type
         self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
-        if precision not in ("ieee", "tf32", "tf32x3"):
-            raise ValueError(f"precision must be 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
+        if precision not in ("auto", "ieee", "tf32", "tf32x3"):
+            raise ValueError(f"precision must be 'auto', 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
         chunk_size = check_int(chunk_size, "chunk_size", 1, optional=True)
         mlp_chunk_size = check_int(mlp_chunk_size, "mlp_chunk_size", 1)
         self.aggr, self.backend, self.chunk_size, self.precision = aggr, backend, chunk_size, precision
@@ -104,7 +105,10 @@ class ImplicitPointConv(nn.Module):
         indices_checked = self._validate(x, pos, edge_index, edge_attr, node_attr, pos_target, node_attr_target)
         src, tgt = edge_index.long()  # int32 indices: one copy, the kernels index with int64
         num_targets = pos_t.shape[0]
-        fused = dispatch.resolve_backend(self.backend, x) == "fused" and self.kernel.fusable
+        backend = dispatch.resolve_backend(self.backend, x)
+        fused = backend == "fused" and self.kernel.fusable
+        runs = "triton" if backend == "fused" and not fused else backend  # a Fourier ELU runs as triton
+        precision = dispatch.resolve_precision(self.precision, runs, x)
         rowptr = None
         if fused and csr is not None:  # the edges in the CSR's order: the fused op does not sort them again
             tgt = validated_csr_targets(csr, tgt, num_targets, indices_checked)
@@ -120,12 +124,12 @@ class ImplicitPointConv(nn.Module):
         parts = (r, edge_attr, z_t, None if node_attr is None else node_attr[src])
         if fused:
             out = fused_gmlp_conv(self.kernel.embed(*parts), self.kernel.envelope(r) * self.scale, x,
-                                  self.kernel.packed(x.dtype), src, tgt, num_targets, self.precision,
+                                  self.kernel.packed(x.dtype), src, tgt, num_targets, precision,
                                   indices_checked=indices_checked, tgt_rowptr=rowptr)
         else:
             out = dispatch.implicit_conv(self.backend, self._edge_features, parts, x,
                                          self.kernel.head.structured(x.dtype), src, tgt, num_targets,
-                                         self.chunk_size, csr, self.precision, self.mlp_chunk_size,
+                                         self.chunk_size, csr, precision, self.mlp_chunk_size,
                                          indices_checked=indices_checked)
         if self.aggr == "mean":
             # a CSR from build_csr is its targets' row pointer by construction; one assembled by hand may not be

@@ -12,7 +12,7 @@ from .pooled import plan_pooling, pooled_conv
 from .reference import aggregated_messages, auto_chunk_size, chunked_conv, validated_csr_targets
 from .structured import StructuredHead
 
-__all__ = ["BACKENDS", "check_backend", "resolve_backend", "implicit_conv"]
+__all__ = ["BACKENDS", "check_backend", "resolve_backend", "resolve_precision", "implicit_conv"]
 
 BACKENDS = ("auto", "reference", "triton", "fused")
 
@@ -45,6 +45,17 @@ def resolve_backend(backend: str, x: Tensor) -> str:
             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')!r}); use backend='reference' or 'auto'"
         )
     return backend
+
+
+def resolve_precision(precision: str, backend: str, x: Tensor) -> str:
+    """The dots' precision for a layer's ``precision`` on the concrete ``backend`` with inputs like ``x``:
+    "auto" is "tf32x3" where the fused backend runs float32 on CUDA — three TF32 tensor-core products per dot, the
+    layer's relative error within 1e-6 of fp32's as modelled on the CPU (``python -m bench.precision``), its
+    configurations spill-free under ptxas — and "ieee" everywhere else (the triton backend's tf32x3 configurations
+    spill under Triton 3.8; on the CPU the interpreter computes in fp32 either way). Others are returned as given."""
+    if precision != "auto":
+        return precision
+    return "tf32x3" if backend == "fused" and x.is_cuda and x.dtype == torch.float32 else "ieee"
 
 
 def implicit_conv(backend: str, edge_features: Callable[..., Tensor], edge_inputs: Sequence[Tensor | None],

@@ -347,8 +347,8 @@ def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tg
 def _bwd_fake(grad_out, z, env, x, src, tgt, tgt_rowptr, tensors, dout, hidden, layers, norm, eps, precision,
               need_params, need_z, need_env, need_x, indices_checked):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
-    return [t.new_empty(t.shape) for t in (z, env, x)] + [getattr(p, k).new_empty(getattr(p, k).shape)
-                                                          for k in TRAINED]
+    return [t.new_empty(t.shape if need else (0,)) for t, need in zip((z, env, x), (need_z, need_env, need_x))] + \
+        [getattr(p, k).new_empty(getattr(p, k).shape) for k in TRAINED]
 
 
 def _setup(ctx, inputs, output) -> None:

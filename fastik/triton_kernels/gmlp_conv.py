@@ -1267,22 +1267,23 @@ def _pooled_fwd(z, env, x, src, tgt, out, packed: dict, meta: dict, rowptr: torc
 def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, need_params: bool = True,
                   head_chunk: int | None = None, rowptr: torch.Tensor | None = None, need_z: bool = True,
                   need_env: bool = True, need_x: bool = True):
-    """Gradients of ⟨grad_out, forward⟩: (grad_z — zeros, and not computed, unless ``need_z`` —, grad_env — the
-    same unless ``need_env`` —, grad_x — unless ``need_x`` —, then one per packed parameter: weight, bias, scale,
-    shift, head — unless ``need_params``; weight and head only on their supports ``weight_support`` /
-    ``head_support``, zero elsewhere). The head's side pools per target (``pooled_bwd``) at mean in-degree ≥
+    """Gradients of ⟨grad_out, forward⟩: (grad_z — not computed, and an empty (0,) tensor, unless ``need_z`` —,
+    grad_env — the same unless ``need_env`` —, grad_x — unless ``need_x`` —, then one per packed parameter:
+    weight, bias, scale, shift, head — zeros, not computed, unless ``need_params``; weight and head only on their
+    supports ``weight_support`` / ``head_support``, zero elsewhere). The head's side pools per target (``pooled_bwd``) at mean in-degree ≥
     POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of the edge-wise head kernel (grad_x,
     grad_env, the head's gradient; a power of two; default ``launch_config``'s), for tuning — given, the head's side
     runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
-    grads = [torch.zeros_like(t) for t in (z, env, x)] + [torch.zeros_like(packed[k]) for k in TRAINED]
+    needs = (need_z, need_env, need_x)
+    grads = [torch.zeros_like(t) if need else t.new_zeros(0) for t, need in zip((z, env, x), needs)]
+    grads += [torch.zeros_like(packed[k]) for k in TRAINED]
     if z.shape[0] == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
     gout = head_order(grad_out, packed)
     if pools(z.shape[0], grad_out.shape[0]) and head_chunk is None:
-        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, rowptr, (need_z, need_env, need_x))
+        pooled_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, rowptr, needs)
     else:
-        edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk,
-                      (need_z, need_env, need_x))
+        edge_wise_bwd(gout, z, env, x, src, tgt, packed, precision, grads, need_params, head_chunk, needs)
     return tuple(grads)
 
 
