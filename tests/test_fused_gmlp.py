@@ -160,9 +160,10 @@ def test_head_chunk_does_not_change_the_gradients():
 def test_input_gradients_only_when_needed(pooled, monkeypatch):
     """The backward computes z's, env's and x's gradients only where asked (without need_z the first layer's input
     gradient is not computed, without need_env and need_x the per-edge sums s either comes from), returns an empty
-    (0,) tensor for each of the others (no E-sized zeros) and every other gradient as it was, with either head; a layer asks only for what autograd needs:
-    positions without a gradient, no z gradient (env's still: the envelope's width is a parameter), and x without
-    one, no x gradient — and its other gradients match the reference."""
+    (0,) tensor for each of the others (no E-sized zeros) and every other gradient as it was, with either head; a
+    layer asks only for what autograd needs: positions without a gradient, no z gradient (env's still: the
+    envelope's width is a parameter), and x without one, no x gradient — and its other gradients match the
+    reference."""
     from fastik.triton_kernels import gmlp_conv
 
     t = fastik.FieldType(fastik.group("so3"), "1x0e + 1x1o")

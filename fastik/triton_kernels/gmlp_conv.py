@@ -1270,10 +1270,10 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     """Gradients of ⟨grad_out, forward⟩: (grad_z — not computed, and an empty (0,) tensor, unless ``need_z`` —,
     grad_env — the same unless ``need_env`` —, grad_x — unless ``need_x`` —, then one per packed parameter:
     weight, bias, scale, shift, head — zeros, not computed, unless ``need_params``; weight and head only on their
-    supports ``weight_support`` / ``head_support``, zero elsewhere). The head's side pools per target (``pooled_bwd``) at mean in-degree ≥
-    POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of the edge-wise head kernel (grad_x,
-    grad_env, the head's gradient; a power of two; default ``launch_config``'s), for tuning — given, the head's side
-    runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
+    supports ``weight_support`` / ``head_support``, zero elsewhere). The head's side pools per target
+    (``pooled_bwd``) at mean in-degree ≥ POOL_MIN_DEGREE, else runs per edge. ``head_chunk``: edges per chunk of
+    the edge-wise head kernel (grad_x, grad_env, the head's gradient; a power of two; default ``launch_config``'s),
+    for tuning — given, the head's side runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
     needs = (need_z, need_env, need_x)
     grads = [torch.zeros_like(t) if need else t.new_zeros(0) for t, need in zip((z, env, x), needs)]
     grads += [torch.zeros_like(packed[k]) for k in TRAINED]
