@@ -78,8 +78,7 @@ class ImplicitPointConv(nn.Module):
             raise ValueError(f"avg_degree must be positive, got {avg_degree}")
         self.in_type, self.out_type = in_type, out_type
         self.edge_attr_type, self.node_attr_type = edge_attr_type, node_attr_type
-        if precision not in ("auto", "ieee", "tf32", "tf32x3"):
-            raise ValueError(f"precision must be 'auto', 'ieee', 'tf32' or 'tf32x3', got {precision!r}")
+        dispatch.check_precision(precision)
         chunk_size = check_int(chunk_size, "chunk_size", 1, optional=True)
         mlp_chunk_size = check_int(mlp_chunk_size, "mlp_chunk_size", 1)
         self.aggr, self.backend, self.chunk_size, self.precision = aggr, backend, chunk_size, precision

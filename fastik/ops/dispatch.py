@@ -7,19 +7,29 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ._contract import PRECISIONS
 from .aggregate import CSR
 from .pooled import plan_pooling, pooled_conv
 from .reference import aggregated_messages, auto_chunk_size, chunked_conv, validated_csr_targets
 from .structured import StructuredHead
 
-__all__ = ["BACKENDS", "check_backend", "resolve_backend", "resolve_precision", "implicit_conv"]
+__all__ = ["BACKENDS", "LAYER_PRECISIONS", "check_backend", "check_precision", "resolve_backend",
+           "resolve_precision", "implicit_conv"]
 
 BACKENDS = ("auto", "reference", "triton", "fused")
+#: a layer's ``precision``: the ops' (``_contract.PRECISIONS``) or "auto" (``resolve_precision``)
+LAYER_PRECISIONS = ("auto", *PRECISIONS)
 
 
 def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in LAYER_PRECISIONS:
+        *first, last = LAYER_PRECISIONS
+        raise ValueError(f"precision must be {', '.join(map(repr, first))} or {last!r}, got {precision!r}")
 
 
 def _triton_usable(x: Tensor) -> bool:
