@@ -57,7 +57,7 @@ from .envinfo import REPO_ROOT
 from .report import fmt_bytes, fmt_ms, write_json
 
 __all__ = ["main", "Sizes", "GPU_SIZES", "DRY_SIZES", "STAGES", "allocate_budget", "load_anchors", "anchor_ratios",
-           "markdown", "fused_weight_reads", "fused_scratch_reads"]
+           "markdown", "fused_weight_reads", "fused_scratch_reads", "head_gradient_traffic"]
 
 SCHEMA = "fastik-gpu-check/1"
 ANCHORS_PATH = Path(__file__).resolve().parent / "anchors_h200.json"
@@ -700,8 +700,8 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     once per MLP block of BLOCK_E edges; of the head's non-zero (16 × 16) tiles the rows that ``head_row_flags`` keep,
     and the flags: once per chunk (forward), per chunk in the head kernel (grad_x and grad_env; and its gradient's
     atomics and support mask — uint8, a quarter of a tile —, whole tiles) and once per BLOCK_E edges (grad_h̃) —
-    pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB targets (forward) and, with the support
-    mask's kept rows, once per TB targets in the backward (G), and the h1 rows' MLP per BLOCK_E
+    pooled, at a mean in-degree ``degree`` ≥ POOL_MIN_DEGREE: once per TB targets (forward) and, with the flags
+    again for the gradient's tiles, once per TB targets in the backward (G), and the h1 rows' MLP per BLOCK_E
     edges (the head kernel and grad_h̃ do not run); edge-wise, the backward's rows pass ("rows": the MLP per BLOCK_E
     edges, saving the layers' state and the h1 rows the head kernel reads). The backward kernel reads each layer's state
     that the backward's G-MLP pass saved (per layer: the 1 / rms spread, the three sums, the spreads of the backward,
@@ -732,13 +732,37 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     if degree >= POOL_MIN_DEGREE:
         rows = mlp / config["fwd"]["BLOCK_E"]
         out = {"fwd": rows + read / (config["pool"]["TB"] * degree),
-               "pool_bwd": rows + (read + kept + listed * HEAD_TILE) / (config["pool_bwd"]["TB"] * degree)}
+               "pool_bwd": rows + (read + listed * HEAD_TILE) / (config["pool_bwd"]["TB"] * degree)}
     else:
         out = {"fwd": mlp / config["fwd"]["BLOCK_E"] + read / config["fwd"]["CHUNK"],
                "head_bwd": (read + tiles + mask) / config["head_bwd"]["CHUNK"],
                "grad_h": read / config["grad_h"]["BLOCK_E"], "rows": mlp / config["fwd"]["BLOCK_E"]}
     out["bwd"] = saved / config["bwd"]["BLOCK_E"]
     return {**out, "total": sum(out.values())}
+
+
+def head_gradient_traffic(packed, k0: int, degree: float | None = None, edges: int = 10 ** 6,
+                          programs: int = 132) -> dict[str, float]:
+    """Per edge, what the head's gradient costs the fused backward at its GPU configuration (fp32; bench/NOTES.md):
+    ``atomics`` and ``bytes`` through L2. Pooled (mean in-degree ``degree`` ≥ POOL_MIN_DEGREE;
+    ``_gmlp_pool_bwd_kernel``): no atomics — each of ``programs`` sums into its own copy of the listed tiles, a load
+    and a store of each entry in their kept rows once per TB targets —, and per call of ``edges`` edges the copies
+    zeroed and summed once (``pooled_bwd``). Edge-wise (``_gmlp_head_bwd_kernel``): one atomic per entry of the
+    head's support per chunk of CHUNK edges."""
+    from fastik.ops.fused_gmlp import HEAD_TILE
+    from fastik.triton_kernels.gmlp_conv import POOL_MIN_DEGREE, launch_config, used_columns
+
+    from .workload import DEGREE
+
+    degree = DEGREE if degree is None else degree
+    f4, in_k = 4, used_columns(packed.weight.shape[1], k0, packed.hidden)
+    if degree < POOL_MIN_DEGREE:
+        chunk = launch_config("head_bwd", in_k, interpret=False)["CHUNK"]
+        return {"atomics": float(packed.head_support.double().sum()) / chunk, "bytes": 0.0}
+    kept = float(packed.head_row_flags.double().sum()) * HEAD_TILE  # the kept rows' entries of the listed tiles
+    copies = programs * float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
+    tb = launch_config("pool_bwd", in_k, interpret=False)["TB"]
+    return {"atomics": 0.0, "bytes": 2 * f4 * kept / (tb * degree) + 2 * copies / edges}
 
 
 #: the fully fused kernels' configuration names (fastik.triton_kernels.gmlp_conv.launch_config)
@@ -1030,6 +1054,9 @@ def stage_split(ctx: Context) -> None:
         pdict = {k: v.detach().contiguous() if torch.is_tensor(v) else v for k, v in packed._asdict().items()}
         r.setdefault("scratch_reads_bytes_per_edge", {})[label] = {
             k: round(v) for k, v in fused_scratch_reads(packed, z.shape[1]).items()}  # the models beside the times
+        r.setdefault("head_gradient_per_edge", {})[label] = {
+            k: round(v, 1) for k, v in head_gradient_traffic(
+                packed, z.shape[1], edges=e, programs=gc._programs(x, gc.PROGRAMS_PER_SM["pool_bwd"])).items()}
         size = packed.weight.shape[1]
         for precision in s.precisions:  # the backward as a training step without forces runs it (no z gradient:
             tag = f"{label}, P={size}, {precision}"  # the kernels stage c compiled), then with forces' z gradient
@@ -1074,8 +1101,8 @@ def stage_split(ctx: Context) -> None:
         with _gpu_config(gc, "bwd", BLOCK_E=16):  # the layers' backward on 16 edges at a time
             item(f"gmlp_conv bwd, saved layer states on 16-edge blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", **TRAIN))
-        with _gpu_config(gc, "pool", TB=32), _gpu_config(gc, "pool_bwd", TB=32):  # half the head's atomics, twice
-            item(f"gmlp_conv fwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",  # the P scratch
+        with _gpu_config(gc, "pool", TB=32), _gpu_config(gc, "pool_bwd", TB=32):  # half the head gradient's copy
+            item(f"gmlp_conv fwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",  # traffic, twice the P
                  lambda: gc.gmlp_conv_fwd(z, env, x, src, tgt, n, dout, pdict, "tf32x3"))
             item(f"gmlp_conv bwd, pooled head on 32-target blocks ({label}, P={size}, tf32x3)",
                  lambda: gc.gmlp_conv_bwd(gout, z, env, x, src, tgt, pdict, "tf32x3", **TRAIN))

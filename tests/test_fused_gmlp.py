@@ -385,6 +385,36 @@ def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_bl
         assert_same(ref, fused, inputs)
 
 
+def test_pooled_head_gradient_on_per_program_copies(monkeypatch):
+    """The pooled backward sums the head's gradient in a copy per program on the listed tiles (no atomics) and
+    adds the copies' sum on the head's support, tile n at the n-th entry of the lists per output tile
+    (``_add_listed_tiles``); their count, Σ head_block_count, is a host sync on CUDA: read once per count tensor,
+    again after an in-place edit of it (``_listed_tiles``)."""
+    from fastik.triton_kernels import gmlp_conv
+
+    tin, tout = (fastik.FieldType(fastik.group("so3"), f) for f in ("2x0e + 1x1o", "6x0e + 4x1o"))
+    ref, _ = twins(tin, tout, hidden_channels=2)
+    *_, packed = op_inputs(ref, 20, 100)
+    counts = packed["head_block_count"]
+    n = int(counts.sum())
+    sums = []
+    monkeypatch.setattr(torch.Tensor, "sum", lambda t, *a, _m=torch.Tensor.sum, **k: sums.append(1) or _m(t, *a, **k))
+    assert gmlp_conv._listed_tiles(packed) == gmlp_conv._listed_tiles(packed) == n and len(sums) == 1
+    counts.add_(0)
+    assert gmlp_conv._listed_tiles(packed) == n and len(sums) == 2
+    monkeypatch.undo()
+    tiles = torch.arange(1.0, n + 1, dtype=torch.float64, device=DEVICE)[:, None, None].expand(n, 16, 16)
+    ghead = torch.ones_like(packed["head"])
+    gmlp_conv._add_listed_tiles(ghead, tiles, packed)
+    expected, at, din = torch.zeros_like(ghead), 0, ghead.shape[0]
+    for t, count in enumerate(counts.tolist()):
+        for kc in packed["head_blocks"][t, :count].tolist():
+            at += 1
+            expected[kc % din, kc // din * 16:kc // din * 16 + 16, 16 * t:16 * t + 16] = at
+    assert 0 < packed["head_support"].double().mean() < 1
+    assert torch.equal(ghead, 1 + expected * packed["head_support"])
+
+
 def test_no_edges_and_csr():
     G = fastik.group("o3")
     t = fastik.FieldType(G, "1x0e + 1x1o")

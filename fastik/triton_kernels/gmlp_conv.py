@@ -55,7 +55,8 @@ target, ``_gmlp_rows_kernel`` writes the h1 rows of a wave of edges to a buffer 
 the head's tiles once per block of TB targets (M = TB rows per dot); in the backward ``_gmlp_pool_bwd_kernel``
 takes the place of the head kernel and of grad_h̃'s (P for the head's gradient, G = Σ_t gout_t HEAD[:, :, t]ᵀ per
 target for grad_h̃, grad_x and grad_env), wave by wave before the G-MLP's backward kernel; there the rows kernel
-saves the layers' state.
+saves the layers' state, and each program sums the head's gradient in a copy of its own (no atomics), the copies
+added once per call.
 Nothing of size E × P is ever written to memory: per edge only z (E, K0), env (E,) and their
 gradients (the scratch holds ≤ #programs × CHUNK rows, the grad_h̃ buffer and the saved states one wave's).
 
@@ -809,8 +810,8 @@ def _gmlp_pool_fwd_kernel(
 
 @triton.jit
 def _gmlp_pool_bwd_kernel(
-    hb_ptr, gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, head_ptr, hsup_ptr, hrf_ptr, hblk_ptr, hcnt_ptr,
-    cblk_ptr, ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ghead_ptr, sb_ptr, W0, E, H, DIN, programs,
+    hb_ptr, gout_ptr, env_ptr, x_ptr, src_ptr, tgt_ptr, rowptr_ptr, head_ptr, hrf_ptr, hblk_ptr, hcnt_ptr, cblk_ptr,
+    ccnt_ptr, gh_ptr, gx_ptr, genv_ptr, ga_ptr, sb_ptr, W0, E, H, DIN, LISTED, programs,
     P: tl.constexpr, DOUT_P: tl.constexpr, IN_K: tl.constexpr, DIN_P: tl.constexpr, TB: tl.constexpr,
     CT: tl.constexpr, KE: tl.constexpr, PRECISION: tl.constexpr, NEED_HEAD: tl.constexpr, NEED_ENV: tl.constexpr,
     NEED_X: tl.constexpr,
@@ -819,8 +820,10 @@ def _gmlp_pool_bwd_kernel(
     ``_gmlp_pool_fwd_kernel``; gout in the head's order).  Persistent programs take blocks of TB consecutive
     targets in turn; per block, in the program's scratch sb (TB, DIN, IN_K):
 
-    * with NEED_HEAD, the pooled features P (``_pool_target``) and grad_head[c, k, t] += P[:, c, k]ᵀ @ gout[:, t]
-      over the TB targets, per listed tile, one atomic per entry of the head's support;
+    * with NEED_HEAD, the pooled features P (``_pool_target``) and G_ct = P[:, c, k]ᵀ @ gout[:, t] over the TB
+      targets, per listed tile, added into the program's own copy of the head's gradient on the listed tiles,
+      ga (programs, LISTED, 16, 16) — tile n the n-th of head_blocks' lists, read in order —, its rows that
+      head_row_flags keep: a load and a store per entry, no atomics (``pooled_bwd`` sums the copies);
     * G[c, k] = Σ_t HEAD[c, k, t] @ gout[target, t]ᵀ per target (tiles listed per channel, in row-tile order:
       cblk, ccnt), each (TB × 16) tile of G stored once (zeros where channel c lists none);
     * per edge, KE at a time: grad_h̃ = env · x[src] @ G into gh (zero from column H on) and, with NEED_ENV or
@@ -831,6 +834,7 @@ def _gmlp_pool_bwd_kernel(
     each (three times) — the edge-wise kernels 2·16² per listed tile and edge (twice) and the head's gradient."""
     pid = tl.program_id(0)
     sb_ptr += pid * TB * DIN * IN_K
+    ga_ptr += pid * LISTED * _HT * _HT
     TT: tl.constexpr = DOUT_P // _HT
     first = tl.load(tgt_ptr)
     last = tl.load(tgt_ptr + E - 1)
@@ -843,18 +847,21 @@ def _gmlp_pool_bwd_kernel(
             _pool_block(hb_ptr, env_ptr, x_ptr, src_ptr, rowptr_ptr, sb_ptr, t0, last, W0, E, DIN, IN_K, DIN_P, TB,
                         CT, KE, PRECISION)
             tl.debug_barrier()  # P is read back by other threads of the program
+            n = tl.zeros((), tl.int64)  # the listed tiles before output tile t
             for t in range(TT):
                 gy = _cols(gout_ptr, gy_rows, t * _HT, DOUT_P)
-                for j in range(tl.load(hcnt_ptr + t)):
+                count = tl.load(hcnt_ptr + t)
+                for j in range(count):
                     kc = tl.load(hblk_ptr + t * (P // _HT) * DIN + j)
                     k = kc // DIN * _HT
                     c = kc % DIN
+                    keep = (_head_rows(hrf_ptr, c, k, t * _HT, P, DOUT_P) & (n + j < LISTED))[:, None]
+                    tile = ga_ptr + (n + j) * (_HT * _HT) + offs_t[:, None] * _HT + offs_t[None, :]
+                    sum_so_far = tl.load(tile, mask=keep, other=0.0)
                     g = tl.dot(tl.trans(_cols(sb_ptr, offs_i, c * IN_K + k, DIN * IN_K)), gy, input_precision=PRECISION)
-                    entries = c * P * DOUT_P + (k + offs_t)[:, None] * DOUT_P + t * _HT + offs_t[None, :]
-                    keep = tl.load(hsup_ptr + entries, mask=_head_rows(hrf_ptr, c, k, t * _HT, P, DOUT_P)[:, None],
-                                   other=0) != 0
-                    tl.atomic_add(ghead_ptr + entries, g, mask=keep, sem="relaxed")
-            tl.debug_barrier()  # every read of P is done before G overwrites it
+                    tl.store(tile, sum_so_far + g, mask=keep)
+                n += count
+            tl.debug_barrier()  # every read of P is done before G overwrites it; ga's stores before the next block's
         for c in range(DIN):  # G[:, c, k] = Σ_t gout[:, t] @ HEAD[c, k, t]ᵀ over channel c's listed tiles
             lst = cblk_ptr + c * (P // _HT) * TT
             count = tl.load(ccnt_ptr + c)
@@ -1115,7 +1122,8 @@ _FWD_TILES = ("head_row_flags", "out_cols", "head_blocks", "head_block_count")  
 _BWD_TILES = ("head_row_flags", "head_row_blocks", "head_row_block_count")  # grad_h̃'s: the tiles per row tile
 _HEAD_BWD = ("head_support", "head_row_flags", "head_blocks", "head_block_count", "head_channel_blocks",
              "head_channel_block_count")
-_POOL_BWD = ("head",) + _HEAD_BWD  # the pooled head's backward: the head, its support and row flags, the lists
+_POOL_BWD = ("head",) + _HEAD_BWD[1:]  # the pooled head's backward: the head, its row flags, the lists (the support
+# masks its gradient once, on the host: ``_add_listed_tiles``)
 
 
 def _meta(packed: dict, k0: int, precision: str) -> dict:
@@ -1358,6 +1366,8 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
+    listed = _listed_tiles(packed) if need_params else 0
+    ga = x.new_zeros(grid, listed, HEAD_TILE, HEAD_TILE)  # each program's sums on the head's listed tiles
     row = saved_width(meta["PU"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"]) + 2 * meta["IN_K"]  # sv, h1, gh
     wave = _pooled_wave(x, meta, "pool_bwd", z.shape[0] / gout.shape[0], row * x.element_size())
     save = _WaveRows(zs, x, packed, meta, wave, save=True)
@@ -1367,16 +1377,44 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
         save(edges)
         _gmlp_pool_bwd_kernel[(grid,)](
             save.hb, gout, envs[edges], x, srcs[edges], tgts[edges], rowptr, *(packed[k] for k in _POOL_BWD), gh, gx,
-            genvs[edges], ghead, sb, w, ew, packed["hidden"], din, grid, P=meta["P"], DOUT_P=meta["DOUT_P"],
+            genvs[edges], ga, sb, w, ew, packed["hidden"], din, listed, grid, P=meta["P"], DOUT_P=meta["DOUT_P"],
             IN_K=meta["IN_K"], DIN_P=din_padded(din), PRECISION=meta["PRECISION"], NEED_HEAD=need_params,
             NEED_ENV=need_env, NEED_X=need_x, **pool)
 
     _layers_bwd(grad_h, zs, x, packed, meta, (gzs, gw, gb, gscale, gshift), need_params, save.sv, wave, need_z)
+    if need_params:
+        _add_listed_tiles(ghead, ga.sum(0), packed)
     if order is not None:
         if need_z:
             gz.index_add_(0, order, gzs)
         if need_env:
             genv.index_add_(0, order, genvs)
+
+
+def _listed_tiles(packed: dict) -> int:
+    """How many (16 × 16) tiles of the head its lists name (Σ head_block_count): a host sync on CUDA the first time,
+    then kept on the count tensor with its version (as ``build_csr`` marks a row pointer; packing builds the
+    lists once per layer, dtype and device, so a layer syncs once)."""
+    counts = packed["head_block_count"]
+    mark = getattr(counts, "_fastik_listed", None)
+    if mark is None or mark[0] != counts._version:
+        mark = counts._fastik_listed = (counts._version, int(counts.sum()))
+    return mark[1]
+
+
+def _add_listed_tiles(ghead: torch.Tensor, tiles: torch.Tensor, packed: dict) -> None:
+    """ghead (DIN, P, DOUT_P) += tiles (n, 16, 16), n = ``_listed_tiles``: the head's listed tiles in the order of
+    its lists per output tile (head_blocks' rows, each its count first), on the head's support."""
+    blocks, counts = packed["head_blocks"], packed["head_block_count"]
+    din, p, dout_p = ghead.shape
+    listed = torch.arange(blocks.shape[1], device=blocks.device) < counts[:, None]
+    at = torch.argsort((~listed).flatten().to(torch.uint8), stable=True)[:tiles.shape[0]]  # row-major, no sync
+    kc, t = blocks.flatten()[at], at // blocks.shape[1]
+    index = (kc % din, kc // din, t)  # channel, row tile, output tile
+    support = packed["head_support"].view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE)
+    support = support.permute(0, 1, 3, 2, 4)[index]
+    tiled = ghead.view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE).permute(0, 1, 3, 2, 4)
+    tiled.index_put_(index, tiles * support, accumulate=True)
 
 
 def _wave(x: torch.Tensor, meta: dict, name: str = "bwd") -> int:
