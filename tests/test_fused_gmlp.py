@@ -388,8 +388,9 @@ def test_pooled_head_over_waves_hubs_and_channel_tiles(bipartite, targets_per_bl
 def test_pooled_head_gradient_on_per_program_copies(monkeypatch):
     """The pooled backward sums the head's gradient in a copy per program on the listed tiles (no atomics) and
     adds the copies' sum on the head's support, tile n at the n-th entry of the lists per output tile
-    (``_add_listed_tiles``); their count, Σ head_block_count, is a host sync on CUDA: read once per count tensor,
-    again after an in-place edit of it (``_listed_tiles``)."""
+    (``_add_listed_tiles``); their count, Σ head_block_count, is a host sync on CUDA: ``_listed_tiles`` reads it
+    once and keeps it with the tiles' coordinates and support while the count tensor comes with the same lists and
+    support and the three keep their versions (an in-place edit of any of them, or other lists: read again)."""
     from fastik.triton_kernels import gmlp_conv
 
     tin, tout = (fastik.FieldType(fastik.group("so3"), f) for f in ("2x0e + 1x1o", "6x0e + 4x1o"))
@@ -399,9 +400,15 @@ def test_pooled_head_gradient_on_per_program_copies(monkeypatch):
     n = int(counts.sum())
     sums = []
     monkeypatch.setattr(torch.Tensor, "sum", lambda t, *a, _m=torch.Tensor.sum, **k: sums.append(1) or _m(t, *a, **k))
-    assert gmlp_conv._listed_tiles(packed) == gmlp_conv._listed_tiles(packed) == n and len(sums) == 1
-    counts.add_(0)
-    assert gmlp_conv._listed_tiles(packed) == n and len(sums) == 2
+    assert gmlp_conv._listed_tiles(packed)[0] == gmlp_conv._listed_tiles(packed)[0] == n and len(sums) == 1
+    for name in ("head_block_count", "head_blocks", "head_support"):
+        packed[name].add_(0)
+        assert gmlp_conv._listed_tiles(packed)[0] == n
+    assert len(sums) == 4
+    flipped = dict(packed, head_blocks=packed["head_blocks"].flip(1).add_(0))  # other lists, the same version (1)
+    assert flipped["head_blocks"]._version == packed["head_blocks"]._version
+    _, (_, _, t), _ = gmlp_conv._listed_tiles(flipped)
+    assert len(sums) == 5 and torch.equal(t, gmlp_conv._listed_tiles(packed)[1][2]) and len(sums) == 6
     monkeypatch.undo()
     tiles = torch.arange(1.0, n + 1, dtype=torch.float64, device=DEVICE)[:, None, None].expand(n, 16, 16)
     ghead = torch.ones_like(packed["head"])

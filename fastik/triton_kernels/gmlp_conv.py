@@ -1366,7 +1366,7 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
     pool = launch_config("pool_bwd", meta["IN_K"], din=din)
     grid = min(triton.cdiv(gout.shape[0], pool["TB"]), _programs(x, PROGRAMS_PER_SM["pool_bwd"]))
     sb = torch.empty(grid, pool["TB"], din, meta["IN_K"], device=x.device, dtype=x.dtype)  # P, then G, per block
-    listed = _listed_tiles(packed) if need_params else 0
+    listed = _listed_tiles(packed)[0] if need_params else 0
     ga = x.new_zeros(grid, listed, HEAD_TILE, HEAD_TILE)  # each program's sums on the head's listed tiles
     row = saved_width(meta["PU"], meta["NB"], meta["NG"], meta["IN_K"], meta["L"]) + 2 * meta["IN_K"]  # sv, h1, gh
     wave = _pooled_wave(x, meta, "pool_bwd", z.shape[0] / gout.shape[0], row * x.element_size())
@@ -1391,28 +1391,31 @@ def pooled_bwd(gout, z, env, x, src, tgt, packed: dict, precision: str, grads: t
             genv.index_add_(0, order, genvs)
 
 
-def _listed_tiles(packed: dict) -> int:
-    """How many (16 × 16) tiles of the head its lists name (Σ head_block_count): a host sync on CUDA the first time,
-    then kept on the count tensor with its version (as ``build_csr`` marks a row pointer; packing builds the
-    lists once per layer, dtype and device, so a layer syncs once)."""
-    counts = packed["head_block_count"]
+def _listed_tiles(packed: dict) -> tuple[int, tuple[torch.Tensor, ...], torch.Tensor]:
+    """The head's listed tiles as the pooled backward's copies hold them, in the order of its lists per output tile
+    (head_blocks' rows, each its count first): their number n (Σ head_block_count), their coordinates (channel, row
+    tile, output tile; (n,) each) and the head's support on them (n, 16, 16). A host sync on CUDA the first time
+    (the count), then kept on the count tensor while it comes with the same lists and support and all three keep
+    their versions (as ``build_csr`` marks a row pointer; packing builds them once per layer, dtype and device)."""
+    counts, blocks, support = packed["head_block_count"], packed["head_blocks"], packed["head_support"]
+    versions = (counts._version, blocks._version, support._version)
     mark = getattr(counts, "_fastik_listed", None)
-    if mark is None or mark[0] != counts._version:
-        mark = counts._fastik_listed = (counts._version, int(counts.sum()))
-    return mark[1]
+    if mark is None or mark[0] != versions or mark[1] is not blocks or mark[2] is not support:
+        din, p, dout_p = support.shape
+        n = int(counts.sum())
+        listed = torch.arange(blocks.shape[1], device=blocks.device) < counts[:, None]
+        at = torch.argsort((~listed).flatten().to(torch.uint8), stable=True)[:n]  # the listed ones, row-major
+        kc = blocks.flatten()[at]
+        index = (kc % din, kc // din, at // blocks.shape[1])
+        tiled = support.view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE).permute(0, 1, 3, 2, 4)
+        mark = counts._fastik_listed = (versions, blocks, support, n, index, tiled[index])
+    return mark[3:]
 
 
 def _add_listed_tiles(ghead: torch.Tensor, tiles: torch.Tensor, packed: dict) -> None:
-    """ghead (DIN, P, DOUT_P) += tiles (n, 16, 16), n = ``_listed_tiles``: the head's listed tiles in the order of
-    its lists per output tile (head_blocks' rows, each its count first), on the head's support."""
-    blocks, counts = packed["head_blocks"], packed["head_block_count"]
+    """ghead (DIN, P, DOUT_P) += tiles (n, 16, 16), the head's listed tiles (``_listed_tiles``), on its support."""
+    _, index, support = _listed_tiles(packed)
     din, p, dout_p = ghead.shape
-    listed = torch.arange(blocks.shape[1], device=blocks.device) < counts[:, None]
-    at = torch.argsort((~listed).flatten().to(torch.uint8), stable=True)[:tiles.shape[0]]  # row-major, no sync
-    kc, t = blocks.flatten()[at], at // blocks.shape[1]
-    index = (kc % din, kc // din, t)  # channel, row tile, output tile
-    support = packed["head_support"].view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE)
-    support = support.permute(0, 1, 3, 2, 4)[index]
     tiled = ghead.view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE).permute(0, 1, 3, 2, 4)
     tiled.index_put_(index, tiles * support, accumulate=True)
 
