@@ -726,7 +726,7 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
     listed = float(packed.head_block_count.sum())
     tiles = listed * HEAD_TILE ** 2 * f4  # whole tiles: the edge-wise head gradient's atomics
     mask = tiles / f4  # the support mask's bytes on the tiles (uint8)
-    kept = float(packed.head_row_flags.double().sum()) * HEAD_TILE  # the flagged rows' entries of the listed tiles
+    kept = _kept_entries(packed)
     read = kept * f4 + listed * HEAD_TILE  # a tile read: its flagged rows and its 16 flags
     config = {name: launch_config(name, in_k, interpret=False) for name in GPU_KERNELS}
     if degree >= POOL_MIN_DEGREE:
@@ -739,6 +739,13 @@ def fused_weight_reads(packed, k0: int, degree: float | None = None, precision: 
                "grad_h": read / config["grad_h"]["BLOCK_E"], "rows": mlp / config["fwd"]["BLOCK_E"]}
     out["bwd"] = saved / config["bwd"]["BLOCK_E"]
     return {**out, "total": sum(out.values())}
+
+
+def _kept_entries(packed) -> float:
+    """The entries of the head's listed tiles in the rows that ``head_row_flags`` keep (what kernels load of them)."""
+    from fastik.ops.fused_gmlp import HEAD_TILE
+
+    return float(packed.head_row_flags.double().sum()) * HEAD_TILE
 
 
 def head_gradient_traffic(packed, k0: int, degree: float | None = None, edges: int = 10 ** 6,
@@ -759,7 +766,7 @@ def head_gradient_traffic(packed, k0: int, degree: float | None = None, edges: i
     if degree < POOL_MIN_DEGREE:
         chunk = launch_config("head_bwd", in_k, interpret=False)["CHUNK"]
         return {"atomics": float(packed.head_support.double().sum()) / chunk, "bytes": 0.0}
-    kept = float(packed.head_row_flags.double().sum()) * HEAD_TILE  # the kept rows' entries of the listed tiles
+    kept = _kept_entries(packed)
     copies = programs * float(packed.head_block_count.sum()) * HEAD_TILE ** 2 * f4
     tb = launch_config("pool_bwd", in_k, interpret=False)["TB"]
     return {"atomics": 0.0, "bytes": 2 * f4 * kept / (tb * degree) + 2 * copies / edges}

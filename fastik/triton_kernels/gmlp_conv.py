@@ -1401,23 +1401,27 @@ def _listed_tiles(packed: dict) -> tuple[int, tuple[torch.Tensor, ...], torch.Te
     versions = (counts._version, blocks._version, support._version)
     mark = getattr(counts, "_fastik_listed", None)
     if mark is None or mark[0] != versions or mark[1] is not blocks or mark[2] is not support:
-        din, p, dout_p = support.shape
+        din = support.shape[0]
         n = int(counts.sum())
         listed = torch.arange(blocks.shape[1], device=blocks.device) < counts[:, None]
         at = torch.argsort((~listed).flatten().to(torch.uint8), stable=True)[:n]  # the listed ones, row-major
         kc = blocks.flatten()[at]
         index = (kc % din, kc // din, at // blocks.shape[1])
-        tiled = support.view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE).permute(0, 1, 3, 2, 4)
-        mark = counts._fastik_listed = (versions, blocks, support, n, index, tiled[index])
+        mark = counts._fastik_listed = (versions, blocks, support, n, index, _tiled(support)[index])
     return mark[3:]
 
 
 def _add_listed_tiles(ghead: torch.Tensor, tiles: torch.Tensor, packed: dict) -> None:
     """ghead (DIN, P, DOUT_P) += tiles (n, 16, 16), the head's listed tiles (``_listed_tiles``), on its support."""
     _, index, support = _listed_tiles(packed)
-    din, p, dout_p = ghead.shape
-    tiled = ghead.view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE).permute(0, 1, 3, 2, 4)
-    tiled.index_put_(index, tiles * support, accumulate=True)
+    _tiled(ghead).index_put_(index, tiles * support, accumulate=True)
+
+
+def _tiled(head: torch.Tensor) -> torch.Tensor:
+    """A head-shaped tensor (DIN, P, DOUT_P) as its (16 × 16) tiles: a view (DIN, P / 16, DOUT_P / 16, 16, 16),
+    tile [c, k, t] its rows 16k, … and columns 16t, … of channel c."""
+    din, p, dout_p = head.shape
+    return head.view(din, p // HEAD_TILE, HEAD_TILE, dout_p // HEAD_TILE, HEAD_TILE).permute(0, 1, 3, 2, 4)
 
 
 def _wave(x: torch.Tensor, meta: dict, name: str = "bwd") -> int:
