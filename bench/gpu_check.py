@@ -568,6 +568,31 @@ def _layer_rows(packed, k0: int, precision: str) -> tuple[int, int, int]:
             _zn(m["K0P"], m["IN_K"], m["PRECISION"]))
 
 
+def _layer_products(packed, k0: int, precision: str, need_z: bool = True) -> tuple[list[float], ...]:
+    """FLOPs per edge of each hidden layer's three products as the fused kernels do them, on dense padded weights:
+    its linear part (one MLP pass; layer 0 on K0P columns of z, a later one on the first HU of IN_K), its weight
+    gradient (whole tiles) and its input gradient (PU rows; layer 0's — z's, ZN columns — only with ``need_z``)."""
+    from fastik.triton_kernels.gmlp_conv import used_columns, z_columns
+
+    size, layers = packed.weight.shape[1], packed.layers
+    k, k0p = used_columns(size, k0, packed.hidden), z_columns(size, k0, layers)
+    pu, hu, zn = _layer_rows(packed, k0, precision)
+    return ([2.0 * (k0p if i == 0 else hu) * size for i in range(layers)],
+            [2.0 * (k0p if i == 0 else k) * size for i in range(layers)],
+            [2.0 * pu * (k if i else zn * need_z) for i in range(layers)])
+
+
+def layer_flops(packed, k0: int, precision: str = "tf32", need_z: bool = True) -> dict[str, float]:
+    """FLOPs per edge of the hidden layers' products in a training step (two MLP passes, the weight and the input
+    gradients): "dense" as the fused kernels do them (``_layer_products``), "support" on the weights' support only —
+    2 per support entry and product, what a layout without structural zeros inside the layers would do
+    (bench/NOTES.md, the default width's floor)."""
+    linear, weight_grads, input_grads = _layer_products(packed, k0, precision, need_z)
+    entries = [2.0 * float(packed.weight_support[i].sum()) for i in range(packed.layers)]
+    support = sum(3 * entries[i] + (entries[i] if i or need_z else 0.0) for i in range(packed.layers))
+    return {"dense": 2 * sum(linear) + sum(weight_grads) + sum(input_grads), "support": support}
+
+
 def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf32",
                  need_z: bool = True) -> dict[str, tuple[float, float]]:
     """(FLOPs, bytes) of the fully fused kernels as written in ``precision`` (dense padded layer weights; layer 0 reads
@@ -587,19 +612,17 @@ def _fused_model(e: int, n: int, packed, din: int, k0: int, precision: str = "tf
     ``need_z`` (a training step without forces) the backward neither computes z's gradient (layer 0's input
     gradient) nor writes it."""
     from fastik.ops.fused_gmlp import HEAD_TILE
-    from fastik.triton_kernels.gmlp_conv import output_columns, pools, saved_width, used_columns, z_columns
+    from fastik.triton_kernels.gmlp_conv import output_columns, pools, saved_width, used_columns
 
     size, nb, ng = packed.weight.shape[1], packed.mean.shape[2], packed.gate_pick.shape[2]
     dout_p, layers, f4, i8 = packed.head.shape[2], packed.layers, 4, 8
     k = used_columns(size, k0, packed.hidden)
-    k0p = z_columns(size, k0, layers)
-    pu, hu, zn = _layer_rows(packed, k0, precision)
+    pu = _layer_rows(packed, k0, precision)[0]
     norm = 4.0 * pu * nb
     sums = 4.0 * pu * nb + 2.0 * pu * ng
-    linear = [2.0 * (k0p if i == 0 else hu) * size for i in range(layers)]
-    weight_grads = [2.0 * (k0p if i == 0 else k) * size for i in range(layers)]
+    linear, weight_grads, input_grads = _layer_products(packed, k0, precision, need_z)
     mlp = sum(linear) + layers * norm
-    steps = sum(weight_grads[i] + sums + 2.0 * pu * (k if i else zn * need_z) for i in range(layers))  # saved state
+    steps = sum(weight_grads) + sum(input_grads) + layers * sums  # from the saved state
     saved = 2 * e * saved_width(output_columns(size, packed.hidden, ng), nb, ng, k, layers) * f4  # written, read
     io = e * (16 * f4 + 2 * i8 + din * f4)  # z, env, indices, x[src]
     head_tiles = 2.0 * HEAD_TILE ** 2 * float(packed.head_block_count.sum())

@@ -295,6 +295,13 @@ def test_index_checks_with_a_row_pointer_sync_once(monkeypatch):
         assert len(syncs) == 1, syncs
         with contextlib.nullcontext() if flag else pytest.raises(IndexError, match="own check"):
             check_indices(x, tgt[:0], tgt[:0], 6, None, (torch.tensor(flag), IndexError("own check")))  # no edges
+        for zeros in (True, False):  # no edges with a row pointer: it and the own check, one sync
+            syncs.clear()
+            empty = torch.zeros(7, dtype=torch.long) if zeros else torch.arange(7)
+            error = (None if flag else IndexError) if zeros else ValueError
+            with pytest.raises(error, match="own check|all zeros") if error else contextlib.nullcontext():
+                check_indices(x, tgt[:0], tgt[:0], 6, empty, (torch.tensor(flag), IndexError("own check")))
+            assert len(syncs) == 1, syncs
     wrong = [(tgt, rowptr.flip(0)), (tgt, rowptr + 1), (tgt, rowptr[1:]), (tgt.flip(0), agg.csr_rowptr(tgt.flip(0), 6))]
     wrong.append((tgt, torch.tensor([0, 1, 2, 5, 5, 6, 6])))  # monotone, from 0 to E, not the targets' row pointer
     for targets, bad in wrong:

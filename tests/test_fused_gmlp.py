@@ -694,6 +694,9 @@ def test_op_input_errors():
     swapped, two = p.head_channel_blocks.clone(), p.head_channel_block_count.clone()
     swapped[0, :2], two[0] = torch.tensor([1, 0]), 2  # channel 0 lists row tile 0's output tiles 1, then 0
     bad.append(p._replace(head_channel_blocks=swapped, head_channel_block_count=two))
+    below = p.gate_columns.clone()
+    below[0, 1] = p.hidden - 1  # a gate's scalar among the hidden features: the gates' gather reads unstaged columns
+    bad.append(p._replace(gate_columns=below))
     for packed in bad:
         with pytest.raises(IndexError, match="head_blocks"):
             fused_gmlp_conv(z, env, x, packed, idx, idx, 3)
@@ -775,8 +778,9 @@ def test_forces_in_loss_on_every_group(any_group, pooled):
 def test_packed_padding_beyond_the_dots_bounds(any_group, hidden_channels):
     """The kernels' dots stop at PU columns of a layer's linear part and HU rows of a later layer's weight
     (``output_columns``, ``input_columns``): every packed matrix they multiply is zero beyond, and the gate
-    scalars lie before PU — on every group of the table."""
-    from fastik.triton_kernels.gmlp_conv import _meta
+    scalars lie before PU and after the H hidden features (the gates' gather stages from HU - 16 on) — on every
+    group of the table."""
+    from fastik.triton_kernels.gmlp_conv import _gate_start, _meta
 
     t = fastik.FieldType(any_group, FIELDS[any_group.dim])
     kernel = fastik.ImplicitPointConv(t, t, hidden_channels=hidden_channels, backend="fused").kernel
@@ -790,6 +794,8 @@ def test_packed_padding_beyond_the_dots_bounds(any_group, hidden_channels):
     for cols in (p.expand, p.gate_expand):  # (L, NB / NG, P): their transposes in the backward's sums
         assert not cols[:, :, pu:].any()
     assert int(p.gate_columns.max()) < pu
+    assert int(p.gate_columns.min()) >= p.hidden > _gate_start(hu)
+    assert not p.gate_pick[:, :p.hidden].any()  # no gate scalar among the hidden features
 
 
 @pytest.mark.parametrize("hidden_channels", [1, 5])

@@ -339,6 +339,32 @@ def test_read_models_follow_the_code():
     assert before - read / 64 == pytest.approx(2 * (reads[16]["fwd"] - read / (16 * 16)))
 
 
+def test_layer_flops_dense_and_on_the_support():
+    """bench/NOTES.md's count of the hidden layers' products at the standard workload, training step without z's
+    gradient, tf32x3: as the fused kernels do them on dense padded weights 71.7 k / 483.3 k FLOPs per edge (of the
+    model's 191.0 k / 844.3 k), on the weights' support only 4.65 k / 44.45 k — two MLP passes, the weight and the input
+    gradients, 2 FLOPs per support entry each; with z's gradient layer 0's input gradient too."""
+    pytest.importorskip("triton")
+    import torch
+
+    import fastik
+
+    ft = fastik.FieldType(fastik.group("so3"), "16x0e + 16x1o")
+    expected = {5: (71.7e3, 4.65e3, 191.0e3), 16: (483.3e3, 44.45e3, 844.3e3)}
+    for hidden, (dense, support, total) in expected.items():
+        kernel = fastik.ImplicitPointConv(ft, ft, hidden_channels=hidden, backend="fused").kernel
+        packed, k0 = kernel.packed(torch.float32), kernel.input_type.dim
+        flops = gpu_check.layer_flops(packed, k0, "tf32x3", need_z=False)
+        assert flops == {"dense": pytest.approx(dense, rel=1e-3), "support": pytest.approx(support, rel=1e-3)}
+        e = 10 ** 6
+        model = gpu_check._fused_model(e, e // 16, packed, 64, k0, "tf32x3", need_z=False)
+        assert (model["fwd"][0] + model["bwd"][0]) / e == pytest.approx(total, rel=1e-3)
+        entries = [2.0 * float(packed.weight_support[i].sum()) for i in range(packed.layers)]
+        assert flops["support"] == 4 * sum(entries) - entries[0]  # linear twice, weight and input gradients
+        with_z = gpu_check.layer_flops(packed, k0, "tf32x3")
+        assert with_z["support"] - flops["support"] == entries[0] and with_z["dense"] > flops["dense"]
+
+
 def test_tf32x3_verdict_compares_with_ieee_per_path():
     """Stage b's verdict on ``precision="auto"``: per path checked in both IEEE and tf32x3, tf32x3's largest excess
     error over IEEE's on any tensor against AUTO_TF32X3_MARGIN; paths without both are left out; the Markdown says

@@ -61,8 +61,9 @@ def test_structure_vectors_are_the_structure_matrices(group, fields, norm):
     assert p.gate_pick.sum() > 0 and (p.expand.sum() > 0) == norm
     u = torch.randn(layers, 5, size, dtype=torch.float64)
     v = torch.randn(layers, 5, ng, dtype=torch.float64)
-    real = p.gate_pick.sum(1)[:, None, :]  # padding gates read column 0: the kernels never use them
+    real = p.gate_pick.sum(1)[:, None, :]  # padding gates read column H: the kernels never use them
     assert torch.allclose(u @ p.gate_pick, u.gather(2, p.gate_columns[:, None, :].expand(-1, 5, -1)) * real)
+    assert (p.gate_columns >= p.hidden).all() and (p.gate_columns[real[:, 0] == 0] == p.hidden).all()
     assert torch.allclose(v @ p.gate_expand, v.gather(2, gate[:, None, :].expand(-1, 5, -1)) * spread[:, None, :])
 
 

@@ -75,7 +75,7 @@ def _constants(kernel: nn.Module, dtype: torch.dtype, device: torch.device) -> d
         const = {**_structure(kernel, size, nb, ng), **_supports(kernel, layers, size)}
         rows, cols = _head_order(const["head_support"], kernel.hidden_type.dim if layers else 0, kernel.out_type.dim)
         const = _grouped(const, rows, cols, len(layers))
-        index, const["column_scale"] = _columns(const)
+        index, const["column_scale"] = _columns(const, kernel.hidden_type.dim if layers else 0)
         const["weight_slabs"] = _weight_slabs(const["weight_support"])
         const["structure_slabs"] = _structure_slabs(const["expand"], const["gate_expand"])
         const["head_row_flags"] = _head_row_flags(const["head_support"])
@@ -95,7 +95,18 @@ def _one_hot(m: Tensor, dim: int, name: str) -> tuple[Tensor, Tensor]:
     return index, m.gather(dim, index.unsqueeze(dim)).squeeze(dim)
 
 
-def _columns(const: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
+def _gate_columns(pick: Tensor, hidden: int) -> Tensor:
+    """(L, NG): the column of each gate's scalar (gate_pick (L, P, NG) has one 1 in a gate's column), all after the
+    ``hidden`` features (checked) — a padding gate's is ``hidden`` —: the kernels stage only the columns from
+    there on for the gates' gather."""
+    columns, picked = _one_hot(pick, 1, "gate_pick")
+    columns = torch.where(picked != 0, columns, hidden)
+    if not torch.compiler.is_compiling() and bool((columns < hidden).any()):
+        raise AssertionError("packing: a gate's scalar column lies among the hidden features")
+    return columns
+
+
+def _columns(const: dict[str, Tensor], hidden: int) -> tuple[dict[str, Tensor], Tensor]:
     """The structure matrices as per-component vectors (the kernels gather with them instead of multiplying by
     the matrices): ``column_index`` (L, 3, P) — component p's norm block, the gate that gates it, the gate whose
     scalar it is — and ``gate_columns`` (L, NG), the column of each gate's scalar; and ``column_scale`` (L, 5, P)
@@ -104,7 +115,7 @@ def _columns(const: dict[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:
     block, expand = _one_hot(const["expand"], 1, "expand")
     gate, spread = _one_hot(const["gate_expand"], 1, "gate_expand")
     scalar, pick = _one_hot(const["gate_pick"], 2, "gate_pick")
-    gate_columns, _ = _one_hot(const["gate_pick"], 1, "gate_pick")
+    gate_columns = _gate_columns(const["gate_pick"], hidden)
     means = []
     for name in ("mean", "avg"):
         m = const[name]

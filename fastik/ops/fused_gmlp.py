@@ -30,7 +30,7 @@ from ._contract import PRECISIONS, check_indices, require_triton
 from .pooled import group_by_degree, pooled_outer
 
 __all__ = ["PackedGMLP", "fused_gmlp_conv", "packed_conv_reference", "packed_conv_pooled", "packed_h1",
-           "head_columns", "DOUBLE_BACKWARD_FLOATS", "TRAINED"]
+           "head_columns", "input_grad_shape", "DOUBLE_BACKWARD_FLOATS", "TRAINED"]
 
 
 class PackedGMLP(NamedTuple):
@@ -62,7 +62,8 @@ class PackedGMLP(NamedTuple):
     The same structure as vectors, for the kernels' gathers: ``column_index[l, :, p]`` = component p's norm block
     (expand's row), the gate that gates it (gate_expand's row) and the gate whose scalar it is (gate_pick's
     column), 0 where none; ``column_scale[l, :, p]`` = the entries of expand, mean, avg, gate_expand and gate_pick
-    there (0 where none); ``gate_columns[l, g]`` = the column of gate g's scalar.
+    there (0 where none); ``gate_columns[l, g]`` = the column of gate g's scalar, after the H hidden features (a
+    padding gate's: H) — the kernels stage only the columns from there on for the gates' gather.
     Tensors have max(layers, 1) leading entries (unused when ``layers`` is 0).
     """
     weight: Tensor       # (L, P, P)
@@ -241,7 +242,8 @@ def _packed_indices_check(p: PackedGMLP) -> tuple[Tensor, IndexError]:
     range(DOUT_P), every tile index of a list in [0, its row length), every count in [0, that], and every listed
     tile of the lists with a row-tile coordinate within h̃'s H + 1 columns (the kernels' scratch rows of h̃ end
     there, at IN_K ≥ H + 1), each channel's listed tiles increasing (the pooled backward reads them in row-tile
-    order); column_index's blocks in [0, NB), its gates in [0, NG), gate_columns in [0, P)."""
+    order); column_index's blocks in [0, NB), its gates in [0, NG), gate_columns in [H, P) (the gates' scalars
+    follow the hidden features: the gates' gather stages only those columns)."""
     ok = [(torch.sort(p.out_cols).values == torch.arange(len(p.out_cols), device=p.out_cols.device)).all()]
     for blocks, counts in zip(HEAD_TILE_LISTS[::2], HEAD_TILE_LISTS[1::2]):
         n = getattr(p, blocks).shape[1]
@@ -258,13 +260,20 @@ def _packed_indices_check(p: PackedGMLP) -> tuple[Tensor, IndexError]:
     nb, ng = p.mean.shape[2], p.gate_pick.shape[2]
     bounds = torch.tensor([nb, ng, ng], device=p.column_index.device)[:, None]
     ok += [((p.column_index >= 0) & (p.column_index < bounds)).all(),
-           ((p.gate_columns >= 0) & (p.gate_columns < p.weight.shape[1])).all()]
+           ((p.gate_columns >= p.hidden * (p.layers > 0)) & (p.gate_columns < p.weight.shape[1])).all()]
     return torch.stack(ok).all(), IndexError(_BAD_PACKED)
 
 
 _BAD_PACKED = ("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) or its count "
                "out of range, or a listed tile below h̃'s H + 1 rows, or a channel's listed tiles not increasing, or "
-               "column_index / gate_columns out of range: build them with ImplicitKernel.packed")
+               "column_index / gate_columns out of range (a gate's scalar among the H hidden features): build them with "
+               "ImplicitKernel.packed")
+
+
+def input_grad_shape(t: Tensor, need: bool) -> tuple[int, ...]:
+    """The shape of the backward op's gradient of input t (z, env or x): t's, or (0,) — an empty tensor, not
+    computed — where autograd does not ask for it."""
+    return tuple(t.shape) if need else (0,)
 
 
 def _kernels():
@@ -347,7 +356,7 @@ def _bwd_op(grad_out: Tensor, z: Tensor, env: Tensor, x: Tensor, src: Tensor, tg
 def _bwd_fake(grad_out, z, env, x, src, tgt, tgt_rowptr, tensors, dout, hidden, layers, norm, eps, precision,
               need_params, need_z, need_env, need_x, indices_checked):
     p = _packed(tuple(tensors), (dout, hidden, layers, norm, eps))
-    return [t.new_empty(t.shape if need else (0,)) for t, need in zip((z, env, x), (need_z, need_env, need_x))] + \
+    return [t.new_empty(input_grad_shape(t, need)) for t, need in zip((z, env, x), (need_z, need_env, need_x))] + \
         [getattr(p, k).new_empty(getattr(p, k).shape) for k in TRAINED]
 
 

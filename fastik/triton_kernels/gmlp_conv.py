@@ -84,7 +84,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..ops.fused_gmlp import HEAD_TILE, TRAINED
+from ..ops.fused_gmlp import HEAD_TILE, TRAINED, input_grad_shape
 from ._config import INTERPRET, device_ctx
 
 __all__ = ["gmlp_conv_fwd", "gmlp_conv_bwd", "pools", "pooled_bwd", "head_order", "head_side_bwd", "edge_wise_bwd",
@@ -199,17 +199,20 @@ def _join(a, b, P: tl.constexpr):
 
 
 @triton.jit
-def _stage(u, st_ptr, KU: tl.constexpr):
+def _stage(u, st_ptr, KU: tl.constexpr, K0: tl.constexpr = 0):
     """Store u (R, K) row-major in the program's staging buffer st (≥ R·K values), for ``_staged_dot``: its first
-    KU columns, the ones read back (the layers' padding columns are not)."""
+    KU columns, the ones read back (the layers' padding columns are not) — where KU < K only those from K0 on (the
+    gates' gather does not read the hidden features); a whole row's store stays unmasked (a lower bound there made
+    ptxas spill 4–60 B at P = 256, bench/NOTES.md)."""
     R: tl.constexpr = u.shape[0]
     K: tl.constexpr = u.shape[1]
     cols = tl.arange(0, K)
+    at = st_ptr + tl.arange(0, R)[:, None] * K + cols[None, :]
     tl.debug_barrier()  # earlier reads of the buffer are done
     if KU < K:
-        tl.store(st_ptr + tl.arange(0, R)[:, None] * K + cols[None, :], u, mask=(cols < KU)[None, :])
+        tl.store(at, u, mask=((cols >= K0) & (cols < KU))[None, :])
     else:
-        tl.store(st_ptr + tl.arange(0, R)[:, None] * K + cols[None, :], u)
+        tl.store(at, u)
     tl.debug_barrier()  # the tile is read back by other threads
 
 
@@ -414,11 +417,20 @@ def _normed(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr
     return c, rinv, n
 
 
+@triton.constexpr_function
+def _gate_start(hu):
+    """The first column the gates' gather stages: HU (H rounded up to 16) less 16, below H — the gates' scalars
+    follow the H hidden features."""
+    return max(0, hu - 16)
+
+
 @triton.jit
-def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, PU: tl.constexpr, st_ptr):
+def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr, st_ptr):
     """sigmoid of the gate scalars of hidden layer l (BLOCK_E, NG) from its normed output n, gathered from the
-    staging buffer (gate g's scalar is column gate_columns[l, g] < PU; padding gates read column 0, never used)."""
-    _stage(n, st_ptr, PU)
+    staging buffer: gate g's scalar is column gate_columns[l, g], after the H hidden features and before PU (a
+    padding gate's: H, never used; packing makes them so, the op checks it), so where PU < P only the columns from
+    HU - 16 < H on are staged (``_gate_start``, ``_stage``)."""
+    _stage(n, st_ptr, PU, _gate_start(HU))
     idx = tl.load(gcol_ptr + l * NG + tl.arange(0, NG))
     return tl.sigmoid(tl.load(st_ptr + tl.arange(0, n.shape[0])[:, None] * n.shape[1] + idx[None, :]))
 
@@ -426,14 +438,15 @@ def _gates(n, l: tl.constexpr, gcol_ptr, NG: tl.constexpr, PU: tl.constexpr, st_
 @triton.jit
 def _norm_gate(a, l: tl.constexpr, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr, gcol_ptr, cidx_ptr, cscale_ptr,
                triv_ptr, eps, P: tl.constexpr, NB: tl.constexpr, NG: tl.constexpr, NORM: tl.constexpr,
-               IN_K: tl.constexpr, PU: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row, SV: tl.constexpr):
+               IN_K: tl.constexpr, PU: tl.constexpr, HU: tl.constexpr, PRECISION: tl.constexpr, st_ptr, sv_row,
+               SV: tl.constexpr):
     """Norm and gate of hidden layer l on its linear part a: SiLU on the scalars, gated fields elsewhere.  With
     SV > 0, its state for the backward (c, 1 / rms, the gates) goes to the saved rows sv_row (BLOCK_E, 1)
     pointers (``_sv_offset``)."""
     SP: tl.constexpr = _structure_precision(PRECISION)
     c, rinv, n = _normed(a, l, scale_ptr, shift_ptr, mean_ptr, avg_ptr, ssl_ptr, cidx_ptr, cscale_ptr, eps, P, NB, NG,
                          NORM, PU, SP, st_ptr)
-    sg = _gates(n, l, gcol_ptr, NG, PU, st_ptr)
+    sg = _gates(n, l, gcol_ptr, NG, PU, HU, st_ptr)
     if SV > 0:
         at = sv_row + _sv_offset(l, PU, NB, NG, IN_K)
         tl.store(at + tl.arange(0, P)[None, :], c, mask=(tl.arange(0, P) < PU)[None, :])
@@ -454,7 +467,7 @@ def _mlp(z, L: tl.constexpr, w_ptr, wsl_ptr, ssl_ptr, b_ptr, scale_ptr, shift_pt
     for l in tl.static_range(L):
         u = _norm_gate(_linear(u, l, w_ptr, wsl_ptr, b_ptr, P, IN_K, K0P, HU, PRECISION, st_ptr), l, scale_ptr,
                        shift_ptr, mean_ptr, avg_ptr, ssl_ptr, gcol_ptr, cidx_ptr, cscale_ptr, triv_ptr, eps, P, NB, NG,
-                       NORM, IN_K, PU, PRECISION, st_ptr, sv_row, SV)
+                       NORM, IN_K, PU, HU, PRECISION, st_ptr, sv_row, SV)
         if SV > 0 and l + 1 < L:
             tl.store(sv_row + _sv_offset(l + 1, PU, NB, NG, IN_K) - IN_K + tl.arange(0, IN_K)[None, :],
                      _used_cols(u, P, IN_K))
@@ -1283,7 +1296,7 @@ def gmlp_conv_bwd(grad_out, z, env, x, src, tgt, packed: dict, precision: str, n
     the edge-wise head kernel (grad_x, grad_env, the head's gradient; a power of two; default ``launch_config``'s),
     for tuning — given, the head's side runs per edge at any in-degree. ``rowptr``: as ``gmlp_conv_fwd``'s."""
     needs = (need_z, need_env, need_x)
-    grads = [torch.zeros_like(t) if need else t.new_zeros(0) for t, need in zip((z, env, x), needs)]
+    grads = [t.new_zeros(input_grad_shape(t, need)) for t, need in zip((z, env, x), needs)]
     grads += [torch.zeros_like(packed[k]) for k in TRAINED]
     if z.shape[0] == 0 or grad_out.shape[0] == 0 or grad_out.shape[1] == 0 or x.shape[1] == 0:
         return tuple(grads)
