@@ -342,8 +342,8 @@ def test_read_models_follow_the_code():
 def test_layer_flops_dense_and_on_the_support():
     """bench/NOTES.md's count of the hidden layers' products at the standard workload, training step without z's
     gradient, tf32x3: as the fused kernels do them on dense padded weights 71.7 k / 483.3 k FLOPs per edge (of the
-    model's 191.0 k / 844.3 k), on the weights' support only 4.65 k / 44.45 k — two MLP passes, the weight and the input
-    gradients, 2 FLOPs per support entry each; with z's gradient layer 0's input gradient too."""
+    model's 191.0 k / 844.3 k), on the weights' support only 4.65 k / 44.45 k — two MLP passes, the weight and the
+    input gradients, 2 FLOPs per support entry each; with z's gradient layer 0's input gradient too."""
     pytest.importorskip("triton")
     import torch
 

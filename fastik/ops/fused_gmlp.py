@@ -266,8 +266,8 @@ def _packed_indices_check(p: PackedGMLP) -> tuple[Tensor, IndexError]:
 
 _BAD_PACKED = ("packed out_cols or a head tile list (head_blocks, head_row_blocks, head_channel_blocks) or its count "
                "out of range, or a listed tile below h̃'s H + 1 rows, or a channel's listed tiles not increasing, or "
-               "column_index / gate_columns out of range (a gate's scalar among the H hidden features): build them with "
-               "ImplicitKernel.packed")
+               "column_index / gate_columns out of range (a gate's scalar among the H hidden features): build "
+               "them with ImplicitKernel.packed")
 
 
 def input_grad_shape(t: Tensor, need: bool) -> tuple[int, ...]:
