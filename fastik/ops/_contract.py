@@ -137,13 +137,16 @@ def check_indices(x: Tensor, src: Tensor, tgt: Tensor, num_targets: int,
     bool tensor and the exception to raise where it is false. One host sync in all."""
     e = src.shape[0]
     if e == 0:
-        checks = [also] if also is not None else []  # (0-dim bool, exception): all read in one host sync
+        checks = []  # (0-dim bool, exception to raise where it is false): all read in one host sync
         if tgt_rowptr is not None and num_targets >= 0:
             nonzero = ValueError("tgt_rowptr must be all zeros when there are no edges")
-            checks.insert(0, ((tgt_rowptr == 0).all(), nonzero))
-        for ok, (_, exc) in zip(torch.stack([c for c, _ in checks]).tolist() if checks else [], checks):
-            if not ok:
-                raise exc
+            checks.append(((tgt_rowptr == 0).all(), nonzero))
+        if also is not None:
+            checks.append(also)
+        if checks:
+            for ok, (_, exc) in zip(torch.stack([c for c, _ in checks]).tolist(), checks):
+                if not ok:
+                    raise exc
         return
     n = x.shape[0]
     values = [*torch.aminmax(src), *torch.aminmax(tgt)]
